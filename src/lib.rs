@@ -1,0 +1,31 @@
+//! # player-stat-collector
+//!
+//! A beacon collector: `GET /log?event=play&domain=piratka.biz&file_id=109454` in, one row in
+//! MySQL out, exactly once, with every accepted event durable in a write-ahead log before the
+//! client sees its `204`.
+//!
+//! ## Data flow, stage by stage
+//! ```text
+//!  core thread N (monoio, pinned, own SO_REUSEPORT listener)            flusher thread (tokio)
+//!  ┌──────────────────────────────────────────────────────────┐        ┌─────────────────────────┐
+//!  │ http::conn  read → http::request (httparse, no IO)        │        │ flush: drain queue,     │
+//!  │   → ingest (validate) → wal::record::encode into the tick │ queue  │  catch up from the WAL  │
+//!  │   buffer → wal::group (one io_uring write per tick)       │──────▶ │  → mysql (one txn: rows │
+//!  │   → ack 204 only after the write completed                │ chunks │  + cursors) → cursor    │
+//!  └──────────────────────────────────────────────────────────┘        │  (commit.meta) → compact│
+//!                                                                       └─────────────────────────┘
+//! ```
+//!
+//! ## Invariants
+//! - A request is acknowledged with a 2xx only after its record's WAL write completed.
+//! - Nothing invalid reaches the WAL: validation happens before encoding.
+//! - The WAL is the source of truth; the queue only saves the flusher a read. A core never
+//!   blocks on the queue and never drops: a chunk that does not fit is simply not sent, and
+//!   the flusher reads it back from the WAL (it notices the gap in positions).
+//! - A cursor never passes a record that MySQL has not committed; a segment is deleted only
+//!   when it lies wholly behind a cursor that is durable in `commit.meta`.
+pub mod config;
+pub mod http;
+pub mod ingest;
+pub mod queue;
+pub mod wal;
