@@ -24,6 +24,7 @@
 //! ## Positions
 //! A [`Position`] is (segment number, byte offset) and orders lexicographically. Positions
 //! handed out by the writer always fall on record boundaries.
+pub mod reader;
 pub mod record;
 
 use serde::{Deserialize, Serialize};
