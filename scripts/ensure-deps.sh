@@ -6,8 +6,8 @@
 # rust:    cargo, rustfmt, clippy and a C compiler. The Rust toolchain cannot be installed from
 #          here (rustup's servers are not reachable), so a missing one is a clear error.
 # mariadb: mariadbd, mariadb-install-db, mariadb and mariadb-admin, from Debian's
-#          mariadb-server and mariadb-client. The system service is not started: every use
-#          in this repo runs a private server through scripts/mariadb.sh.
+#          mariadb-server-core and mariadb-client: the programs without the system service
+#          (nothing is started; scripts/mariadb.sh runs private servers).
 set -euo pipefail
 export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 
@@ -23,19 +23,8 @@ apt_install() {
     fi
     echo "ensure-deps: installing $*" >&2
     $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-    # policy-rc.d answering 101 stops Debian's maintainer scripts from starting services
-    # (the system MariaDB) during the install; it is removed again afterwards.
-    local policy=/usr/sbin/policy-rc.d added_policy=""
-    if [ ! -e "$policy" ]; then
-        printf '#!/bin/sh\nexit 101\n' | $sudo tee "$policy" >/dev/null
-        $sudo chmod +x "$policy"
-        added_policy=1
-    fi
-    local rc=0
     $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" \
-        || rc=$?
-    if [ -n "$added_policy" ]; then $sudo rm -f "$policy"; fi
-    [ "$rc" -eq 0 ] || die "apt-get install $* failed"
+        || die "apt-get install $* failed"
 }
 
 ensure_rust() {
@@ -51,7 +40,7 @@ ensure_mariadb() {
     for tool in mariadbd mariadb-install-db mariadb mariadb-admin; do
         have "$tool" || missing=1
     done
-    [ -z "$missing" ] || apt_install mariadb-server mariadb-client
+    [ -z "$missing" ] || apt_install mariadb-server-core mariadb-client
 }
 
 [ $# -gt 0 ] || set -- rust mariadb

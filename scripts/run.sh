@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `make run`: install what is missing, start a private MariaDB if no MySQL is configured,
-# build the release binary and serve with config.toml.
+# build the release binary, create the tables and serve with config.toml (CONFIG=... to change).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -19,4 +19,6 @@ if [ -z "${PSC_MYSQL_URL:-}" ] && [ -z "$configured_url" ]; then
 fi
 
 cargo build --release
+# Creates the tables if they are missing; every migration statement is idempotent.
+target/release/player-stat-collector migrate --config "$CONFIG"
 exec target/release/player-stat-collector --config "$CONFIG"
