@@ -59,15 +59,29 @@ pub fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) 
     }
 }
 
-/// True if `pid` has exited. A zombie counts as exited: mariadbd is not our child, and the
-/// process that inherits it may never reap it.
+/// True if `pid` has exited. A zombie counts as exited (and is reaped if it is ours).
 fn process_gone(pid: u32) -> bool {
-    match fs::read_to_string(format!("/proc/{pid}/status")) {
+    let zombie = match fs::read_to_string(format!("/proc/{pid}/status")) {
         Ok(status) => status
             .lines()
             .any(|l| l.starts_with("State:") && l.contains('Z')),
-        Err(_) => true,
+        Err(_) => return true,
+    };
+    if zombie {
+        let pid = libc::pid_t::try_from(pid).expect("pid fits pid_t");
+        // SAFETY: a null status pointer is allowed; for a process that is not our child this
+        // only fails with ECHILD.
+        unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
     }
+    zombie
+}
+
+/// mariadbd is started in the background by a script that exits at once, so it is orphaned.
+/// Its new parent is normally PID 1, which in some containers never reaps; as a subreaper the
+/// test process adopts it instead and reaps it in [`process_gone`].
+fn adopt_orphans() {
+    // SAFETY: PR_SET_CHILD_SUBREAPER takes an integer flag and touches no memory of ours.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1 as libc::c_ulong) };
 }
 
 fn send_signal(pid: u32, signal: libc::c_int) {
@@ -97,8 +111,9 @@ impl MariaDb {
     /// Creates and starts a fresh server; panics with the script's output and error log.
     pub fn start() -> MariaDb {
         static INSTALL: Once = Once::new();
-        // Parallel tests must not run apt-get at the same time on a fresh machine.
+        // Once per process; parallel tests must not run apt-get at the same time.
         INSTALL.call_once(|| {
+            adopt_orphans();
             let status = Command::new(repo_path("scripts/ensure-deps.sh"))
                 .arg("mariadb")
                 .status()
