@@ -120,12 +120,12 @@ impl Damage {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(32))]
+    #![proptest_config(ProptestConfig::with_cases(16))]
 
     /// A crash can cut the newest segment anywhere: recovery keeps exactly the whole records.
     #[test]
     fn truncation_at_every_offset_recovers_the_longest_whole_prefix(
-        events in prop::collection::vec(event_strategy(), 1..10),
+        events in prop::collection::vec(event_strategy(), 1..8),
     ) {
         let (buf, ends) = encode_all(&events);
         let wal = tempfile::tempdir().unwrap();
