@@ -321,4 +321,28 @@ mod tests {
         );
         assert_eq!(ranges.1 .0, Position::new(2, 0));
     }
+
+    #[test]
+    fn failed_write_leaves_the_position_and_returns_the_buffer() {
+        let dir = tempfile::tempdir().unwrap();
+        // Every write to /dev/full fails with ENOSPC.
+        std::os::unix::fs::symlink("/dev/full", segment_path(dir.path(), 1)).unwrap();
+        let records = tick(1, 3);
+        let (res, back, position) = run(async {
+            let mut w =
+                SegmentWriter::open(dir.path(), Position::new(1, 0), 1 << 20, SyncPolicy::None)
+                    .await
+                    .unwrap();
+            let (res, back) = w.append(records.clone()).await;
+            (res, back, w.position())
+        });
+        match res {
+            Err(WalError::Io { source, .. }) => {
+                assert_eq!(source.raw_os_error(), Some(libc::ENOSPC))
+            }
+            other => panic!("expected an io error, got {other:?}"),
+        }
+        assert_eq!(back, records, "the caller gets its buffer back");
+        assert_eq!(position, Position::new(1, 0));
+    }
 }
