@@ -418,8 +418,10 @@ mod tests {
     #[test]
     fn default_config_fits_the_header_array() {
         assert!(HttpConfig::default().max_headers <= MAX_HEADERS_CAP);
-        let mut c = HttpConfig::default();
-        c.max_headers = MAX_HEADERS_CAP * 4;
+        let c = HttpConfig {
+            max_headers: MAX_HEADERS_CAP * 4,
+            ..HttpConfig::default()
+        };
         assert_eq!(Limits::from(&c).max_headers, MAX_HEADERS_CAP);
     }
 
