@@ -223,6 +223,9 @@ fn find_params(query: &str) -> Result<RawParams<'_>, Rejection> {
 
 /// Which of our parameters the encoded `name` decodes to, if any.
 fn known_param(name: &str) -> Result<Option<Param>, Rejection> {
+    if !needs_decoding(name) {
+        return Ok(param_named(name.as_bytes()));
+    }
     const LONGEST: usize = 7; // "file_id"
     let mut decoded = [0u8; LONGEST];
     let mut len = 0;
@@ -233,12 +236,21 @@ fn known_param(name: &str) -> Result<Option<Param>, Rejection> {
         }
         len += 1;
     }
-    Ok(match decoded.get(..len) {
-        Some(b"event") => Some(Param::Event),
-        Some(b"domain") => Some(Param::Domain),
-        Some(b"file_id") => Some(Param::FileId),
+    Ok(decoded.get(..len).and_then(param_named))
+}
+
+fn param_named(decoded: &[u8]) -> Option<Param> {
+    match decoded {
+        b"event" => Some(Param::Event),
+        b"domain" => Some(Param::Domain),
+        b"file_id" => Some(Param::FileId),
         _ => None,
-    })
+    }
+}
+
+/// Whether `raw` differs from its decoding; most beacons need no decoding at all.
+fn needs_decoding(raw: &str) -> bool {
+    raw.bytes().any(|b| b == b'%' || b == b'+')
 }
 
 fn validate_event<'s>(
@@ -330,6 +342,13 @@ fn decode_into(
     too_long: Rejection,
     buf: &mut Vec<u8>,
 ) -> Result<(), Rejection> {
+    if !needs_decoding(raw) {
+        if buf.len() + raw.len() > max_bytes {
+            return Err(too_long);
+        }
+        buf.extend_from_slice(raw.as_bytes());
+        return Ok(());
+    }
     for byte in PercentDecode::new(raw) {
         if buf.len() == max_bytes {
             return Err(too_long);
@@ -612,6 +631,10 @@ mod tests {
         assert_eq!(ok(&beacon("play", &d253, "1")).1, d253);
         let d254 = format!("{label63}.{label63}.{label63}.{}", "b".repeat(62));
         assert_eq!(rejected(&beacon("play", &d254, "1")), Rejection::BadDomain);
+        // The same boundary through the percent-decoding path.
+        assert_eq!(ok(&beacon("play", &d253.replace('.', "%2E"), "1")).1, d253);
+        let q = beacon("play", &d254.replace('.', "%2e"), "1");
+        assert_eq!(rejected(&q), Rejection::BadDomain);
         let huge = "a.".repeat(5000) + "b";
         assert_eq!(rejected(&beacon("play", &huge, "1")), Rejection::BadDomain);
     }
