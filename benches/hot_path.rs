@@ -1,0 +1,89 @@
+//! Hot path without IO: request bytes → parsed head → validated event → WAL record bytes.
+//! Each group reports time per request; the pipelined group parses 16 requests from one
+//! buffer, as a connection does after a read returns many pipelined requests.
+
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use psc::config::HttpConfig;
+use psc::http::request::{parse, Limits, Parsed};
+use psc::ingest::{parse_beacon, EventAllowlist, QueryScratch};
+use psc::wal::record::encode;
+
+const REQUEST: &[u8] = b"GET /log?event=play&domain=piratka.biz&file_id=109454 HTTP/1.1\r\n\
+Host: localhost:34201\r\nUser-Agent: wrk\r\n\r\n";
+const PIPELINED: usize = 16;
+/// The output buffer is cleared every this many records, like a WAL tick buffer.
+const RECORDS_PER_FLUSH: usize = 64;
+const TS_MS: u64 = 1_700_000_000_000;
+
+/// Parses, validates and encodes the request at the start of `buf`; returns its head length.
+fn handle_one(
+    buf: &[u8],
+    limits: &Limits,
+    allow: &EventAllowlist,
+    scratch: &mut QueryScratch,
+    out: &mut Vec<u8>,
+) -> usize {
+    let Parsed::Complete(req) = parse(buf, limits) else {
+        panic!("benchmark request must parse");
+    };
+    let event = parse_beacon(req.query, TS_MS, allow, scratch).expect("valid beacon");
+    encode(&event, out);
+    req.head_len
+}
+
+fn bench_hot_path(c: &mut Criterion) {
+    let limits = Limits::from(&HttpConfig::default());
+    let allow = EventAllowlist::new(&[]);
+    let mut scratch = QueryScratch::new();
+    let mut out = Vec::with_capacity(RECORDS_PER_FLUSH * 128);
+
+    let mut group = c.benchmark_group("hot_path");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("parse", |b| {
+        b.iter(|| match parse(black_box(REQUEST), &limits) {
+            Parsed::Complete(req) => req.head_len,
+            _ => panic!("benchmark request must parse"),
+        })
+    });
+    group.bench_function("parse_validate", |b| {
+        b.iter(|| {
+            let Parsed::Complete(req) = parse(black_box(REQUEST), &limits) else {
+                panic!("benchmark request must parse");
+            };
+            let event = parse_beacon(req.query, TS_MS, &allow, &mut scratch).expect("valid");
+            event.file_id
+        })
+    });
+    let mut records = 0;
+    group.bench_function("parse_validate_encode", |b| {
+        b.iter(|| {
+            if records % RECORDS_PER_FLUSH == 0 {
+                out.clear();
+            }
+            records += 1;
+            handle_one(black_box(REQUEST), &limits, &allow, &mut scratch, &mut out)
+        })
+    });
+
+    let pipelined = REQUEST.repeat(PIPELINED);
+    group.throughput(Throughput::Elements(PIPELINED as u64));
+    group.bench_function("pipelined_16_parse_validate_encode", |b| {
+        b.iter(|| {
+            let mut buf = black_box(pipelined.as_slice());
+            while !buf.is_empty() {
+                if records % RECORDS_PER_FLUSH == 0 {
+                    out.clear();
+                }
+                records += 1;
+                let head_len = handle_one(buf, &limits, &allow, &mut scratch, &mut out);
+                buf = &buf[head_len..];
+            }
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench_hot_path);
+criterion_main!(benches);
