@@ -24,10 +24,54 @@
 //! ## Positions
 //! A [`Position`] is (segment number, byte offset) and orders lexicographically. Positions
 //! handed out by the writer always fall on record boundaries.
+//!
+//! ## Modules, bottom-up
+//! - [`record`]: one record line, `encode` (hot path) and `decode`/`scan` (paired checks).
+//! - [`segment`]: paired name/parse functions for `core-N/` and `NNNNNN.log`, directory listing.
+//! - [`recovery`]: at startup, cuts the torn tail of each core's newest segment
+//!   (`repair_torn_tail` is the tail policy); `verify_core` for tools.
+//! - [`writer`]: the per-core io_uring appender (one write per tick buffer, rolling, repair).
+//! - [`reader`]: the flusher's catch-up reader (mmap for sealed segments, `pread` for the open one).
+//!
+//! ## Lifecycle of a segment
+//! created empty by the writer (directory fsynced unless `sync = none`) → appended at its end
+//! only → sealed when the writer rolls (file fdatasynced first unless `sync = none`) → never
+//! modified again → deleted whole by compaction once behind the durable cursor. Only the
+//! newest segment of a core can have a torn tail; recovery truncates it before the writer opens.
 pub mod reader;
 pub mod record;
+pub mod recovery;
+pub mod segment;
+pub mod writer;
+
+#[cfg(test)]
+mod proptests;
+
+use std::io;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+/// Why the WAL could not be recovered, opened or appended to.
+#[derive(Debug, thiserror::Error)]
+pub enum WalError {
+    #[error("wal io error on {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    /// The writer was asked to continue at a tail that is not the end of the segment file
+    /// (recovery was skipped or the file changed behind our back).
+    #[error("wal segment {path} is {file_bytes} bytes, expected the tail at {tail_offset}")]
+    TailMismatch { path: PathBuf, tail_offset: u64, file_bytes: u64 },
+    /// Segment numbers must fit a packed [`Position`] (24 bits).
+    #[error("wal directory {core_dir} has used up all segment numbers (max {MAX_SEGMENT})")]
+    SegmentsExhausted { core_dir: PathBuf },
+}
+
+impl WalError {
+    /// Adapter for `map_err`: attaches the path an IO call was about.
+    pub(crate) fn io(path: &Path) -> impl FnOnce(io::Error) -> WalError + '_ {
+        move |source| WalError::Io { path: path.to_owned(), source }
+    }
+}
 
 /// A byte position in one core's WAL: the start of a record or the end of the last one.
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

@@ -1,5 +1,7 @@
 //! Encoding and decoding of one WAL record (format in the module doc of `crate::wal`).
 //! The encoder is on the hot path: it appends to a reused buffer and allocates nothing.
+//! The decoder is its pair: it checks every property the encoder guarantees (header, length,
+//! CRC, payload shape) and borrows the strings from the input, so it allocates nothing either.
 
 /// Longest record line accepted, newline included.
 pub const MAX_RECORD_BYTES: usize = 16 * 1024;
@@ -67,5 +69,237 @@ fn write_hex_u32(v: u32, dst: &mut [u8]) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     for (i, d) in dst.iter_mut().enumerate().take(8) {
         *d = HEX[((v >> (28 - 4 * i)) & 0xf) as usize];
+    }
+}
+
+/// The event object inside a record. Unknown keys are ignored (forward compatibility);
+/// strings are borrowed, so an escaped string (never written by `encode`) is `BadPayload`.
+#[derive(serde::Deserialize)]
+struct Payload<'a> {
+    ts: u64,
+    #[serde(borrow)]
+    event: &'a str,
+    #[serde(borrow)]
+    domain: &'a str,
+    file_id: u64,
+}
+
+/// Decodes the record at the start of `buf`. Returns the event and the bytes it occupies,
+/// newline included.
+pub fn decode(buf: &[u8]) -> Result<(Event<'_>, usize), RecordError> {
+    let crc = parse_header(buf)?;
+    let line_len = find_line_len(buf)?;
+    let payload = &buf[HEADER_BYTES..line_len - 1];
+    if crc32c::crc32c(payload) != crc {
+        return Err(RecordError::BadChecksum);
+    }
+    let event = parse_payload(payload)?;
+    Ok((event, line_len))
+}
+
+/// Checks the 8 hex digits and the space; bytes not yet present make the record `Incomplete`
+/// unless a present one is already wrong.
+fn parse_header(buf: &[u8]) -> Result<u32, RecordError> {
+    let mut crc = 0u32;
+    for &b in buf.iter().take(8) {
+        crc = (crc << 4) | u32::from(hex_digit(b).ok_or(RecordError::BadHeader)?);
+    }
+    match buf.get(8) {
+        None => Err(RecordError::Incomplete),
+        Some(b' ') => Ok(crc),
+        Some(_) => Err(RecordError::BadHeader),
+    }
+}
+
+/// Only lowercase: `encode` writes lowercase, and one spelling per CRC keeps the format exact.
+fn hex_digit(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        _ => None,
+    }
+}
+
+/// Length of the line including its `\n`, which must come within `MAX_RECORD_BYTES`.
+fn find_line_len(buf: &[u8]) -> Result<usize, RecordError> {
+    let window = &buf[..buf.len().min(MAX_RECORD_BYTES)];
+    match window.iter().position(|&b| b == b'\n') {
+        Some(i) => Ok(i + 1),
+        None if buf.len() < MAX_RECORD_BYTES => Err(RecordError::Incomplete),
+        None => Err(RecordError::TooLong),
+    }
+}
+
+fn parse_payload(payload: &[u8]) -> Result<Event<'_>, RecordError> {
+    let p: Payload<'_> = serde_json::from_slice(payload).map_err(|_| RecordError::BadPayload)?;
+    if p.event.is_empty() || p.domain.is_empty() {
+        return Err(RecordError::BadPayload);
+    }
+    Ok(Event { ts_ms: p.ts, event: p.event, domain: p.domain, file_id: p.file_id })
+}
+
+/// Result of walking records from the start of a buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scan {
+    /// Bytes covered by whole valid records: the buffer is valid up to here.
+    pub valid_len: usize,
+    /// Number of valid records in `..valid_len`.
+    pub records: u64,
+    /// Why the walk stopped before the end of the buffer; `None` if it reached the end.
+    pub stop: Option<RecordError>,
+}
+
+/// Walks records from the start of `buf` until the end or the first invalid record.
+pub fn scan(buf: &[u8]) -> Scan {
+    let mut valid_len = 0;
+    let mut records = 0;
+    while valid_len < buf.len() {
+        match decode(&buf[valid_len..]) {
+            Ok((_, len)) => {
+                valid_len += len;
+                records += 1;
+            }
+            Err(e) => return Scan { valid_len, records, stop: Some(e) },
+        }
+    }
+    Scan { valid_len, records, stop: None }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(file_id: u64) -> Event<'static> {
+        Event { ts_ms: 1_763_923_170_123, event: "play", domain: "piratka.biz", file_id }
+    }
+
+    fn encoded(events: &[Event<'_>]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for ev in events {
+            encode(ev, &mut out);
+        }
+        out
+    }
+
+    /// Builds a record line with a correct CRC around an arbitrary payload.
+    fn line_with_payload(payload: &str) -> Vec<u8> {
+        let mut out = vec![b'0'; 8];
+        write_hex_u32(crc32c::crc32c(payload.as_bytes()), &mut out);
+        out.push(b' ');
+        out.extend_from_slice(payload.as_bytes());
+        out.push(b'\n');
+        out
+    }
+
+    #[test]
+    fn encode_then_decode_round_trips() {
+        let ev = sample(109_454);
+        let buf = encoded(&[ev]);
+        let (back, used) = decode(&buf).unwrap();
+        assert_eq!(back, ev);
+        assert_eq!(used, buf.len());
+        assert_eq!(&buf[8..10], b" {");
+        assert!(buf[..8].iter().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+    }
+
+    #[test]
+    fn decode_consumes_only_the_first_record() {
+        let buf = encoded(&[sample(1), sample(2)]);
+        let (first, used) = decode(&buf).unwrap();
+        assert_eq!(first.file_id, 1);
+        let (second, used2) = decode(&buf[used..]).unwrap();
+        assert_eq!(second.file_id, 2);
+        assert_eq!(used + used2, buf.len());
+    }
+
+    #[test]
+    fn unknown_payload_keys_are_ignored() {
+        let line = line_with_payload(
+            r#"{"ts":5,"event":"play","domain":"a.b","file_id":7,"future":{"x":[1,2]}}"#,
+        );
+        let (ev, used) = decode(&line).unwrap();
+        assert_eq!(ev, Event { ts_ms: 5, event: "play", domain: "a.b", file_id: 7 });
+        assert_eq!(used, line.len());
+    }
+
+    #[test]
+    fn empty_or_missing_fields_are_bad_payload() {
+        for payload in [
+            r#"{"ts":5,"event":"","domain":"a.b","file_id":7}"#,
+            r#"{"ts":5,"event":"play","domain":"","file_id":7}"#,
+            r#"{"ts":5,"event":"play","file_id":7}"#,
+            r#"{"ts":-1,"event":"play","domain":"a.b","file_id":7}"#,
+            r#"[1,2,3]"#,
+            r#"{"ts":5,"event":"play","domain":"a.b","file_id":7} trailing"#,
+        ] {
+            assert_eq!(decode(&line_with_payload(payload)), Err(RecordError::BadPayload), "{payload}");
+        }
+    }
+
+    #[test]
+    fn truncated_record_is_incomplete_at_every_cut() {
+        let buf = encoded(&[sample(3)]);
+        for cut in 0..buf.len() {
+            assert_eq!(decode(&buf[..cut]), Err(RecordError::Incomplete), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn zero_filled_tail_is_bad_header() {
+        assert_eq!(decode(&[0u8; 4096]), Err(RecordError::BadHeader));
+        assert_eq!(decode(&[0u8; 1]), Err(RecordError::BadHeader));
+    }
+
+    #[test]
+    fn header_errors_are_bad_header() {
+        let mut buf = encoded(&[sample(3)]);
+        buf[8] = b'x';
+        assert_eq!(decode(&buf), Err(RecordError::BadHeader));
+        let mut upper = encoded(&[sample(3)]);
+        upper[..8].copy_from_slice(b"ABCDEF12");
+        assert_eq!(decode(&upper), Err(RecordError::BadHeader));
+    }
+
+    #[test]
+    fn flipped_payload_byte_is_bad_checksum() {
+        let clean = encoded(&[sample(3)]);
+        for i in HEADER_BYTES..clean.len() - 1 {
+            let mut buf = clean.clone();
+            buf[i] ^= 0x01;
+            assert_eq!(decode(&buf), Err(RecordError::BadChecksum), "flip at {i}");
+        }
+    }
+
+    #[test]
+    fn missing_newline_within_limit_is_too_long() {
+        let mut buf = b"00000000 ".to_vec();
+        buf.resize(MAX_RECORD_BYTES, b'a');
+        assert_eq!(decode(&buf), Err(RecordError::TooLong));
+        buf.pop();
+        assert_eq!(decode(&buf), Err(RecordError::Incomplete));
+        buf.push(b'\n');
+        assert_eq!(decode(&buf), Err(RecordError::BadChecksum), "exactly at the limit is allowed");
+    }
+
+    #[test]
+    fn scan_stops_at_the_first_invalid_record() {
+        let good = encoded(&[sample(1), sample(2), sample(3)]);
+        assert_eq!(scan(&good), Scan { valid_len: good.len(), records: 3, stop: None });
+
+        let first_two = encoded(&[sample(1), sample(2)]).len();
+        let mut torn = good.clone();
+        torn.truncate(good.len() - 5);
+        assert_eq!(
+            scan(&torn),
+            Scan { valid_len: first_two, records: 2, stop: Some(RecordError::Incomplete) }
+        );
+
+        let mut zeroed = good.clone();
+        zeroed.extend_from_slice(&[0u8; 100]);
+        assert_eq!(
+            scan(&zeroed),
+            Scan { valid_len: good.len(), records: 3, stop: Some(RecordError::BadHeader) }
+        );
+        assert_eq!(scan(&[]), Scan { valid_len: 0, records: 0, stop: None });
     }
 }
