@@ -1,0 +1,26 @@
+# Entry points; each target installs what it needs (scripts/ensure-deps.sh) on a fresh
+# Debian/Ubuntu machine.
+
+.PHONY: run build test lint deps bench
+
+# Build the release binary and serve with config.toml, starting a private MariaDB in
+# ./var/mysql when mysql.url is empty.
+run:
+	scripts/run.sh
+
+build: deps
+	cargo build --release
+
+# Lint, then every test target. Integration tests start their own private MariaDB servers.
+test: deps lint
+	cargo test --all-targets
+
+lint: deps
+	cargo fmt --check
+	cargo clippy --all-targets -- -D warnings
+
+deps:
+	scripts/ensure-deps.sh
+
+bench: deps
+	cargo bench

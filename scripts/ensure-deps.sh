@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Installs what building, running and testing need, and only what is missing.
+#
+#   scripts/ensure-deps.sh [rust] [mariadb]     (no argument: both)
+#
+# rust:    cargo, rustfmt, clippy and a C compiler. The Rust toolchain cannot be installed from
+#          here (rustup's servers are not reachable), so a missing one is a clear error.
+# mariadb: mariadbd, mariadb-install-db, mariadb and mariadb-admin, from Debian's
+#          mariadb-server-core and mariadb-client: the programs without the system service
+#          (nothing is started; scripts/mariadb.sh runs private servers).
+set -euo pipefail
+export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
+
+die() { echo "ensure-deps: $*" >&2; exit 1; }
+have() { command -v "$1" >/dev/null 2>&1; }
+
+apt_install() {
+    have apt-get || die "apt-get not found; install these packages by hand: $*"
+    local sudo=""
+    if [ "$(id -u)" -ne 0 ]; then
+        have sudo || die "need root (or sudo) to install: $*"
+        sudo="sudo"
+    fi
+    echo "ensure-deps: installing $*" >&2
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" \
+        || die "apt-get install $* failed"
+}
+
+ensure_rust() {
+    have cargo || die "cargo not found. Install a Rust toolchain (rustup, or the machine image's)
+and put ~/.cargo/bin on PATH; it cannot be downloaded from this script."
+    cargo fmt --version >/dev/null 2>&1 || die "rustfmt missing: rustup component add rustfmt"
+    cargo clippy --version >/dev/null 2>&1 || die "clippy missing: rustup component add clippy"
+    have cc || apt_install gcc libc6-dev
+}
+
+ensure_mariadb() {
+    local missing=""
+    for tool in mariadbd mariadb-install-db mariadb mariadb-admin; do
+        have "$tool" || missing=1
+    done
+    [ -z "$missing" ] || apt_install mariadb-server-core mariadb-client
+}
+
+[ $# -gt 0 ] || set -- rust mariadb
+for what in "$@"; do
+    case "$what" in
+        rust) ensure_rust ;;
+        mariadb) ensure_mariadb ;;
+        *) die "unknown component '$what' (rust, mariadb)" ;;
+    esac
+done
