@@ -48,21 +48,24 @@ pub fn compact(wal_dir: &Path) -> Result<usize, CompactError> {
 
 /// Deletes the segments of one core directory behind `durable_cursor`, then fsyncs it.
 fn compact_core(dir: &Path, durable_cursor: Position) -> Result<usize, CompactError> {
-    let io_err = |what, path: &Path| move |source| CompactError::Io { what, path: path.to_owned(), source };
     let segments = match list_segments(dir) {
         Ok(s) => s,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
-        Err(e) => return Err(io_err("listing", dir)(e)),
+        Err(source) => return Err(io_error("listing", dir, source)),
     };
     let doomed = segments_behind(&segments, durable_cursor);
     for &segment in &doomed {
         let path = segment_path(dir, segment);
-        fs::remove_file(&path).map_err(io_err("deleting", &path))?;
+        fs::remove_file(&path).map_err(|e| io_error("deleting", &path, e))?;
     }
     if !doomed.is_empty() {
-        File::open(dir).and_then(|d| d.sync_all()).map_err(io_err("fsyncing", dir))?;
+        File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io_error("fsyncing", dir, e))?;
     }
     Ok(doomed.len())
+}
+
+fn io_error(what: &'static str, path: &Path, source: io::Error) -> CompactError {
+    CompactError::Io { what, path: path.to_owned(), source }
 }
 
 #[cfg(test)]

@@ -122,16 +122,17 @@ impl SqlBuffer {
 
     /// Appends one `(…)` tuple to the statement beginning with `prefix`, starting a new
     /// statement first if the tuple would push the current one past `max_bytes`.
-    fn push_tuple(&mut self, prefix: &str, suffix: &str, max_bytes: usize, tuple: impl Fn(&mut Vec<u8>)) {
+    fn push_tuple(&mut self, prefix: &str, suffix: &str, max_bytes: usize, mut tuple: impl FnMut(&mut Vec<u8>)) {
         let tuple_start = self.buf.len();
         tuple(&mut self.buf);
         let tuple_len = self.buf.len() - tuple_start;
         let separator = usize::from(self.current_rows > 0);
         let projected = tuple_start - self.current_start + separator + tuple_len + suffix.len();
         if self.current_rows == 0 || projected > max_bytes {
+            // Close the current statement without the tuple, then put it behind a fresh
+            // prefix (one small copy per statement, not per row).
+            let tuple_bytes = self.buf.split_off(tuple_start);
             self.finish_statement(suffix);
-            // Move the tuple behind a fresh prefix.
-            let tuple_bytes: Vec<u8> = self.buf.drain(tuple_start..).collect();
             self.current_start = self.buf.len();
             self.buf.extend_from_slice(prefix.as_bytes());
             self.buf.extend_from_slice(&tuple_bytes);

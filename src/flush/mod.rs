@@ -377,7 +377,7 @@ impl Flusher {
                 }
                 self.stall(c, &at);
             }
-            Err(e @ WalReadError::Io { .. }) => {
+            Err(e @ (WalReadError::Io { .. } | WalReadError::OutOfRange { .. })) => {
                 if !lane.io_error_logged {
                     error!(core = c, error = %e, "cannot read the WAL; retrying");
                     lane.io_error_logged = true;
