@@ -142,6 +142,8 @@ struct Flusher {
     link: Link,
     replay: Option<Replay>,
     last_chunk_at: Instant,
+    /// A COMMIT was sent and its outcome is not known yet (the connection failed around it).
+    commit_in_doubt: bool,
     /// Committed cursors not yet written to `commit.meta`.
     meta_dirty: bool,
     meta_written_at: Instant,
@@ -185,6 +187,7 @@ impl Flusher {
             link: Link::Unknown,
             replay: Some(Replay { started: now, events: 0 }),
             last_chunk_at: now,
+            commit_in_doubt: false,
             meta_dirty: false,
             meta_written_at: now,
         }
@@ -473,7 +476,9 @@ impl Flusher {
         for statement in self.sql.statements() {
             db.execute("insert", statement).await?;
         }
+        self.commit_in_doubt = true;
         db.execute("commit", b"COMMIT").await?;
+        self.commit_in_doubt = false;
         failpoint_after_commit(self.stats.batches.load(Ordering::Relaxed) + 1);
         self.db = Some(db);
         self.committed(&ends, started);
@@ -501,9 +506,10 @@ impl Flusher {
         Ok(db)
     }
 
-    /// Aligns our cursors with MySQL's, which are the truth: a batch whose cursors MySQL
-    /// already has was committed (its COMMIT outcome was unknown); a MySQL cursor ahead of
-    /// ours (commit.meta lagged) moves every core back to a clean restart from MySQL.
+    /// Aligns our cursors with MySQL's, which are the truth: a batch whose COMMIT outcome was
+    /// unknown was committed iff MySQL has its cursors (the transaction is atomic); a MySQL
+    /// cursor ahead of ours (commit.meta lagged) discards the batch and restarts every core
+    /// from MySQL's cursors, so nothing at or below them is inserted again.
     fn reconcile(&mut self, cursors: &[(usize, Position)]) {
         let mut mysql = vec![Position::default(); self.lanes.len()];
         for &(core, pos) in cursors {
@@ -512,10 +518,14 @@ impl Flusher {
                 None => warn!(core, "ingest_cursors has a core this node does not run"),
             }
         }
-        let ends = self.batch_ends();
-        if !ends.is_empty() && ends.iter().all(|&(c, end)| mysql[c] >= end) {
-            info!(rows = self.batch.len(), "the last batch was committed before the connection died");
-            self.committed(&ends, Instant::now());
+        if std::mem::take(&mut self.commit_in_doubt) {
+            let ends = self.batch_ends();
+            if ends.iter().all(|&(c, end)| mysql[c] >= end) {
+                info!(rows = self.batch.len(), "the batch in doubt was committed before the connection died");
+                self.committed(&ends, Instant::now());
+            } else {
+                info!(rows = self.batch.len(), "the batch in doubt was not committed; sending it again");
+            }
         }
         if !self.lanes.iter().zip(&mysql).any(|(lane, &m)| m > lane.committed) {
             return;
