@@ -29,3 +29,7 @@ pub mod http;
 pub mod ingest;
 pub mod queue;
 pub mod wal;
+pub mod compact;
+pub mod cursor;
+pub mod flush;
+pub mod mysql;

@@ -1,0 +1,705 @@
+//! The flusher: one OS thread ("flusher") running a tokio current-thread runtime that moves
+//! written WAL records into MySQL, exactly once, in large batches.
+//!
+//! ## Per-core state ([`Lane`])
+//! - `committed`: everything before it is durable in MySQL (`ingest_cursors`).
+//! - `read`: everything before it is in the current batch or committed.
+//! - `mode`: taking chunks from the queue, catching up from the WAL, or stalled on a corrupt
+//!   record.
+//!
+//! ## Flow
+//! 1. Start: `committed = read = max(commit.meta, MySQL)` per core (MySQL if reachable now;
+//!    otherwise on every (re)connect, before the first INSERT — see [`Flusher::reconcile`]).
+//!    Every core whose WAL extends past `read` starts catching up: that is the replay.
+//! 2. Fill a batch: a queue chunk starting at `read` is taken; one ending at or before `read`
+//!    was already read from the WAL and is dropped; one starting after `read` reveals a gap
+//!    (the queue was full) and switches the core to catch-up, which reads the WAL from `read`
+//!    to the core's published `written_end`, at most what fits in the batch. A queue idle for
+//!    a flush interval while `written_end > read` also triggers catch-up (a chunk that was
+//!    never sent leaves no later chunk to reveal the gap).
+//! 3. Cut the batch at `mysql.batch_rows` rows or `mysql.flush_interval_ms` after its first
+//!    row. Deliver it in ONE transaction: event rows, then this node's cursors, then COMMIT.
+//! 4. After COMMIT: `committed = batch ends`, then `commit.meta` (atomic replace), then
+//!    compaction (which only trusts the cursor it reads back from `commit.meta`).
+//!
+//! ## Failure handling
+//! Any MySQL error drops the connection; the flusher backs off (`retry_min_ms` doubling to
+//! `retry_max_ms`), logging once per up/down change, and retries the whole transaction. On
+//! reconnect it re-reads `ingest_cursors`: a batch whose COMMIT outcome was unknown is found
+//! committed (cursors at its ends) or not (cursors unchanged), so no row is sent twice.
+//!
+//! Invariants (debug-asserted): a committed cursor never moves backwards and never passes
+//! `read`; rows of one core enter a batch in WAL order. Memory stays bounded by
+//! `mysql.batch_rows` + `queue.capacity` events.
+pub mod batch;
+pub mod stats;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tracing::{debug, error, info, warn};
+
+use crate::config::Config;
+use crate::cursor::{read_commit_meta, write_commit_meta, CommitMeta};
+use crate::mysql::domains::DomainCache;
+use crate::mysql::{Db, MysqlError};
+use crate::queue::{CoreProgress, QueueReceiver, WalChunk};
+use crate::wal::reader::{CoreWalReader, WalReadError};
+use crate::wal::record::decode;
+use crate::wal::segment::core_dir;
+use crate::wal::Position;
+use batch::{Batch, SqlBuffer};
+use stats::FlushStats;
+
+/// Longest the flusher blocks on the queue before looking at shutdown and idle cores again.
+const POLL_MS: u64 = 100;
+
+/// The running flusher thread.
+pub struct FlusherHandle {
+    thread: JoinHandle<()>,
+}
+
+impl FlusherHandle {
+    /// Waits for the thread; it returns after `shutdown` was set and its last delivery ended.
+    pub fn join(self) -> std::thread::Result<()> {
+        self.thread.join()
+    }
+}
+
+/// Starts the flusher thread. Fails if `commit.meta` is unreadable or corrupt (refusing to
+/// guess a cursor, which could duplicate or lose rows) or the thread cannot be started.
+pub fn spawn(
+    config: &Config,
+    queue: QueueReceiver,
+    cores: Vec<Arc<CoreProgress>>,
+    stats: Arc<FlushStats>,
+    shutdown: Arc<AtomicBool>,
+) -> std::io::Result<FlusherHandle> {
+    let meta = read_commit_meta(&config.wal.dir)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let flusher = Flusher::new(config.clone(), queue, cores, stats, shutdown, meta);
+    let thread = std::thread::Builder::new()
+        .name("flusher".into())
+        .spawn(move || runtime.block_on(flusher.run()))?;
+    Ok(FlusherHandle { thread })
+}
+
+/// Where a core's records currently come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Chunks from the queue continue exactly at `read`.
+    Queue,
+    /// Reading the WAL from `read` up to the core's `written_end`.
+    CatchingUp,
+    /// A corrupt record at `read`: this core does not advance (quarantine is future work).
+    Stalled,
+}
+
+/// The flusher's state for one core.
+struct Lane {
+    committed: Position,
+    read: Position,
+    mode: Mode,
+    reader: CoreWalReader,
+    /// Set while the last WAL read failed with an IO error, so it is logged once.
+    io_error_logged: bool,
+}
+
+/// Up/down state of the MySQL link, for logging state changes only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Link {
+    Unknown,
+    Up,
+    Down { since: Instant },
+}
+
+/// Progress of the startup replay.
+struct Replay {
+    started: Instant,
+    events: u64,
+}
+
+struct Flusher {
+    config: Config,
+    queue: QueueReceiver,
+    cores: Vec<Arc<CoreProgress>>,
+    stats: Arc<FlushStats>,
+    shutdown: Arc<AtomicBool>,
+    lanes: Vec<Lane>,
+    batch: Batch,
+    /// When the first row of the current batch arrived.
+    batch_started: Option<Instant>,
+    /// Domain id of each batch row, rebuilt per delivery.
+    domain_ids: Vec<u32>,
+    sql: SqlBuffer,
+    domains: DomainCache,
+    db: Option<Db>,
+    /// Migrations and the domain cache preload ran on some connection already.
+    initialised: bool,
+    link: Link,
+    replay: Option<Replay>,
+    last_chunk_at: Instant,
+    /// A COMMIT was sent and its outcome is not known yet (the connection failed around it).
+    commit_in_doubt: bool,
+    /// Committed cursors not yet written to `commit.meta`.
+    meta_dirty: bool,
+    meta_written_at: Instant,
+}
+
+impl Flusher {
+    fn new(
+        config: Config,
+        queue: QueueReceiver,
+        cores: Vec<Arc<CoreProgress>>,
+        stats: Arc<FlushStats>,
+        shutdown: Arc<AtomicBool>,
+        meta: Option<CommitMeta>,
+    ) -> Flusher {
+        let meta_cores = meta.map(|m| m.cores).unwrap_or_default();
+        if meta_cores.len() > cores.len() {
+            warn!(cores = cores.len(), in_meta = meta_cores.len(), "commit.meta lists more cores than run");
+        }
+        let lanes = (0..cores.len())
+            .map(|c| {
+                let committed = meta_cores.get(c).copied().unwrap_or_default();
+                let dir = core_dir(&config.wal.dir, c as u16);
+                Lane { committed, read: committed, mode: Mode::CatchingUp, reader: CoreWalReader::new(&dir), io_error_logged: false }
+            })
+            .collect();
+        let now = Instant::now();
+        Flusher {
+            batch: Batch::new(cores.len(), config.mysql.batch_rows),
+            domains: DomainCache::new(config.domains.cache_entries),
+            config,
+            queue,
+            cores,
+            stats,
+            shutdown,
+            lanes,
+            batch_started: None,
+            domain_ids: Vec::new(),
+            sql: SqlBuffer::default(),
+            db: None,
+            initialised: false,
+            link: Link::Unknown,
+            replay: Some(Replay { started: now, events: 0 }),
+            last_chunk_at: now,
+            commit_in_doubt: false,
+            meta_dirty: false,
+            meta_written_at: now,
+        }
+    }
+
+    async fn run(mut self) {
+        info!(cores = self.lanes.len(), node = %self.config.ingest.node_id, "flusher started");
+        match self.connect().await {
+            Ok(db) => self.db = Some(db),
+            Err(e) => self.link_down(&e),
+        }
+        self.publish_positions();
+        while !self.stopping() {
+            self.fill_batch();
+            if self.batch_due() {
+                self.deliver(None).await;
+            }
+        }
+        self.finish().await;
+    }
+
+    fn stopping(&self) -> bool {
+        self.shutdown.load(Ordering::Acquire)
+    }
+
+    /// The last bounded delivery attempt on shutdown, then `commit.meta`.
+    async fn finish(&mut self) {
+        let deadline = Instant::now() + Duration::from_millis(self.config.server.shutdown_timeout_ms);
+        if !self.batch.is_empty() && !self.deliver(Some(deadline)).await {
+            warn!(rows = self.batch.len(), "shutdown: batch not delivered; the WAL replays it at next start");
+        }
+        self.write_meta();
+        info!(flushed = self.stats.events_flushed.load(Ordering::Relaxed), "flusher stopped");
+    }
+
+    // ---- filling the batch -------------------------------------------------------------
+
+    /// Takes records (WAL catch-up, then queue) until the batch is due or shutdown begins.
+    fn fill_batch(&mut self) {
+        loop {
+            self.catch_up();
+            self.note_batch_start();
+            if self.batch_due() || self.stopping() {
+                break;
+            }
+            match self.queue.recv_timeout(self.poll_wait()) {
+                Some(chunk) => {
+                    self.last_chunk_at = Instant::now();
+                    self.take_chunk(chunk);
+                }
+                None => self.on_queue_idle(),
+            }
+            self.note_batch_start();
+            if self.batch_due() {
+                break;
+            }
+        }
+        self.publish_positions();
+    }
+
+    fn flush_interval(&self) -> Duration {
+        Duration::from_millis(self.config.mysql.flush_interval_ms)
+    }
+
+    fn batch_full(&self) -> bool {
+        self.batch.len() >= self.config.mysql.batch_rows
+    }
+
+    fn batch_due(&self) -> bool {
+        self.batch_full() || self.batch_started.is_some_and(|t| t.elapsed() >= self.flush_interval())
+    }
+
+    fn note_batch_start(&mut self) {
+        if self.batch_started.is_none() && !self.batch.is_empty() {
+            self.batch_started = Some(Instant::now());
+        }
+    }
+
+    /// How long to block on the queue: until the batch deadline, at most `POLL_MS`.
+    fn poll_wait(&self) -> Duration {
+        let poll = Duration::from_millis(POLL_MS).min(self.flush_interval());
+        match self.batch_started {
+            Some(t) => self.flush_interval().saturating_sub(t.elapsed()).min(poll),
+            None => poll,
+        }
+    }
+
+    /// The queue had nothing: catch up cores whose WAL is ahead after a flush interval of
+    /// silence, and bring `commit.meta` up to date.
+    fn on_queue_idle(&mut self) {
+        if self.last_chunk_at.elapsed() >= self.flush_interval() {
+            for (lane, core) in self.lanes.iter_mut().zip(&self.cores) {
+                if lane.mode == Mode::Queue && core.written_end() > lane.read {
+                    lane.mode = Mode::CatchingUp;
+                }
+            }
+        }
+        if self.meta_dirty {
+            self.write_meta();
+        }
+    }
+
+    /// Applies the delivery rule to one queue chunk (see the module doc).
+    fn take_chunk(&mut self, chunk: WalChunk) {
+        let c = usize::from(chunk.core);
+        let Some(lane) = self.lanes.get_mut(c) else {
+            warn!(core = c, "chunk from an unknown core dropped");
+            return;
+        };
+        if lane.mode != Mode::Queue || chunk.end <= lane.read {
+            return;
+        }
+        if chunk.start > lane.read {
+            debug!(core = c, read = ?lane.read, chunk_start = ?chunk.start, "gap in the queue; catching up from the WAL");
+            lane.mode = Mode::CatchingUp;
+            return;
+        }
+        self.take_chunk_records(c, &chunk);
+    }
+
+    /// Decodes the chunk's records after `read` into the batch. If the batch fills up, the
+    /// rest is left to catch-up; a bad record stalls the core.
+    fn take_chunk_records(&mut self, c: usize, chunk: &WalChunk) {
+        let mut offset = 0usize;
+        while offset < chunk.bytes.len() {
+            let (ev, len) = match decode(&chunk.bytes[offset..]) {
+                Ok(decoded) => decoded,
+                Err(reason) => {
+                    let at = Position::new(chunk.start.segment, chunk.start.offset + offset as u64);
+                    self.stall(c, &format!("corrupt record in queue chunk at {at:?}: {reason}"));
+                    return;
+                }
+            };
+            offset += len;
+            let end = Position::new(chunk.start.segment, chunk.start.offset + offset as u64);
+            let lane = &mut self.lanes[c];
+            if end <= lane.read {
+                continue;
+            }
+            if self.batch.len() >= self.config.mysql.batch_rows {
+                lane.mode = Mode::CatchingUp;
+                return;
+            }
+            self.batch.push(c, &ev, end);
+            lane.read = end;
+        }
+        debug_assert_eq!(self.lanes[c].read, chunk.end, "chunk bytes and positions disagree");
+    }
+
+    /// Reads the WAL of every catching-up core into the batch, as far as it has room.
+    fn catch_up(&mut self) {
+        for c in 0..self.lanes.len() {
+            let room = self.config.mysql.batch_rows.saturating_sub(self.batch.len());
+            if room == 0 {
+                break;
+            }
+            if self.lanes[c].mode == Mode::CatchingUp {
+                self.catch_up_core(c, room);
+            }
+        }
+        self.check_replay_done();
+    }
+
+    fn catch_up_core(&mut self, c: usize, room: usize) {
+        let until = self.cores[c].written_end();
+        let Flusher { lanes, batch, .. } = self;
+        let lane = &mut lanes[c];
+        if lane.read >= until {
+            lane.mode = Mode::Queue;
+            return;
+        }
+        let mut events = 0u64;
+        let result = lane.reader.read(lane.read, until, room, |ev, end| {
+            batch.push(c, ev, end);
+            events += 1;
+        });
+        match result {
+            Ok(pos) => {
+                lane.read = pos;
+                lane.io_error_logged = false;
+                if pos >= until {
+                    lane.mode = Mode::Queue;
+                }
+            }
+            Err(WalReadError::Corrupt { path, offset, reason, .. }) => {
+                let at = format!("corrupt record in {} at offset {offset}: {reason}", path.display());
+                // Records before the bad one were delivered to the batch; `read` follows them.
+                if let Some(end) = batch.ends()[c] {
+                    lane.read = lane.read.max(end);
+                }
+                self.stall(c, &at);
+            }
+            Err(e @ (WalReadError::Io { .. } | WalReadError::OutOfRange { .. })) => {
+                if !lane.io_error_logged {
+                    error!(core = c, error = %e, "cannot read the WAL; retrying");
+                    lane.io_error_logged = true;
+                }
+            }
+        }
+        self.count_wal_events(events);
+    }
+
+    fn count_wal_events(&mut self, events: u64) {
+        match &mut self.replay {
+            Some(replay) => {
+                replay.events += events;
+                self.stats.wal_replay_total.fetch_add(events, Ordering::Relaxed);
+            }
+            None => {
+                self.stats.wal_catchup_total.fetch_add(events, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn check_replay_done(&mut self) {
+        if self.replay.is_none() || self.lanes.iter().any(|l| l.mode == Mode::CatchingUp) {
+            return;
+        }
+        if let Some(replay) = self.replay.take() {
+            let secs = replay.started.elapsed().as_secs_f64();
+            let rate = if secs > 0.0 { replay.events as f64 / secs } else { 0.0 };
+            info!(events = replay.events, seconds = secs, events_per_sec = rate as u64, "WAL replay done");
+            self.stats.replay_done.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Stops advancing core `c`: never skip a record silently.
+    fn stall(&mut self, c: usize, what: &str) {
+        error!(core = c, read = ?self.lanes[c].read, "{what}; this core stops advancing");
+        self.stats.corrupt_records.fetch_add(1, Ordering::Relaxed);
+        self.lanes[c].mode = Mode::Stalled;
+    }
+
+    fn publish_positions(&self) {
+        for (c, lane) in self.lanes.iter().enumerate() {
+            self.stats.committed[c].store(lane.committed.pack(), Ordering::Relaxed);
+            self.stats.read[c].store(lane.read.pack(), Ordering::Relaxed);
+        }
+    }
+
+    // ---- delivering --------------------------------------------------------------------
+
+    /// Delivers the batch, retrying with back-off until it succeeds, shutdown begins
+    /// (`deadline == None`) or `deadline` passes. Returns whether it was delivered.
+    async fn deliver(&mut self, deadline: Option<Instant>) -> bool {
+        let mut backoff = Duration::from_millis(self.config.mysql.retry_min_ms);
+        let backoff_max = Duration::from_millis(self.config.mysql.retry_max_ms);
+        loop {
+            match self.try_deliver().await {
+                Ok(()) => {
+                    self.link_up();
+                    return true;
+                }
+                Err(e) => self.link_down(&e),
+            }
+            let wake = Instant::now() + backoff;
+            if deadline.is_some_and(|d| wake >= d) || (deadline.is_none() && self.stopping()) {
+                return false;
+            }
+            while Instant::now() < wake && (deadline.is_some() || !self.stopping()) {
+                tokio::time::sleep(Duration::from_millis(POLL_MS).min(backoff)).await;
+            }
+            backoff = (backoff * 2).min(backoff_max);
+        }
+    }
+
+    /// One attempt: (re)connect, resolve domains, one transaction. On error the connection
+    /// is dropped (it is not put back).
+    async fn try_deliver(&mut self) -> Result<(), MysqlError> {
+        let mut db = match self.db.take() {
+            Some(db) => db,
+            None => self.connect().await?,
+        };
+        if self.batch.is_empty() {
+            // Reconnecting found the batch already committed.
+            self.db = Some(db);
+            return Ok(());
+        }
+        let started = Instant::now();
+        self.resolve_domains(&mut db).await?;
+        self.sql.clear();
+        batch::build_event_inserts(&self.batch, &self.domain_ids, self.config.mysql.max_statement_bytes, &mut self.sql);
+        let ends = self.batch_ends();
+        batch::build_cursor_upsert(&self.config.ingest.node_id, &ends, &mut self.sql);
+        db.execute("start transaction", b"START TRANSACTION").await?;
+        for statement in self.sql.statements() {
+            db.execute("insert", statement).await?;
+        }
+        self.commit_in_doubt = true;
+        db.execute("commit", b"COMMIT").await?;
+        self.commit_in_doubt = false;
+        failpoint_after_commit(self.stats.batches.load(Ordering::Relaxed) + 1);
+        self.db = Some(db);
+        self.committed(&ends, started);
+        Ok(())
+    }
+
+    fn batch_ends(&self) -> Vec<(usize, Position)> {
+        self.batch.ends().iter().enumerate().filter_map(|(c, e)| e.map(|end| (c, end))).collect()
+    }
+
+    /// Opens a connection; the first one also migrates and preloads the domain cache. Every
+    /// one re-reads this node's cursors and reconciles before anything is inserted.
+    async fn connect(&mut self) -> Result<Db, MysqlError> {
+        let mut db = Db::connect(&self.config.mysql).await?;
+        if !self.initialised {
+            let applied = db.migrate().await?;
+            if !applied.is_empty() {
+                info!(?applied, "migrations applied");
+            }
+            self.preload_domains(&mut db).await?;
+            self.initialised = true;
+        }
+        let cursors = db.read_cursors(&self.config.ingest.node_id).await?;
+        self.reconcile(&cursors);
+        Ok(db)
+    }
+
+    /// Aligns our cursors with MySQL's, which are the truth: a batch whose COMMIT outcome was
+    /// unknown was committed iff MySQL has its cursors (the transaction is atomic); a MySQL
+    /// cursor ahead of ours (commit.meta lagged) discards the batch and restarts every core
+    /// from MySQL's cursors, so nothing at or below them is inserted again.
+    fn reconcile(&mut self, cursors: &[(usize, Position)]) {
+        let mut mysql = vec![Position::default(); self.lanes.len()];
+        for &(core, pos) in cursors {
+            match mysql.get_mut(core) {
+                Some(slot) => *slot = pos,
+                None => warn!(core, "ingest_cursors has a core this node does not run"),
+            }
+        }
+        if std::mem::take(&mut self.commit_in_doubt) {
+            let ends = self.batch_ends();
+            if ends.iter().all(|&(c, end)| mysql[c] >= end) {
+                info!(rows = self.batch.len(), "the batch in doubt was committed before the connection died");
+                self.committed(&ends, Instant::now());
+            } else {
+                info!(rows = self.batch.len(), "the batch in doubt was not committed; sending it again");
+            }
+        }
+        if !self.lanes.iter().zip(&mysql).any(|(lane, &m)| m > lane.committed) {
+            return;
+        }
+        info!(?mysql, "MySQL cursors are ahead of commit.meta; restarting from them");
+        self.batch.clear();
+        self.batch_started = None;
+        for (c, (lane, &m)) in self.lanes.iter_mut().zip(&mysql).enumerate() {
+            if m > self.cores[c].written_end() {
+                warn!(core = c, mysql = ?m, "MySQL cursor is past this core's WAL end");
+            }
+            lane.committed = lane.committed.max(m);
+            lane.read = lane.committed;
+            lane.mode = Mode::CatchingUp;
+        }
+        self.meta_dirty = true;
+        self.publish_positions();
+    }
+
+    /// Loads up to `domains.cache_entries` most recently created domains.
+    async fn preload_domains(&mut self, db: &mut Db) -> Result<(), MysqlError> {
+        let mut sql = b"SELECT id, name FROM domains ORDER BY id DESC LIMIT ".to_vec();
+        sql.extend_from_slice(itoa::Buffer::new().format(self.domains.capacity()).as_bytes());
+        let rows: Vec<(u32, String)> = db.query("preload domains", &sql).await?;
+        for (id, name) in rows.iter().rev() {
+            self.domains.insert(name, *id);
+        }
+        self.stats.domain_cache_entries.store(self.domains.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Fills `domain_ids` for the batch: cache hits first, then one INSERT IGNORE and one
+    /// SELECT for the names the cache does not know (outside the event transaction: both are
+    /// idempotent).
+    async fn resolve_domains(&mut self, db: &mut Db) -> Result<(), MysqlError> {
+        self.domain_ids.clear();
+        let mut missing = Vec::new();
+        for (i, row) in self.batch.rows().iter().enumerate() {
+            let id = self.domains.get(self.batch.domain(row));
+            self.domain_ids.push(id.unwrap_or(0));
+            if id.is_none() {
+                missing.push(i);
+            }
+        }
+        let misses = missing.len() as u64;
+        self.stats.domain_cache_hits.fetch_add(self.batch.len() as u64 - misses, Ordering::Relaxed);
+        self.stats.domain_cache_misses.fetch_add(misses, Ordering::Relaxed);
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let found = self.fetch_domain_ids(db, &missing).await?;
+        for &i in &missing {
+            let name = self.batch.domain(&self.batch.rows()[i]);
+            let id = *found.get(name).ok_or_else(|| MysqlError::DomainMissing(name.to_owned()))?;
+            self.domain_ids[i] = id;
+            self.domains.insert(name, id);
+        }
+        self.stats.domain_cache_entries.store(self.domains.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Inserts the distinct names of rows `missing` and reads their ids back.
+    async fn fetch_domain_ids(
+        &mut self,
+        db: &mut Db,
+        missing: &[usize],
+    ) -> Result<std::collections::HashMap<String, u32>, MysqlError> {
+        let mut names: Vec<&str> = missing.iter().map(|&i| self.batch.domain(&self.batch.rows()[i])).collect();
+        names.sort_unstable();
+        names.dedup();
+        let max = self.config.mysql.max_statement_bytes;
+        self.sql.clear();
+        batch::build_domain_inserts(names.iter().copied(), max, &mut self.sql);
+        for statement in self.sql.statements() {
+            db.execute("insert domains", statement).await?;
+        }
+        self.sql.clear();
+        batch::build_domain_selects(names.iter().copied(), max, &mut self.sql);
+        let mut found = std::collections::HashMap::with_capacity(names.len());
+        for statement in self.sql.statements() {
+            let rows: Vec<(u32, String)> = db.query("select domains", statement).await?;
+            found.extend(rows.into_iter().map(|(id, name)| (name, id)));
+        }
+        Ok(found)
+    }
+
+    /// Records a committed batch: cursors, stats, then `commit.meta` and compaction.
+    fn committed(&mut self, ends: &[(usize, Position)], started: Instant) {
+        for &(c, end) in ends {
+            let lane = &mut self.lanes[c];
+            debug_assert!(end >= lane.committed, "committed cursor moved backwards");
+            debug_assert!(end <= lane.read, "committed cursor passed read");
+            lane.committed = end;
+        }
+        let rows = self.batch.len() as u64;
+        let elapsed = started.elapsed();
+        let s = &self.stats;
+        s.events_flushed.fetch_add(rows, Ordering::Relaxed);
+        s.batches.fetch_add(1, Ordering::Relaxed);
+        s.last_flush_unix_ms.store(unix_ms(), Ordering::Relaxed);
+        s.last_flush_rows.store(rows, Ordering::Relaxed);
+        s.last_flush_duration_us.store(elapsed.as_micros() as u64, Ordering::Relaxed);
+        s.flush_duration_seconds.observe(elapsed.as_secs_f64());
+        s.batch_rows.observe(rows as f64);
+        self.batch.clear();
+        self.batch_started = None;
+        self.meta_dirty = true;
+        self.publish_positions();
+        // commit.meta is a lagging mirror of MySQL (the truth), so it is written at most once
+        // per flush interval under load and whenever the queue goes idle.
+        if self.meta_written_at.elapsed() >= self.flush_interval() {
+            self.write_meta();
+        }
+    }
+
+    /// Writes `commit.meta`, then deletes the segments behind it.
+    fn write_meta(&mut self) {
+        let meta = CommitMeta {
+            node: self.config.ingest.node_id.clone(),
+            cores: self.lanes.iter().map(|l| l.committed).collect(),
+        };
+        self.meta_written_at = Instant::now();
+        if let Err(e) = write_commit_meta(&self.config.wal.dir, &meta) {
+            error!(error = %e, "cannot write commit.meta; segments are kept until it succeeds");
+            return;
+        }
+        self.meta_dirty = false;
+        match crate::compact::compact(&self.config.wal.dir) {
+            Ok(0) => {}
+            Ok(deleted) => debug!(deleted, "compacted WAL segments"),
+            Err(e) => warn!(error = %e, "WAL compaction failed"),
+        }
+    }
+
+    fn link_up(&mut self) {
+        match self.link {
+            Link::Down { since } => info!(down_for_ms = since.elapsed().as_millis() as u64, "MySQL reachable again"),
+            Link::Unknown => info!("MySQL reachable"),
+            Link::Up => return,
+        }
+        self.link = Link::Up;
+        self.stats.mysql_up.store(true, Ordering::Relaxed);
+        self.stats.mysql_down_since_unix_ms.store(0, Ordering::Relaxed);
+    }
+
+    fn link_down(&mut self, e: &MysqlError) {
+        self.db = None;
+        if matches!(self.link, Link::Down { .. }) {
+            return;
+        }
+        error!(error = %e, "MySQL unavailable; retrying with back-off");
+        self.link = Link::Down { since: Instant::now() };
+        self.stats.mysql_up.store(false, Ordering::Relaxed);
+        self.stats.mysql_down_since_unix_ms.store(unix_ms(), Ordering::Relaxed);
+    }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// With feature `failpoints` and `PSC_FAILPOINT=crash_after_commit`: abort right after the
+/// COMMIT of the `PSC_FAILPOINT_AFTER`-th batch (default the first), before `commit.meta`.
+#[cfg(feature = "failpoints")]
+fn failpoint_after_commit(commit_number: u64) {
+    if std::env::var("PSC_FAILPOINT").as_deref() != Ok("crash_after_commit") {
+        return;
+    }
+    let after = std::env::var("PSC_FAILPOINT_AFTER").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
+    if commit_number >= after {
+        eprintln!("failpoint crash_after_commit: aborting after commit {commit_number}");
+        std::process::abort();
+    }
+}
+
+#[cfg(not(feature = "failpoints"))]
+fn failpoint_after_commit(_commit_number: u64) {}
