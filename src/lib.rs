@@ -27,7 +27,10 @@
 pub mod config;
 pub mod http;
 pub mod ingest;
+pub mod metrics;
+pub mod observe;
 pub mod queue;
+pub mod server;
 pub mod wal;
 pub mod compact;
 pub mod cursor;

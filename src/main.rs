@@ -1,1 +1,99 @@
-fn main() {}
+//! `player-stat-collector`: parses the command line, loads the config, sets up logging and
+//! hands over to the library. Only wiring lives here.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use psc::config::{Config, LogFormat};
+use psc::server::{self, signals};
+
+#[derive(Parser)]
+#[command(version, about = "Durable beacon collector: HTTP -> per-core WAL -> MySQL, exactly once")]
+struct Cli {
+    /// Configuration file (TOML). Every key has a default; PSC_* variables override keys.
+    #[arg(long, short, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve beacons (the default).
+    Serve,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(err) => {
+            eprintln!("player-stat-collector: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let _log_guard = init_logging(&config);
+    let result = match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(config),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            tracing::error!("{err:#}");
+            eprintln!("player-stat-collector: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(config: Config) -> anyhow::Result<ExitCode> {
+    signals::block_shutdown_signals().context("blocking shutdown signals")?;
+    let running = server::start(config).context("starting the collector")?;
+    if let Some(path) = std::env::var_os("PSC_PORT_FILE") {
+        write_port_file(Path::new(&path), running.local_addr()).context("writing PSC_PORT_FILE")?;
+    }
+    loop {
+        if let Some(sig) = signals::wait_for_shutdown_signal(Duration::from_millis(500)) {
+            tracing::info!(signal = sig, "draining; a second signal exits at once");
+            break;
+        }
+        if running.any_core_finished() {
+            tracing::error!("a core thread stopped unexpectedly; shutting down");
+            running.shutdown();
+            return Ok(ExitCode::FAILURE);
+        }
+    }
+    // A second signal ends the process at once; the WAL already holds every acked event.
+    std::thread::spawn(|| loop {
+        if signals::wait_for_shutdown_signal(Duration::from_secs(3600)).is_some() {
+            eprintln!("player-stat-collector: second signal, exiting now");
+            std::process::exit(130);
+        }
+    });
+    let clean = running.shutdown();
+    tracing::info!(clean, "stopped");
+    Ok(if clean { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// Writes `addr` to `path` atomically (tests start the server on port 0 and read it back).
+fn write_port_file(path: &Path, addr: std::net::SocketAddr) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, format!("{addr}\n"))?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Logs go through a non-blocking writer so a slow stderr never stalls a core.
+fn init_logging(config: &Config) -> tracing_appender::non_blocking::WorkerGuard {
+    let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
+    match config.log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+    guard
+}

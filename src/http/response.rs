@@ -51,24 +51,37 @@ pub fn status_text(status: u16) -> &'static str {
 
 /// Appends a `text/plain` error whose body is `reason` plus a newline.
 pub fn write_error(out: &mut Vec<u8>, status: u16, reason: &str, close: bool) {
-    write_text(out, status, None, reason, close);
+    write_text(out, status, Extra::None, reason, close);
 }
 
 /// Appends a `503` telling the client to retry after `retry_after_s` seconds.
 pub fn write_503_retry(out: &mut Vec<u8>, retry_after_s: u32, reason: &str, close: bool) {
-    write_text(out, 503, Some(retry_after_s), reason, close);
+    write_text(out, 503, Extra::RetryAfter(retry_after_s), reason, close);
+}
+
+/// Appends a `405` naming the methods the path takes in `Allow`.
+pub fn write_405(out: &mut Vec<u8>, allow: &'static str, close: bool) {
+    write_text(out, 405, Extra::Allow(allow), "method not allowed", close);
 }
 
 /// Appends a response with an arbitrary body, for `/healthz`, `/metrics` and the like.
 pub fn write_body(out: &mut Vec<u8>, status: u16, content_type: &str, body: &[u8], close: bool) {
-    write_head(out, status, content_type, body.len(), close, None);
+    write_head(out, status, content_type, body.len(), close, Extra::None);
     out.extend_from_slice(body);
+}
+
+/// The one optional header some responses carry.
+#[derive(Clone, Copy)]
+enum Extra {
+    None,
+    RetryAfter(u32),
+    Allow(&'static str),
 }
 
 fn write_text(
     out: &mut Vec<u8>,
     status: u16,
-    retry_after_s: Option<u32>,
+    extra: Extra,
     reason: &str,
     close: bool,
 ) {
@@ -78,7 +91,7 @@ fn write_text(
         "text/plain; charset=utf-8",
         reason.len() + 1,
         close,
-        retry_after_s,
+        extra,
     );
     out.extend_from_slice(reason.as_bytes());
     out.push(b'\n');
@@ -90,7 +103,7 @@ fn write_head(
     content_type: &str,
     content_length: usize,
     close: bool,
-    retry_after_s: Option<u32>,
+    extra: Extra,
 ) {
     debug_assert!(
         (100..=999).contains(&status),
@@ -110,10 +123,18 @@ fn write_head(
     out.extend_from_slice(b"\r\nContent-Length: ");
     out.extend_from_slice(num.format(content_length).as_bytes());
     out.extend_from_slice(b"\r\nCache-Control: no-store\r\n");
-    if let Some(seconds) = retry_after_s {
-        out.extend_from_slice(b"Retry-After: ");
-        out.extend_from_slice(num.format(seconds).as_bytes());
-        out.extend_from_slice(b"\r\n");
+    match extra {
+        Extra::None => {}
+        Extra::RetryAfter(seconds) => {
+            out.extend_from_slice(b"Retry-After: ");
+            out.extend_from_slice(num.format(seconds).as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        Extra::Allow(methods) => {
+            out.extend_from_slice(b"Allow: ");
+            out.extend_from_slice(methods.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
     }
     if close {
         out.extend_from_slice(b"Connection: close\r\n");

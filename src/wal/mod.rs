@@ -38,6 +38,7 @@
 //! only → sealed when the writer rolls (file fdatasynced first unless `sync = none`) → never
 //! modified again → deleted whole by compaction once behind the durable cursor. Only the
 //! newest segment of a core can have a torn tail; recovery truncates it before the writer opens.
+pub mod group;
 pub mod reader;
 pub mod record;
 pub mod recovery;

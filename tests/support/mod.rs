@@ -11,6 +11,8 @@
 //! process is stopped by its own PID (never by name), also when a test panics (`Drop`).
 #![allow(dead_code)]
 
+pub mod wal;
+
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -1,0 +1,299 @@
+//! One client connection on one core: read → parse every complete request in the buffer →
+//! route → append accepted events to the core's open WAL tick → wait for that tick's write →
+//! answer all of them with one socket write.
+//!
+//! Invariants:
+//! - a beacon is answered 2xx only after its tick's WAL write succeeded; if it failed, 503;
+//! - responses leave in request order, one `write` per batch of pipelined requests;
+//! - the read buffer only grows up to `max_header_bytes + max_body_bytes` and is reused for
+//!   the whole connection; once warm, a request allocates nothing;
+//! - a framing error (bad bytes, a limit hit) closes this connection and touches nothing else;
+//! - a partial request must complete within `idle_timeout_ms` of its first byte (no slowloris).
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use monoio::buf::IoBufMut;
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::net::TcpStream;
+
+use super::request::{self, Body, Method, Parsed, Request};
+use super::response;
+use crate::ingest::{self, EventAllowlist, QueryScratch};
+use crate::metrics::{bump, CoreCounters};
+use crate::observe::Observer;
+use crate::wal::group::{GroupCommit, TickOutcome};
+
+/// Smallest read buffer a connection starts with.
+const INITIAL_READ_BYTES: usize = 4096;
+/// `Retry-After` sent with 503s, in seconds.
+const RETRY_AFTER_S: u32 = 1;
+
+/// What every connection of one core shares. Lives on that core only.
+pub struct ConnContext {
+    pub limits: request::Limits,
+    pub idle_timeout: Duration,
+    pub max_pipelined: usize,
+    pub allow: EventAllowlist,
+    pub group: GroupCommit,
+    pub counters: Arc<CoreCounters>,
+    pub observer: Arc<Observer>,
+    /// Set when the process drains for shutdown: answer with `Connection: close`, take no more.
+    pub draining: Cell<bool>,
+}
+
+/// The answer to one request, rendered once the WAL outcome of its tick is known.
+enum Reply {
+    /// A beacon whose record is in the open tick: 204 if the tick is written, else 503.
+    Beacon,
+    Error { status: u16, reason: &'static str },
+    Unavailable { reason: &'static str },
+    MethodNotAllowed { allow: &'static str },
+    Body { status: u16, content_type: &'static str, body: Vec<u8> },
+}
+
+struct Pending {
+    reply: Reply,
+    close: bool,
+    minor_version: u8,
+}
+
+/// Per-connection state, reused for every request on it.
+struct Connection {
+    read_buf: Vec<u8>,
+    write_buf: Vec<u8>,
+    pending: Vec<Pending>,
+    scratch: QueryScratch,
+    /// When the first byte of the request now buffered arrived.
+    partial_since: Option<Instant>,
+}
+
+/// Serves one accepted connection until it closes.
+pub async fn serve(mut stream: TcpStream, ctx: Rc<ConnContext>) {
+    let mut conn = Connection {
+        read_buf: Vec::with_capacity(INITIAL_READ_BYTES),
+        write_buf: Vec::with_capacity(1024),
+        pending: Vec::with_capacity(16),
+        scratch: QueryScratch::default(),
+        partial_since: None,
+    };
+    loop {
+        let close = conn.answer_buffered(&ctx).await;
+        if !conn.write_buf.is_empty() && !conn.flush(&mut stream).await {
+            return;
+        }
+        if close {
+            return;
+        }
+        if conn.has_complete_request(&ctx.limits) {
+            continue; // more pipelined requests than one turn answers
+        }
+        if ctx.draining.get() && conn.read_buf.is_empty() {
+            return;
+        }
+        match conn.read_more(&mut stream, &ctx).await {
+            ReadOutcome::Data => {}
+            ReadOutcome::Closed => return,
+            ReadOutcome::TimedOut => {
+                ctx.counters.count_limit_hit("idle_timeout");
+                if !conn.read_buf.is_empty() {
+                    conn.write_buf.clear();
+                    response::write_error(&mut conn.write_buf, 408, "request not completed in time", true);
+                    ctx.counters.count_response(408);
+                    conn.flush(&mut stream).await;
+                }
+                return;
+            }
+        }
+    }
+}
+
+enum ReadOutcome {
+    Data,
+    Closed,
+    TimedOut,
+}
+
+impl Connection {
+    /// Parses and answers up to `max_pipelined` complete requests from the read buffer.
+    /// Returns true when the connection must close after the answers are written.
+    async fn answer_buffered(&mut self, ctx: &ConnContext) -> bool {
+        if ctx.group.is_full() {
+            ctx.group.room().await;
+        }
+        let now_ms = unix_ms();
+        let mut consumed = 0;
+        let mut close = false;
+        let mut appended = false;
+        self.pending.clear();
+        while self.pending.len() < ctx.max_pipelined && consumed < self.read_buf.len() {
+            let req = match request::parse(&self.read_buf[consumed..], &ctx.limits) {
+                Parsed::Partial => break,
+                Parsed::Invalid(err) => {
+                    ctx.counters.count_limit_hit(err.label());
+                    let reply = Reply::Error { status: err.status(), reason: err.reason() };
+                    self.pending.push(Pending { reply, close: true, minor_version: 1 });
+                    close = true;
+                    consumed = self.read_buf.len();
+                    break;
+                }
+                Parsed::Complete(req) => req,
+            };
+            let body_len = match req.body {
+                Body::None => 0,
+                Body::Length(n) => n,
+                Body::Chunked => {
+                    let reply = Reply::Error { status: 501, reason: "chunked request bodies are not supported here" };
+                    self.pending.push(Pending { reply, close: true, minor_version: 1 });
+                    close = true;
+                    consumed = self.read_buf.len();
+                    break;
+                }
+            };
+            let request_len = req.head_len + body_len;
+            if self.read_buf.len() - consumed < request_len {
+                break; // the body is still on its way
+            }
+            let keep_alive = req.keep_alive && !ctx.draining.get();
+            let reply = route(&req, now_ms, ctx, &mut self.scratch, &mut appended);
+            self.pending.push(Pending { reply, close: !keep_alive, minor_version: req.minor_version });
+            consumed += request_len;
+            if !keep_alive {
+                close = true;
+                break;
+            }
+        }
+        self.read_buf.drain(..consumed);
+        self.partial_since = (!self.read_buf.is_empty()).then(|| self.partial_since.unwrap_or_else(Instant::now));
+        let outcome = if appended { ctx.group.ticket().wait().await } else { TickOutcome::Written };
+        self.render(outcome, &ctx.counters);
+        close
+    }
+
+    fn render(&mut self, outcome: TickOutcome, counters: &CoreCounters) {
+        for p in self.pending.drain(..) {
+            let out = &mut self.write_buf;
+            let status = match p.reply {
+                Reply::Beacon if outcome == TickOutcome::Written => {
+                    bump(&counters.events_accepted, 1);
+                    out.extend_from_slice(response::no_content(p.minor_version, !p.close));
+                    204
+                }
+                Reply::Beacon => {
+                    counters.count_rejection("wal_error");
+                    response::write_503_retry(out, RETRY_AFTER_S, "event not stored: WAL write failed, retry", p.close);
+                    503
+                }
+                Reply::Unavailable { reason } => {
+                    response::write_503_retry(out, RETRY_AFTER_S, reason, p.close);
+                    503
+                }
+                Reply::Error { status, reason } => {
+                    response::write_error(out, status, reason, p.close);
+                    status
+                }
+                Reply::MethodNotAllowed { allow } => {
+                    response::write_405(out, allow, p.close);
+                    405
+                }
+                Reply::Body { status, content_type, body } => {
+                    response::write_body(out, status, content_type, &body, p.close);
+                    status
+                }
+            };
+            counters.count_response(status);
+        }
+    }
+
+    fn has_complete_request(&self, limits: &request::Limits) -> bool {
+        !self.read_buf.is_empty() && !matches!(request::parse(&self.read_buf, limits), Parsed::Partial)
+    }
+
+    async fn flush(&mut self, stream: &mut TcpStream) -> bool {
+        let buf = std::mem::take(&mut self.write_buf);
+        let (res, mut buf) = stream.write_all(buf).await;
+        buf.clear();
+        self.write_buf = buf;
+        res.is_ok()
+    }
+
+    async fn read_more(&mut self, stream: &mut TcpStream, ctx: &ConnContext) -> ReadOutcome {
+        let max = ctx.limits.max_header_bytes + ctx.limits.max_body_bytes;
+        if self.read_buf.len() == self.read_buf.capacity() {
+            let grow = self.read_buf.capacity().max(INITIAL_READ_BYTES).min(max.saturating_sub(self.read_buf.len()).max(1));
+            self.read_buf.reserve(grow);
+        }
+        let deadline = self.partial_since.unwrap_or_else(Instant::now) + ctx.idle_timeout;
+        let Some(wait) = deadline.checked_duration_since(Instant::now()) else {
+            return ReadOutcome::TimedOut;
+        };
+        let buf = std::mem::take(&mut self.read_buf);
+        let len = buf.len();
+        let cap = buf.capacity();
+        let read = stream.read(buf.slice_mut(len..cap));
+        let (res, slice) = match monoio::time::timeout(wait, read).await {
+            Ok(done) => done,
+            // The dropped read is cancelled by the runtime; this connection is closing anyway.
+            Err(_) => return ReadOutcome::TimedOut,
+        };
+        self.read_buf = slice.into_inner();
+        match res {
+            Ok(0) | Err(_) => ReadOutcome::Closed,
+            Ok(_) => {
+                if self.partial_since.is_none() {
+                    self.partial_since = Some(Instant::now());
+                }
+                ReadOutcome::Data
+            }
+        }
+    }
+}
+
+/// Dispatches one complete request. Beacons are appended to the open WAL tick here.
+fn route(
+    req: &Request<'_>,
+    now_ms: u64,
+    ctx: &ConnContext,
+    scratch: &mut QueryScratch,
+    appended: &mut bool,
+) -> Reply {
+    match req.path {
+        "/log" => match req.method {
+            Method::Get => beacon(req.query, now_ms, ctx, scratch, appended),
+            _ => Reply::MethodNotAllowed { allow: "GET" },
+        },
+        "/healthz" | "/livez" => match req.method {
+            Method::Get | Method::Head => {
+                let (status, body) = ctx.observer.health();
+                Reply::Body { status, content_type: "application/json", body }
+            }
+            _ => Reply::MethodNotAllowed { allow: "GET, HEAD" },
+        },
+        _ => Reply::Error { status: 404, reason: "not found" },
+    }
+}
+
+fn beacon(query: &str, now_ms: u64, ctx: &ConnContext, scratch: &mut QueryScratch, appended: &mut bool) -> Reply {
+    if ctx.draining.get() {
+        ctx.counters.count_rejection("shutting_down");
+        return Reply::Unavailable { reason: "shutting down, retry on another node" };
+    }
+    match ingest::parse_beacon(query, now_ms, &ctx.allow, scratch) {
+        Ok(event) => {
+            ctx.group.append(&event);
+            *appended = true;
+            Reply::Beacon
+        }
+        Err(rejection) => {
+            ctx.counters.count_rejection(rejection.label());
+            Reply::Error { status: 400, reason: rejection.reason() }
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch; the receive time stamped on events.
+pub fn unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}

@@ -1,0 +1,160 @@
+//! Hot-path counters: one cache-line-aligned block per core, written only by its own core with
+//! relaxed atomics and summed at scrape time. No counter is shared between cores, so counting
+//! costs an uncontended increment (~5 ns) instead of a contended one (~40 ns).
+//!
+//! Label values are fixed tables (status codes, reject reasons, limits) so a counter is an
+//! array slot, never a map lookup or an allocation.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Status codes the collector answers with, the `code` label of `ingest_requests_total`.
+pub const STATUS_CODES: [u16; 15] =
+    [200, 204, 400, 404, 405, 408, 411, 413, 414, 431, 500, 501, 503, 505, 0];
+
+/// `reason` label values of `ingest_events_rejected_total`: validation failures (see
+/// `crate::ingest::Rejection::label`), then server-side ones.
+pub const REJECT_REASONS: [&str; 12] = [
+    "missing_param",
+    "duplicate_param",
+    "empty_param",
+    "bad_event",
+    "bad_domain",
+    "bad_file_id",
+    "bad_encoding",
+    "event_not_allowed",
+    "wal_full",
+    "wal_error",
+    "shutting_down",
+    "other",
+];
+
+/// `limit` label values of `ingest_http_limit_hits_total`.
+pub const LIMITS: [&str; 8] = [
+    "header_bytes",
+    "url_bytes",
+    "body_bytes",
+    "headers",
+    "connections",
+    "idle_timeout",
+    "malformed",
+    "other",
+];
+
+fn slot_of<T: PartialEq + Copy>(table: &[T], value: T) -> usize {
+    table.iter().position(|&v| v == value).unwrap_or(table.len() - 1)
+}
+
+/// Counters of one core. Aligned to two cache lines so neighbouring cores never share one.
+#[repr(align(128))]
+#[derive(Debug, Default)]
+pub struct CoreCounters {
+    requests: [AtomicU64; STATUS_CODES.len()],
+    rejected: [AtomicU64; REJECT_REASONS.len()],
+    limit_hits: [AtomicU64; LIMITS.len()],
+    pub events_accepted: AtomicU64,
+    /// Chunks not handed to the queue because it was full (their events are in the WAL).
+    pub queue_full_chunks: AtomicU64,
+    pub wal_writes: AtomicU64,
+    pub wal_bytes_written: AtomicU64,
+    pub wal_write_errors: AtomicU64,
+    pub connections_accepted: AtomicU64,
+    /// Gauge: connections open right now on this core.
+    pub connections_open: AtomicU64,
+    /// Unix ms of the core loop's last heartbeat (for /healthz).
+    pub heartbeat_unix_ms: AtomicU64,
+    /// Bytes cut from torn tails at startup.
+    pub wal_truncated_bytes: AtomicU64,
+}
+
+/// Increments a counter owned by the calling core.
+#[inline]
+pub fn bump(counter: &AtomicU64, by: u64) {
+    counter.fetch_add(by, Ordering::Relaxed);
+}
+
+impl CoreCounters {
+    #[inline]
+    pub fn count_response(&self, status: u16) {
+        bump(&self.requests[slot_of(&STATUS_CODES, status)], 1);
+    }
+
+    #[inline]
+    pub fn count_rejection(&self, reason: &'static str) {
+        bump(&self.rejected[slot_of(&REJECT_REASONS, reason)], 1);
+    }
+
+    #[inline]
+    pub fn count_limit_hit(&self, limit: &'static str) {
+        bump(&self.limit_hits[slot_of(&LIMITS, limit)], 1);
+    }
+}
+
+/// Sums of all cores' counters, taken at scrape time.
+#[derive(Debug, Default, Clone)]
+pub struct CoreTotals {
+    pub requests: [u64; STATUS_CODES.len()],
+    pub rejected: [u64; REJECT_REASONS.len()],
+    pub limit_hits: [u64; LIMITS.len()],
+    pub events_accepted: u64,
+    pub queue_full_chunks: u64,
+    pub wal_writes: u64,
+    pub wal_bytes_written: u64,
+    pub wal_write_errors: u64,
+    pub connections_accepted: u64,
+    pub connections_open: u64,
+    pub wal_truncated_bytes: u64,
+}
+
+/// Adds up the per-core counters.
+pub fn sum<'a>(cores: impl IntoIterator<Item = &'a CoreCounters>) -> CoreTotals {
+    let mut t = CoreTotals::default();
+    let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    for c in cores {
+        for (dst, src) in t.requests.iter_mut().zip(&c.requests) {
+            *dst += get(src);
+        }
+        for (dst, src) in t.rejected.iter_mut().zip(&c.rejected) {
+            *dst += get(src);
+        }
+        for (dst, src) in t.limit_hits.iter_mut().zip(&c.limit_hits) {
+            *dst += get(src);
+        }
+        t.events_accepted += get(&c.events_accepted);
+        t.queue_full_chunks += get(&c.queue_full_chunks);
+        t.wal_writes += get(&c.wal_writes);
+        t.wal_bytes_written += get(&c.wal_bytes_written);
+        t.wal_write_errors += get(&c.wal_write_errors);
+        t.connections_accepted += get(&c.connections_accepted);
+        t.connections_open += get(&c.connections_open);
+        t.wal_truncated_bytes += get(&c.wal_truncated_bytes);
+    }
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_land_in_their_slot_and_sum_across_cores() {
+        let a = CoreCounters::default();
+        let b = CoreCounters::default();
+        a.count_response(204);
+        b.count_response(204);
+        b.count_response(400);
+        a.count_rejection("bad_domain");
+        b.count_limit_hit("url_bytes");
+        b.count_response(999); // unknown codes go to the catch-all slot
+        let t = sum([&a, &b]);
+        assert_eq!(t.requests[slot_of(&STATUS_CODES, 204)], 2);
+        assert_eq!(t.requests[slot_of(&STATUS_CODES, 400)], 1);
+        assert_eq!(t.requests[STATUS_CODES.len() - 1], 1);
+        assert_eq!(t.rejected[slot_of(&REJECT_REASONS, "bad_domain")], 1);
+        assert_eq!(t.limit_hits[slot_of(&LIMITS, "url_bytes")], 1);
+    }
+
+    #[test]
+    fn core_blocks_do_not_share_cache_lines() {
+        assert!(std::mem::align_of::<CoreCounters>() >= 128);
+    }
+}

@@ -1,0 +1,167 @@
+//! Wiring of a running collector, in start order:
+//! lock the WAL dir → recover each core's WAL → bind one SO_REUSEPORT listener per core →
+//! start the flusher → start the pinned core threads. [`Running::shutdown`] reverses it:
+//! cores drain (stop accepting, answer in-flight requests, write and sync the WAL), then the
+//! flusher makes its last delivery and writes commit.meta.
+//!
+//! Invariant: listeners are bound before any core thread runs, so a client can connect as soon
+//! as [`start`] returns (the kernel queues connections until the core accepts them).
+
+pub mod core;
+pub mod cpus;
+pub mod lock;
+pub mod signals;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::config::Config;
+use crate::flush::stats::FlushStats;
+use crate::flush::{self, FlusherHandle};
+use crate::metrics::{bump, CoreCounters};
+use crate::observe::Observer;
+use crate::queue::{self, CoreProgress};
+use crate::wal::{recovery, segment};
+
+/// Listen backlog of each core's socket.
+const LISTEN_BACKLOG: i32 = 4096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot create WAL directory {path}: {source}")]
+    WalDir { path: std::path::PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Lock(#[from] lock::LockError),
+    #[error("WAL recovery of core {core}: {source}")]
+    Recovery { core: u16, source: crate::wal::WalError },
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot start thread {name}: {source}")]
+    Thread { name: String, source: std::io::Error },
+}
+
+/// A started collector.
+pub struct Running {
+    local_addr: SocketAddr,
+    shutdown: Arc<AtomicBool>,
+    cores: Vec<JoinHandle<Result<(), core::CoreError>>>,
+    flusher: FlusherHandle,
+    flusher_shutdown: Arc<AtomicBool>,
+    pub observer: Arc<Observer>,
+    _lock: lock::DirLock,
+}
+
+/// Starts everything; returns once every listener is bound.
+pub fn start(config: Config) -> Result<Running, ServerError> {
+    let wal_dir = config.wal.dir.clone();
+    std::fs::create_dir_all(&wal_dir).map_err(|source| ServerError::WalDir { path: wal_dir.clone(), source })?;
+    let dir_lock = lock::lock_wal_dir(&wal_dir)?;
+
+    let cpus = cpus::allowed_cpus();
+    let core_count = if config.server.cores == 0 { cpus.len() } else { config.server.cores };
+    let core_count = core_count.clamp(1, u16::MAX as usize);
+    let counters: Vec<Arc<CoreCounters>> = (0..core_count).map(|_| Arc::default()).collect();
+
+    let mut tails = Vec::with_capacity(core_count);
+    for core in 0..core_count as u16 {
+        let recovered = recovery::recover_core(&wal_dir, core).map_err(|source| ServerError::Recovery { core, source })?;
+        bump(&counters[core as usize].wal_truncated_bytes, recovered.truncated_bytes);
+        tails.push(recovered.tail);
+    }
+    let listeners = bind_listeners(config.server.listen, core_count)?;
+    let local_addr = listeners[0].local_addr().map_err(|source| ServerError::Listen { addr: config.server.listen, source })?;
+
+    let (queue_tx, queue_rx) = queue::bounded(config.queue.capacity);
+    let progress: Vec<Arc<CoreProgress>> = tails.iter().map(|&t| Arc::new(CoreProgress::new(t))).collect();
+    let observer = Arc::new(Observer::new(counters.clone()));
+    let flush_stats = Arc::new(FlushStats::new(core_count));
+    let flusher_shutdown = Arc::new(AtomicBool::new(false));
+    let flusher = flush::spawn(&config, queue_rx, progress.clone(), flush_stats, flusher_shutdown.clone())
+        .map_err(|source| ServerError::Thread { name: "flusher".into(), source })?;
+
+    let shutdown = Arc::new(AtomicBool::new(false));
+    let pin = config.server.pin_cores;
+    let mut cores = Vec::with_capacity(core_count);
+    for (i, listener) in listeners.into_iter().enumerate() {
+        let setup = core::CoreSetup {
+            core: i as u16,
+            cpu: pin.then(|| cpus.get(i % cpus.len().max(1)).copied()).flatten(),
+            listener,
+            core_dir: segment::core_dir(&wal_dir, i as u16),
+            tail: tails[i],
+            config: config.clone(),
+            counters: counters[i].clone(),
+            progress: progress[i].clone(),
+            queue: queue_tx.clone(),
+            observer: observer.clone(),
+            shutdown: shutdown.clone(),
+        };
+        let name = format!("core-{i}");
+        let handle = std::thread::Builder::new()
+            .name(name.clone())
+            .spawn(move || core::run_core(setup))
+            .map_err(|source| ServerError::Thread { name, source })?;
+        cores.push(handle);
+    }
+    tracing::info!(%local_addr, cores = core_count, wal = %wal_dir.display(), "listening on {local_addr}");
+    Ok(Running { local_addr, shutdown, cores, flusher, flusher_shutdown, observer, _lock: dir_lock })
+}
+
+impl Running {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Drains the cores, then lets the flusher deliver what it can and exit. Returns false if
+    /// a thread failed.
+    pub fn shutdown(self) -> bool {
+        self.observer.draining.store(true, Ordering::Release);
+        self.shutdown.store(true, Ordering::Release);
+        let mut clean = true;
+        for (i, handle) in self.cores.into_iter().enumerate() {
+            match handle.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => {
+                    tracing::error!(core = i, %err, "core failed");
+                    clean = false;
+                }
+                Err(_) => clean = false,
+            }
+        }
+        self.flusher_shutdown.store(true, Ordering::Release);
+        clean &= self.flusher.join().is_ok();
+        clean
+    }
+
+    /// True if a core thread ended on its own (a failure: cores only end on shutdown).
+    pub fn any_core_finished(&self) -> bool {
+        self.cores.iter().any(|h| h.is_finished())
+    }
+}
+
+/// One SO_REUSEPORT listener per core. With port 0 the first socket picks the port and the
+/// others bind to the same one.
+fn bind_listeners(addr: SocketAddr, count: usize) -> Result<Vec<std::net::TcpListener>, ServerError> {
+    let first = bind_reuseport(addr)?;
+    let chosen = first.local_addr().map_err(|source| ServerError::Listen { addr, source })?;
+    let mut all = vec![first];
+    for _ in 1..count {
+        all.push(bind_reuseport(chosen)?);
+    }
+    Ok(all)
+}
+
+fn bind_reuseport(addr: SocketAddr) -> Result<std::net::TcpListener, ServerError> {
+    let err = |source| ServerError::Listen { addr, source };
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(err)?;
+    socket.set_reuse_address(true).map_err(err)?;
+    socket.set_reuse_port(true).map_err(err)?;
+    socket.set_nonblocking(true).map_err(err)?;
+    socket.bind(&addr.into()).map_err(err)?;
+    socket.listen(LISTEN_BACKLOG).map_err(err)?;
+    Ok(socket.into())
+}
