@@ -119,26 +119,54 @@ impl Damage {
     }
 }
 
+/// Writes `buf[..cut]` as the only segment, recovers, and checks that exactly the whole
+/// records within the cut survive.
+fn check_recovery_after_cut(
+    wal: &Path,
+    buf: &[u8],
+    ends: &[usize],
+    cut: usize,
+) -> Result<(), TestCaseError> {
+    let path = write_newest_segment(wal, &buf[..cut]);
+    let rec = recover_core(wal, CORE).unwrap();
+    let k = whole_records_within(ends, cut);
+    let kept = if k == 0 { 0 } else { ends[k - 1] };
+    prop_assert_eq!(rec.tail, Position::new(1, kept as u64));
+    prop_assert_eq!(rec.tail_records, k as u64);
+    prop_assert_eq!(rec.truncated_bytes, (cut - kept) as u64);
+    prop_assert_eq!(std::fs::read(&path).unwrap(), &buf[..kept]);
+    Ok(())
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(16))]
+    // Every cut costs a truncate + fdatasync, so few cases of few records.
+    #![proptest_config(ProptestConfig::with_cases(4))]
 
     /// A crash can cut the newest segment anywhere: recovery keeps exactly the whole records.
     #[test]
     fn truncation_at_every_offset_recovers_the_longest_whole_prefix(
-        events in prop::collection::vec(event_strategy(), 1..8),
+        events in prop::collection::vec(event_strategy(), 1..5),
     ) {
         let (buf, ends) = encode_all(&events);
         let wal = tempfile::tempdir().unwrap();
         for cut in 0..=buf.len() {
-            let path = write_newest_segment(wal.path(), &buf[..cut]);
-            let rec = recover_core(wal.path(), CORE).unwrap();
-            let k = whole_records_within(&ends, cut);
-            let kept = if k == 0 { 0 } else { ends[k - 1] };
-            prop_assert_eq!(rec.tail, Position::new(1, kept as u64));
-            prop_assert_eq!(rec.tail_records, k as u64);
-            prop_assert_eq!(rec.truncated_bytes, (cut - kept) as u64);
-            prop_assert_eq!(std::fs::read(&path).unwrap(), &buf[..kept]);
+            check_recovery_after_cut(wal.path(), &buf, &ends, cut)?;
         }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// The same with more records and one random cut each.
+    #[test]
+    fn truncation_at_a_random_offset_recovers_the_longest_whole_prefix(
+        events in prop::collection::vec(event_strategy(), 1..40),
+        cut in any::<prop::sample::Index>(),
+    ) {
+        let (buf, ends) = encode_all(&events);
+        let wal = tempfile::tempdir().unwrap();
+        check_recovery_after_cut(wal.path(), &buf, &ends, cut.index(buf.len() + 1))?;
     }
 }
 

@@ -31,6 +31,7 @@ pub fn core_dir(wal_dir: &Path, core: u16) -> PathBuf {
     wal_dir.join(core_dir_name(core))
 }
 
+/// `core-N`, no leading zeros.
 pub fn core_dir_name(core: u16) -> String {
     format!("{CORE_PREFIX}{core}")
 }
