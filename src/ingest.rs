@@ -1,4 +1,4 @@
-//! Validation of a beacon's query string into an [`Event`](crate::wal::record::Event).
+//! Validation of a beacon's query string into an [`Event`].
 //! Pure functions, no IO; nothing invalid leaves this module.
 //!
 //! Rules for `/log?event=…&domain=…&file_id=…`:
