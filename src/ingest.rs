@@ -1,4 +1,4 @@
-//! Validation of a beacon's query string into an [`Event`](crate::wal::record::Event).
+//! Validation of a beacon's query string into an [`Event`].
 //! Pure functions, no IO; nothing invalid leaves this module.
 //!
 //! Rules for `/log?event=…&domain=…&file_id=…`:
@@ -63,17 +63,17 @@ impl EventAllowlist {
 /// decoding never grows them.
 #[derive(Debug, Clone)]
 pub struct QueryScratch {
-    /// Decoded `event`, at most [`EVENT_MAX_BYTES`].
-    event: Vec<u8>,
-    /// Decoded and lower-cased `domain`, at most [`DOMAIN_MAX_BYTES`].
-    domain: Vec<u8>,
+    /// Decoded `event`, at most `EVENT_MAX_BYTES`.
+    event: String,
+    /// Decoded and lower-cased `domain`, at most `DOMAIN_MAX_BYTES`.
+    domain: String,
 }
 
 impl QueryScratch {
     pub fn new() -> Self {
         QueryScratch {
-            event: Vec::with_capacity(EVENT_MAX_BYTES),
-            domain: Vec::with_capacity(DOMAIN_MAX_BYTES),
+            event: String::with_capacity(EVENT_MAX_BYTES),
+            domain: String::with_capacity(DOMAIN_MAX_BYTES),
         }
     }
 }
@@ -204,8 +204,17 @@ struct RawParams<'q> {
 
 fn find_params(query: &str) -> Result<RawParams<'_>, Rejection> {
     let mut raw = RawParams::default();
-    for pair in query.split('&').filter(|pair| !pair.is_empty()) {
-        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+    let mut rest = Some(query);
+    while let Some(remaining) = rest {
+        let (pair, after) = match split_once_byte(remaining, b'&') {
+            Some((pair, after)) => (pair, Some(after)),
+            None => (remaining, None),
+        };
+        rest = after;
+        if pair.is_empty() {
+            continue;
+        }
+        let (name, value) = split_once_byte(pair, b'=').unwrap_or((pair, ""));
         let Some(param) = known_param(name)? else {
             continue;
         };
@@ -219,6 +228,13 @@ fn find_params(query: &str) -> Result<RawParams<'_>, Rejection> {
         }
     }
     Ok(raw)
+}
+
+/// `str::split_once` for an ASCII separator, without the UTF-8 char searcher (hot path).
+fn split_once_byte(s: &str, sep: u8) -> Option<(&str, &str)> {
+    debug_assert!(sep.is_ascii());
+    let at = s.bytes().position(|b| b == sep)?;
+    Some((s.get(..at)?, s.get(at + 1..)?))
 }
 
 /// Which of our parameters the encoded `name` decodes to, if any.
@@ -240,10 +256,11 @@ fn known_param(name: &str) -> Result<Option<Param>, Rejection> {
 }
 
 fn param_named(decoded: &[u8]) -> Option<Param> {
+    // Byte patterns rather than string literals: they compile to inline compares, not memcmp.
     match decoded {
-        b"event" => Some(Param::Event),
-        b"domain" => Some(Param::Domain),
-        b"file_id" => Some(Param::FileId),
+        [b'e', b'v', b'e', b'n', b't'] => Some(Param::Event),
+        [b'd', b'o', b'm', b'a', b'i', b'n'] => Some(Param::Domain),
+        [b'f', b'i', b'l', b'e', b'_', b'i', b'd'] => Some(Param::FileId),
         _ => None,
     }
 }
@@ -256,12 +273,13 @@ fn needs_decoding(raw: &str) -> bool {
 fn validate_event<'s>(
     raw: &str,
     allow: &EventAllowlist,
-    buf: &'s mut Vec<u8>,
+    buf: &'s mut String,
 ) -> Result<&'s str, Rejection> {
     if raw.is_empty() {
         return Err(Rejection::Empty(Param::Event));
     }
-    let event = decode_utf8(raw, EVENT_MAX_BYTES, Rejection::BadEvent, buf)?;
+    decode_value(raw, EVENT_MAX_BYTES, Rejection::BadEvent, buf)?;
+    let event: &'s str = buf;
     if !is_valid_event_name(event) {
         return Err(Rejection::BadEvent);
     }
@@ -271,35 +289,34 @@ fn validate_event<'s>(
     Ok(event)
 }
 
-fn validate_domain<'s>(raw: &str, buf: &'s mut Vec<u8>) -> Result<&'s str, Rejection> {
+fn validate_domain<'s>(raw: &str, buf: &'s mut String) -> Result<&'s str, Rejection> {
     if raw.is_empty() {
         return Err(Rejection::Empty(Param::Domain));
     }
-    buf.clear();
-    decode_into(raw, DOMAIN_MAX_BYTES, Rejection::BadDomain, buf)?;
+    decode_value(raw, DOMAIN_MAX_BYTES, Rejection::BadDomain, buf)?;
     buf.make_ascii_lowercase();
-    let domain = std::str::from_utf8(buf).map_err(|_| Rejection::BadUtf8)?;
+    let domain: &'s str = buf;
     if !domain.is_ascii() {
         return Err(Rejection::NonAsciiDomain);
     }
-    if !is_valid_hostname(domain) {
+    if !is_valid_hostname(domain.as_bytes()) {
         return Err(Rejection::BadDomain);
     }
     Ok(domain)
 }
 
 /// Lower-case hostname rules from the module doc (the caller has lower-cased).
-fn is_valid_hostname(domain: &str) -> bool {
-    domain.len() <= DOMAIN_MAX_BYTES && domain.split('.').all(is_valid_label)
+fn is_valid_hostname(domain: &[u8]) -> bool {
+    domain.len() <= DOMAIN_MAX_BYTES && domain.split(|&b| b == b'.').all(is_valid_label)
 }
 
-fn is_valid_label(label: &str) -> bool {
+fn is_valid_label(label: &[u8]) -> bool {
     (1..=LABEL_MAX_BYTES).contains(&label.len())
-        && !label.starts_with('-')
-        && !label.ends_with('-')
+        && label.first() != Some(&b'-')
+        && label.last() != Some(&b'-')
         && label
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            .iter()
+            .all(|&b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 fn validate_file_id(raw: &str) -> Result<u64, Rejection> {
@@ -323,38 +340,39 @@ fn validate_file_id(raw: &str) -> Result<u64, Rejection> {
     Ok(id)
 }
 
-/// Decodes `raw` into `buf` (cleared first) and checks it is UTF-8.
-fn decode_utf8<'s>(
-    raw: &str,
-    max_bytes: usize,
-    too_long: Rejection,
-    buf: &'s mut Vec<u8>,
-) -> Result<&'s str, Rejection> {
-    buf.clear();
-    decode_into(raw, max_bytes, too_long, buf)?;
-    std::str::from_utf8(buf).map_err(|_| Rejection::BadUtf8)
-}
+/// Longest value ever decoded, bytes: the longest of the limits below.
+const DECODE_MAX_BYTES: usize = DOMAIN_MAX_BYTES;
+const _: () = assert!(EVENT_MAX_BYTES <= DECODE_MAX_BYTES);
 
-/// Appends the decoded `raw` to `buf`; `too_long` once more than `max_bytes` would be written.
-fn decode_into(
+/// Replaces `buf` with the decoded `raw`; `too_long` past `max_bytes`, `BadUtf8` if the
+/// decoded bytes are not UTF-8. Values without escapes are copied as they are.
+fn decode_value(
     raw: &str,
     max_bytes: usize,
     too_long: Rejection,
-    buf: &mut Vec<u8>,
+    buf: &mut String,
 ) -> Result<(), Rejection> {
+    debug_assert!(max_bytes <= DECODE_MAX_BYTES);
+    buf.clear();
     if !needs_decoding(raw) {
-        if buf.len() + raw.len() > max_bytes {
+        if raw.len() > max_bytes {
             return Err(too_long);
         }
-        buf.extend_from_slice(raw.as_bytes());
+        buf.push_str(raw);
         return Ok(());
     }
+    let mut decoded = [0u8; DECODE_MAX_BYTES];
+    let mut len = 0;
     for byte in PercentDecode::new(raw) {
-        if buf.len() == max_bytes {
-            return Err(too_long);
+        let byte = byte?;
+        match decoded.get_mut(len) {
+            Some(slot) if len < max_bytes => *slot = byte,
+            _ => return Err(too_long),
         }
-        buf.push(byte?);
+        len += 1;
     }
+    let text = std::str::from_utf8(&decoded[..len]).map_err(|_| Rejection::BadUtf8)?;
+    buf.push_str(text);
     Ok(())
 }
 
