@@ -99,19 +99,13 @@ impl Default for HttpConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct IngestConfig {
     /// Optional allowlist of event names. Default: empty = any name matching `[a-z0-9_]{1,32}`.
     pub events: Vec<String>,
     /// Identity of this collector in `ingest_cursors.node`. Default: the hostname.
     pub node_id: String,
-}
-
-impl Default for IngestConfig {
-    fn default() -> Self {
-        Self { events: Vec::new(), node_id: String::new() }
-    }
 }
 
 /// When the WAL is fdatasynced. `None` still survives `kill -9` (the page cache holds the
@@ -344,8 +338,8 @@ impl Config {
         if self.http.max_url_bytes > self.http.max_header_bytes {
             return invalid("http.max_url_bytes", "must not exceed http.max_header_bytes");
         }
-        if self.http.max_headers == 0 {
-            return invalid("http.max_headers", "must be at least 1");
+        if self.http.max_headers == 0 || self.http.max_headers > crate::http::request::MAX_HEADERS_CAP {
+            return invalid("http.max_headers", format!("must be 1..={}", crate::http::request::MAX_HEADERS_CAP));
         }
         if self.http.max_connections_per_core == 0 {
             return invalid("http.max_connections_per_core", "must be at least 1");

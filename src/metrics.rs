@@ -29,7 +29,9 @@ pub const REJECT_REASONS: [&str; 12] = [
 ];
 
 /// `limit` label values of `ingest_http_limit_hits_total`.
-pub const LIMITS: [&str; 8] = [
+/// Framing errors (`malformed`, `content_length`, `version`, `transfer_encoding`) are counted
+/// here too: each closes its connection, like a limit hit.
+pub const LIMITS: [&str; 11] = [
     "header_bytes",
     "url_bytes",
     "body_bytes",
@@ -37,6 +39,9 @@ pub const LIMITS: [&str; 8] = [
     "connections",
     "idle_timeout",
     "malformed",
+    "content_length",
+    "version",
+    "transfer_encoding",
     "other",
 ];
 
