@@ -399,3 +399,45 @@ fn drain_rate_of_200k_events() {
     );
     assert_exactly_once(&db, 200_000, &per_domain);
 }
+
+/// A corrupt record in the middle of a segment: everything before it is delivered, the core
+/// stops there (counted, never skipped), nothing panics.
+#[test]
+fn corrupt_record_stalls_its_core_without_skipping() {
+    let db = MariaDb::start();
+    let wal = tempfile::tempdir().unwrap();
+    let mut bytes = Vec::new();
+    let mut ends = Vec::new();
+    for (i, file_id) in unique_file_ids(100).into_iter().enumerate() {
+        let ev = Event {
+            ts_ms: BASE_TS_MS,
+            event: EVENTS[i % 4],
+            domain: "x.org",
+            file_id,
+        };
+        encode(&ev, &mut bytes);
+        ends.push(bytes.len() as u64);
+    }
+    // Change the first CRC digit of record 50 to another hex digit.
+    let bad = ends[49] as usize;
+    bytes[bad] = if bytes[bad] == b'0' { b'1' } else { b'0' };
+    let dir = core_dir(wal.path(), 0);
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(segment_path(&dir, 1), &bytes).unwrap();
+    let tail = Position::new(1, bytes.len() as u64);
+
+    let flusher = start_on_wal(&config(wal.path(), &db.url, 5000), &[tail]);
+    flusher.wait_flushed(50);
+    wait_for("the corrupt record to be counted", DELIVERY_TIMEOUT, || {
+        flusher.stats.corrupt_records.load(Ordering::Relaxed) > 0
+    });
+    let stats = flusher.stop();
+
+    assert_eq!(db.query_count("SELECT COUNT(*) FROM events"), 50);
+    assert_eq!(stats.corrupt_records.load(Ordering::Relaxed), 1);
+    assert_eq!(db_cursors(&db), vec![Position::new(1, ends[49])]);
+    assert_eq!(
+        Position::unpack(stats.read[0].load(Ordering::Relaxed)),
+        Position::new(1, ends[49])
+    );
+}
