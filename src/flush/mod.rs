@@ -816,3 +816,129 @@ fn failpoint_after_commit(commit_number: u64) {
 
 #[cfg(not(feature = "failpoints"))]
 fn failpoint_after_commit(_commit_number: u64) {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wal::record::{encode, Event};
+
+    fn record(file_id: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        let ev = Event {
+            ts_ms: 1,
+            event: "play",
+            domain: "x.org",
+            file_id,
+        };
+        encode(&ev, &mut out);
+        out
+    }
+
+    /// A chunk of `n` records of core 0 starting at `start`.
+    fn chunk(start: Position, n: u64) -> WalChunk {
+        let bytes: Vec<u8> = (0..n).flat_map(|i| record(start.offset + i + 1)).collect();
+        let end = Position::new(start.segment, start.offset + bytes.len() as u64);
+        WalChunk {
+            core: 0,
+            start,
+            end,
+            records: n as u32,
+            bytes,
+        }
+    }
+
+    fn flusher(batch_rows: usize) -> (Flusher, tempfile::TempDir) {
+        let wal = tempfile::tempdir().unwrap();
+        let mut config = Config::default();
+        config.wal.dir = wal.path().to_owned();
+        config.mysql.batch_rows = batch_rows;
+        let (_tx, rx) = crate::queue::bounded(16);
+        let cores = vec![Arc::new(CoreProgress::new(Position::default()))];
+        let stats = Arc::new(FlushStats::new(1));
+        let f = Flusher::new(
+            config,
+            rx,
+            cores,
+            stats,
+            Arc::new(AtomicBool::new(false)),
+            None,
+        );
+        (f, wal)
+    }
+
+    fn on_queue(f: &mut Flusher, read: Position) {
+        f.lanes[0].read = read;
+        f.lanes[0].committed = read;
+        f.lanes[0].mode = Mode::Queue;
+    }
+
+    #[test]
+    fn chunk_at_read_is_taken_stale_dropped_gap_switches_to_catch_up() {
+        let (mut f, _wal) = flusher(100);
+        on_queue(&mut f, Position::new(1, 0));
+        let first = chunk(Position::new(1, 0), 3);
+        let first_end = first.end;
+        f.take_chunk(first);
+        assert_eq!((f.batch.len(), f.lanes[0].read), (3, first_end));
+        f.take_chunk(chunk(Position::new(1, 0), 2));
+        assert_eq!(f.batch.len(), 3, "stale chunk dropped");
+        assert_eq!(f.lanes[0].mode, Mode::Queue);
+        f.take_chunk(chunk(Position::new(1, first_end.offset + 500), 2));
+        assert_eq!(f.batch.len(), 3, "chunk after a gap dropped");
+        assert_eq!(f.lanes[0].mode, Mode::CatchingUp);
+    }
+
+    #[test]
+    fn full_batch_leaves_the_rest_of_a_chunk_to_catch_up() {
+        let (mut f, _wal) = flusher(2);
+        on_queue(&mut f, Position::new(1, 0));
+        f.take_chunk(chunk(Position::new(1, 0), 5));
+        assert_eq!(f.batch.len(), 2);
+        assert_eq!(f.lanes[0].read, f.batch.ends()[0].unwrap());
+        assert_eq!(f.lanes[0].mode, Mode::CatchingUp);
+    }
+
+    #[test]
+    fn corrupt_chunk_stalls_the_core() {
+        let (mut f, _wal) = flusher(100);
+        on_queue(&mut f, Position::new(1, 0));
+        let mut c = chunk(Position::new(1, 0), 3);
+        let second = record(1).len();
+        c.bytes[second + 12] ^= 1;
+        f.take_chunk(c);
+        assert_eq!(f.batch.len(), 1, "the record before the bad one is kept");
+        assert_eq!(f.lanes[0].mode, Mode::Stalled);
+        assert_eq!(f.stats.corrupt_records.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn reconcile_restarts_from_mysql_when_it_is_ahead() {
+        let (mut f, _wal) = flusher(100);
+        on_queue(&mut f, Position::new(1, 0));
+        f.take_chunk(chunk(Position::new(1, 0), 3));
+        f.reconcile(&[(0, Position::new(1, 50))]);
+        assert!(f.batch.is_empty());
+        assert_eq!(f.lanes[0].committed, Position::new(1, 50));
+        assert_eq!(f.lanes[0].read, Position::new(1, 50));
+        assert_eq!(f.lanes[0].mode, Mode::CatchingUp);
+        assert_eq!(f.stats.events_flushed.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn reconcile_settles_a_commit_in_doubt() {
+        let (mut f, _wal) = flusher(100);
+        on_queue(&mut f, Position::new(1, 0));
+        let c = chunk(Position::new(1, 0), 3);
+        let end = c.end;
+        f.take_chunk(c);
+        f.commit_in_doubt = true;
+        f.reconcile(&[(0, Position::new(1, 0))]);
+        assert_eq!(f.batch.len(), 3, "not committed: kept for the retry");
+        assert_eq!(f.lanes[0].committed, Position::new(1, 0));
+        f.commit_in_doubt = true;
+        f.reconcile(&[(0, end)]);
+        assert!(f.batch.is_empty(), "committed: not sent again");
+        assert_eq!(f.lanes[0].committed, end);
+        assert_eq!(f.stats.events_flushed.load(Ordering::Relaxed), 3);
+    }
+}
