@@ -441,3 +441,34 @@ fn corrupt_record_stalls_its_core_without_skipping() {
         Position::new(1, ends[49])
     );
 }
+
+#[test]
+fn migrate_blocking_applies_each_migration_once() {
+    let db = MariaDb::start();
+    let wal = tempfile::tempdir().unwrap();
+    let config = config(wal.path(), &db.url, 5000);
+    assert_eq!(
+        psc::mysql::migrate_blocking(&config).unwrap(),
+        vec!["001_init".to_owned()]
+    );
+    assert!(psc::mysql::migrate_blocking(&config).unwrap().is_empty());
+    assert_eq!(db.query_count("SELECT COUNT(*) FROM schema_migrations"), 1);
+    let tables = db.query_rows("SHOW TABLES");
+    let mut names: Vec<&str> = tables.iter().map(|r| r[0].as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        ["domains", "events", "ingest_cursors", "schema_migrations"]
+    );
+}
+
+#[test]
+fn migrate_blocking_reports_an_unreachable_server() {
+    let wal = tempfile::tempdir().unwrap();
+    let url = format!(
+        "mysql://psc:x@127.0.0.1:{}/psc",
+        support::free_closed_port()
+    );
+    let err = psc::mysql::migrate_blocking(&config(wal.path(), &url, 5000)).unwrap_err();
+    assert!(err.to_string().contains("connect"), "{err}");
+}
