@@ -384,6 +384,8 @@ fn queue_path_with_full_queue_loses_and_duplicates_nothing() {
 /// Not a benchmark with assertions: prints the drain and replay rate of a bigger WAL.
 #[test]
 fn drain_rate_of_200k_events() {
+    // Shows the flusher's own log, including its "WAL replay done … events_per_sec" line.
+    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
     let db = MariaDb::start();
     let wal = tempfile::tempdir().unwrap();
     let mut per_domain = HashMap::new();
