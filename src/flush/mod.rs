@@ -255,12 +255,19 @@ impl Flusher {
             if self.batch_due() || self.stopping() {
                 break;
             }
-            match self.queue.recv_timeout(self.poll_wait()) {
+            let wait = self.poll_wait();
+            let waited_from = Instant::now();
+            match self.queue.recv_timeout(wait) {
                 Some(chunk) => {
                     self.last_chunk_at = Instant::now();
                     self.take_chunk(chunk);
                 }
-                None => self.on_queue_idle(),
+                None => {
+                    // `None` also comes at once when every sender is gone (cores stopped):
+                    // wait out the poll period anyway instead of spinning.
+                    std::thread::sleep(wait.saturating_sub(waited_from.elapsed()));
+                    self.on_queue_idle();
+                }
             }
             self.note_batch_start();
             if self.batch_due() {

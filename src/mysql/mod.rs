@@ -95,7 +95,11 @@ impl Db {
         let mut sql = b"SELECT core, segment, `offset` FROM ingest_cursors WHERE node = ".to_vec();
         crate::flush::batch::push_quoted(node, &mut sql);
         sql.extend_from_slice(b" FOR UPDATE");
+        // Inside a transaction: a locking read under autocommit is not guaranteed to lock.
+        self.execute("start transaction", b"START TRANSACTION")
+            .await?;
         let rows: Vec<(u16, u32, u64)> = self.query("read ingest_cursors", &sql).await?;
+        self.execute("commit", b"COMMIT").await?;
         Ok(rows
             .into_iter()
             .map(|(core, seg, off)| (usize::from(core), Position::new(seg, off)))
