@@ -29,8 +29,9 @@
 //! committed (cursors at its ends) or not (cursors unchanged), so no row is sent twice.
 //!
 //! Invariants (debug-asserted): a committed cursor never moves backwards and never passes
-//! `read`; rows of one core enter a batch in WAL order. Memory stays bounded by
-//! `mysql.batch_rows` + `queue.capacity` events.
+//! `read`; rows of one core enter a batch in WAL order. While a transaction is in flight the
+//! flusher decodes what is already available into a second batch (`next`), so memory stays
+//! bounded by 2 × `mysql.batch_rows` + `queue.capacity` events.
 pub mod batch;
 pub mod stats;
 
@@ -134,6 +135,10 @@ struct Flusher {
     batch: Batch,
     /// When the first row of the current batch arrived.
     batch_started: Option<Instant>,
+    /// Rows taken while `batch` is in flight (see [`Flusher::prefetch`]); its rows follow
+    /// `batch`'s in WAL order. It becomes `batch` once `batch` is committed.
+    next: Batch,
+    next_started: Option<Instant>,
     /// Domain id of each batch row, rebuilt per delivery.
     domain_ids: Vec<u32>,
     sql: SqlBuffer,
@@ -184,6 +189,7 @@ impl Flusher {
         let now = Instant::now();
         Flusher {
             batch: Batch::new(cores.len(), config.mysql.batch_rows),
+            next: Batch::new(cores.len(), config.mysql.batch_rows),
             domains: DomainCache::new(config.domains.cache_entries),
             config,
             queue,
@@ -192,6 +198,7 @@ impl Flusher {
             shutdown,
             lanes,
             batch_started: None,
+            next_started: None,
             domain_ids: Vec::new(),
             sql: SqlBuffer::default(),
             db: None,
@@ -232,10 +239,15 @@ impl Flusher {
     async fn finish(&mut self) {
         let deadline =
             Instant::now() + Duration::from_millis(self.config.server.shutdown_timeout_ms);
-        if !self.batch.is_empty() && !self.deliver(Some(deadline)).await {
+        while !self.batch.is_empty() && Instant::now() < deadline {
+            if !self.deliver(Some(deadline)).await {
+                break;
+            }
+        }
+        if !self.batch.is_empty() {
             warn!(
-                rows = self.batch.len(),
-                "shutdown: batch not delivered; the WAL replays it at next start"
+                rows = self.batch.len() + self.next.len(),
+                "shutdown: rows not delivered; the WAL replays them at next start"
             );
         }
         self.write_meta();
@@ -275,6 +287,36 @@ impl Flusher {
             }
         }
         self.publish_positions();
+    }
+
+    /// While a transaction is in flight: takes what is available right now (WAL catch-up,
+    /// chunks already queued; never waits) into `next`, so decoding overlaps MySQL's work.
+    fn prefetch(&mut self) {
+        self.swap_batches();
+        loop {
+            let before = self.batch.len();
+            self.catch_up();
+            let chunk = if self.batch_full() {
+                None
+            } else {
+                self.queue.try_recv()
+            };
+            let got_chunk = chunk.is_some();
+            if let Some(chunk) = chunk {
+                self.last_chunk_at = Instant::now();
+                self.take_chunk(chunk);
+            }
+            self.note_batch_start();
+            if self.batch_full() || (!got_chunk && self.batch.len() == before) {
+                break;
+            }
+        }
+        self.swap_batches();
+    }
+
+    fn swap_batches(&mut self) {
+        std::mem::swap(&mut self.batch, &mut self.next);
+        std::mem::swap(&mut self.batch_started, &mut self.next_started);
     }
 
     fn flush_interval(&self) -> Duration {
@@ -542,9 +584,10 @@ impl Flusher {
         batch::build_cursor_upsert(&self.config.ingest.node_id, &ends, &mut self.sql);
         db.execute("start transaction", b"START TRANSACTION")
             .await?;
-        for statement in self.sql.statements() {
-            db.execute("insert", statement).await?;
-        }
+        let sql = std::mem::take(&mut self.sql);
+        let (inserted, ()) = tokio::join!(execute_all(&mut db, &sql), async { self.prefetch() });
+        self.sql = sql;
+        inserted?;
         self.commit_in_doubt = true;
         db.execute("commit", b"COMMIT").await?;
         self.commit_in_doubt = false;
@@ -621,6 +664,8 @@ impl Flusher {
         );
         self.batch.clear();
         self.batch_started = None;
+        self.next.clear();
+        self.next_started = None;
         for (c, (lane, &m)) in self.lanes.iter_mut().zip(&mysql).enumerate() {
             if m > self.cores[c].written_end() {
                 warn!(core = c, mysql = ?m, "MySQL cursor is past this core's WAL end");
@@ -717,7 +762,8 @@ impl Flusher {
         Ok(found)
     }
 
-    /// Records a committed batch: cursors, stats, then `commit.meta` and compaction.
+    /// Records a committed batch: cursors, stats, the prefetched `next` becomes the batch, then
+    /// `commit.meta` and compaction.
     fn committed(&mut self, ends: &[(usize, Position)], started: Instant) {
         for &(c, end) in ends {
             let lane = &mut self.lanes[c];
@@ -738,6 +784,7 @@ impl Flusher {
         s.batch_rows.observe(rows as f64);
         self.batch.clear();
         self.batch_started = None;
+        self.swap_batches();
         self.meta_dirty = true;
         self.publish_positions();
         // commit.meta is a lagging mirror of MySQL (the truth), so it is written at most once
@@ -798,6 +845,14 @@ impl Flusher {
     }
 }
 
+/// Runs every statement of `sql`, in order.
+async fn execute_all(db: &mut Db, sql: &SqlBuffer) -> Result<(), MysqlError> {
+    for statement in sql.statements() {
+        db.execute("insert", statement).await?;
+    }
+    Ok(())
+}
+
 fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -827,6 +882,7 @@ fn failpoint_after_commit(_commit_number: u64) {}
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::queue::{Offer, QueueSender};
     use crate::wal::record::{encode, Event};
 
     fn record(file_id: u64) -> Vec<u8> {
@@ -855,11 +911,16 @@ mod tests {
     }
 
     fn flusher(batch_rows: usize) -> (Flusher, tempfile::TempDir) {
+        let (f, _tx, wal) = flusher_with_queue(batch_rows);
+        (f, wal)
+    }
+
+    fn flusher_with_queue(batch_rows: usize) -> (Flusher, QueueSender, tempfile::TempDir) {
         let wal = tempfile::tempdir().unwrap();
         let mut config = Config::default();
         config.wal.dir = wal.path().to_owned();
         config.mysql.batch_rows = batch_rows;
-        let (_tx, rx) = crate::queue::bounded(16);
+        let (tx, rx) = crate::queue::bounded(16);
         let cores = vec![Arc::new(CoreProgress::new(Position::default()))];
         let stats = Arc::new(FlushStats::new(1));
         let f = Flusher::new(
@@ -870,7 +931,7 @@ mod tests {
             Arc::new(AtomicBool::new(false)),
             None,
         );
-        (f, wal)
+        (f, tx, wal)
     }
 
     fn on_queue(f: &mut Flusher, read: Position) {
@@ -947,5 +1008,26 @@ mod tests {
         assert!(f.batch.is_empty(), "committed: not sent again");
         assert_eq!(f.lanes[0].committed, end);
         assert_eq!(f.stats.events_flushed.load(Ordering::Relaxed), 3);
+    }
+
+    #[test]
+    fn prefetched_rows_become_the_batch_after_commit() {
+        let (mut f, tx, _wal) = flusher_with_queue(100);
+        on_queue(&mut f, Position::new(1, 0));
+        let first = chunk(Position::new(1, 0), 2);
+        let first_end = first.end;
+        f.take_chunk(first);
+        assert_eq!(tx.offer(chunk(first_end, 3)), Offer::Queued);
+        f.prefetch();
+        assert_eq!(
+            (f.batch.len(), f.next.len()),
+            (2, 3),
+            "in-flight batch untouched"
+        );
+        let ends = f.batch_ends();
+        f.committed(&ends, Instant::now());
+        assert_eq!(f.lanes[0].committed, first_end);
+        assert_eq!((f.batch.len(), f.next.len()), (3, 0));
+        assert!(f.batch_started.is_some());
     }
 }
