@@ -50,12 +50,21 @@ fn append_events(
     let mut bytes = Vec::new();
     for (i, &file_id) in file_ids.iter().enumerate() {
         let name = domain(file_id as usize);
-        let ev = Event { ts_ms: BASE_TS_MS + (file_id % 1000), event: EVENTS[i % 4], domain: &name, file_id };
+        let ev = Event {
+            ts_ms: BASE_TS_MS + (file_id % 1000),
+            event: EVENTS[i % 4],
+            domain: &name,
+            file_id,
+        };
         encode(&ev, &mut bytes);
         *per_domain.entry(name).or_default() += 1;
     }
     let path = segment_path(&dir, segment);
-    let mut file = OpenOptions::new().create(true).append(true).open(&path).unwrap();
+    let mut file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .unwrap();
     file.write_all(&bytes).unwrap();
     Position::new(segment, fs::metadata(&path).unwrap().len())
 }
@@ -87,13 +96,21 @@ fn start_flusher(config: &Config, queue: QueueReceiver, cores: Vec<Arc<CoreProgr
     let shutdown = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
     let handle = flush::spawn(config, queue, cores, stats.clone(), shutdown.clone()).unwrap();
-    Running { handle, stats, shutdown, started }
+    Running {
+        handle,
+        stats,
+        shutdown,
+        started,
+    }
 }
 
 /// A flusher over a WAL written beforehand, with an empty queue nobody sends to.
 fn start_on_wal(config: &Config, tails: &[Position]) -> Running {
     let (_tx, rx) = queue::bounded(16);
-    let cores = tails.iter().map(|&t| Arc::new(CoreProgress::new(t))).collect();
+    let cores = tails
+        .iter()
+        .map(|&t| Arc::new(CoreProgress::new(t)))
+        .collect();
     start_flusher(config, rx, cores)
 }
 
@@ -114,10 +131,12 @@ impl Running {
 }
 
 fn db_cursors(db: &MariaDb) -> Vec<Position> {
-    db.query_rows(&format!("SELECT segment, `offset` FROM ingest_cursors WHERE node = '{NODE}' ORDER BY core"))
-        .iter()
-        .map(|r| Position::new(r[0].parse().unwrap(), r[1].parse().unwrap()))
-        .collect()
+    db.query_rows(&format!(
+        "SELECT segment, `offset` FROM ingest_cursors WHERE node = '{NODE}' ORDER BY core"
+    ))
+    .iter()
+    .map(|r| Position::new(r[0].parse().unwrap(), r[1].parse().unwrap()))
+    .collect()
 }
 
 fn db_per_domain(db: &MariaDb) -> HashMap<String, u64> {
@@ -128,14 +147,26 @@ fn db_per_domain(db: &MariaDb) -> HashMap<String, u64> {
 }
 
 /// Writes `per_core` events to segment 1 of each of 2 cores; returns the tails.
-fn write_two_cores(wal: &Path, per_core: usize, per_domain: &mut HashMap<String, u64>) -> Vec<Position> {
-    (0..2).map(|core| append_events(wal, core, 1, &unique_file_ids(per_core), per_domain)).collect()
+fn write_two_cores(
+    wal: &Path,
+    per_core: usize,
+    per_domain: &mut HashMap<String, u64>,
+) -> Vec<Position> {
+    (0..2)
+        .map(|core| append_events(wal, core, 1, &unique_file_ids(per_core), per_domain))
+        .collect()
 }
 
 fn assert_exactly_once(db: &MariaDb, total: u64, per_domain: &HashMap<String, u64>) {
     assert_eq!(db.query_count("SELECT COUNT(*) FROM events"), total);
-    assert_eq!(db.query_count("SELECT COUNT(DISTINCT file_id) FROM events"), total);
-    assert_eq!(db.query_count("SELECT COUNT(*) FROM domains"), per_domain.len() as u64);
+    assert_eq!(
+        db.query_count("SELECT COUNT(DISTINCT file_id) FROM events"),
+        total
+    );
+    assert_eq!(
+        db.query_count("SELECT COUNT(*) FROM domains"),
+        per_domain.len() as u64
+    );
     assert_eq!(&db_per_domain(db), per_domain);
 }
 
@@ -160,7 +191,10 @@ fn replays_a_wal_into_mysql_exactly_once() {
     assert_eq!(db_cursors(&db), tails);
     assert_eq!(read_commit_meta(wal.path()).unwrap().unwrap().cores, tails);
     // Each run of 5000 consecutive file ids covers every millisecond 000..999 five times.
-    assert_eq!(db.query_count("SELECT COUNT(*) FROM events WHERE received_at = '2025-11-23 18:39:30.123'"), 10);
+    assert_eq!(
+        db.query_count("SELECT COUNT(*) FROM events WHERE received_at = '2025-11-23 18:39:30.123'"),
+        10
+    );
     assert_eq!(
         db.query_count(
             "SELECT COUNT(*) FROM events \
@@ -188,7 +222,11 @@ fn restart_delivers_only_new_events() {
 
     assert_exactly_once(&db, 10_500, &per_domain);
     assert_eq!(stats.events_flushed.load(Ordering::Relaxed), 500);
-    assert_eq!(stats.wal_replay_total.load(Ordering::Relaxed), 500, "committed events re-read");
+    assert_eq!(
+        stats.wal_replay_total.load(Ordering::Relaxed),
+        500,
+        "committed events re-read"
+    );
     assert_eq!(db_cursors(&db), tails);
     assert_eq!(read_commit_meta(wal.path()).unwrap().unwrap().cores, tails);
 }
@@ -210,9 +248,17 @@ fn mysql_unreachable_at_start_then_back_delivers_exactly_once() {
     let tails = write_two_cores(wal.path(), 250, &mut per_domain);
     db.kill9();
     let second = start_on_wal(&config, &tails);
-    wait_for("the flusher to notice MySQL is down", DELIVERY_TIMEOUT, || {
-        second.stats.mysql_down_since_unix_ms.load(Ordering::Relaxed) != 0
-    });
+    wait_for(
+        "the flusher to notice MySQL is down",
+        DELIVERY_TIMEOUT,
+        || {
+            second
+                .stats
+                .mysql_down_since_unix_ms
+                .load(Ordering::Relaxed)
+                != 0
+        },
+    );
     // Let it retry a few times against the dead server with a full batch in hand.
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(second.stats.events_flushed.load(Ordering::Relaxed), 0);
@@ -241,13 +287,26 @@ struct FakeCore {
 impl FakeCore {
     fn write_chunk(&mut self, file_ids: &[u64], per_domain: &mut HashMap<String, u64>) {
         let start = self.progress.written_end();
-        let start = if start.segment == self.segment { start } else { Position::new(self.segment, 0) };
+        let start = if start.segment == self.segment {
+            start
+        } else {
+            Position::new(self.segment, 0)
+        };
         let end = append_events(&self.wal, self.core, self.segment, file_ids, per_domain);
         let path = segment_path(&core_dir(&self.wal, self.core), self.segment);
         let mut bytes = vec![0; (end.offset - start.offset) as usize];
-        fs::File::open(path).unwrap().read_exact_at(&mut bytes, start.offset).unwrap();
+        fs::File::open(path)
+            .unwrap()
+            .read_exact_at(&mut bytes, start.offset)
+            .unwrap();
         self.progress.publish_written(end);
-        let chunk = WalChunk { core: self.core, start, end, records: file_ids.len() as u32, bytes };
+        let chunk = WalChunk {
+            core: self.core,
+            start,
+            end,
+            records: file_ids.len() as u32,
+            bytes,
+        };
         match self.tx.offer(chunk) {
             Offer::Queued => self.queued += 1,
             Offer::Full => self.full += 1,
@@ -262,7 +321,9 @@ fn queue_path_with_full_queue_loses_and_duplicates_nothing() {
     let wal = tempfile::tempdir().unwrap();
     let config = config(wal.path(), &db.url, 500);
     let (tx, rx) = queue::bounded(16);
-    let progress: Vec<_> = (0..2).map(|_| Arc::new(CoreProgress::new(Position::default()))).collect();
+    let progress: Vec<_> = (0..2)
+        .map(|_| Arc::new(CoreProgress::new(Position::default())))
+        .collect();
     for core in 0..2 {
         fs::create_dir_all(core_dir(wal.path(), core)).unwrap();
     }
@@ -298,13 +359,20 @@ fn queue_path_with_full_queue_loses_and_duplicates_nothing() {
     }
     let rate = flusher.wait_flushed(10_000);
     eprintln!("queue path drained at {rate:.0} rows/s");
-    wait_for("segment 1 of every core compacted", DELIVERY_TIMEOUT, || {
-        (0..2).all(|c| !segment_path(&core_dir(wal.path(), c), 1).exists())
-    });
+    wait_for(
+        "segment 1 of every core compacted",
+        DELIVERY_TIMEOUT,
+        || (0..2).all(|c| !segment_path(&core_dir(wal.path(), c), 1).exists()),
+    );
     let stats = flusher.stop();
 
-    let (queued, full): (u64, u64) = cores.iter().fold((0, 0), |(q, f), c| (q + c.queued, f + c.full));
-    assert!(queued > 0 && full > 0, "queued {queued}, full {full}: both paths must be exercised");
+    let (queued, full): (u64, u64) = cores
+        .iter()
+        .fold((0, 0), |(q, f), c| (q + c.queued, f + c.full));
+    assert!(
+        queued > 0 && full > 0,
+        "queued {queued}, full {full}: both paths must be exercised"
+    );
     assert_exactly_once(&db, 10_000, &per_domain);
     assert_eq!(stats.events_flushed.load(Ordering::Relaxed), 10_000);
     let tails: Vec<Position> = progress.iter().map(|p| p.written_end()).collect();
@@ -316,6 +384,8 @@ fn queue_path_with_full_queue_loses_and_duplicates_nothing() {
 /// Not a benchmark with assertions: prints the drain and replay rate of a bigger WAL.
 #[test]
 fn drain_rate_of_200k_events() {
+    // Shows the flusher's own log, including its "WAL replay done … events_per_sec" line.
+    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
     let db = MariaDb::start();
     let wal = tempfile::tempdir().unwrap();
     let mut per_domain = HashMap::new();
@@ -330,4 +400,77 @@ fn drain_rate_of_200k_events() {
         stats.last_flush_duration_us.load(Ordering::Relaxed)
     );
     assert_exactly_once(&db, 200_000, &per_domain);
+}
+
+/// A corrupt record in the middle of a segment: everything before it is delivered, the core
+/// stops there (counted, never skipped), nothing panics.
+#[test]
+fn corrupt_record_stalls_its_core_without_skipping() {
+    let db = MariaDb::start();
+    let wal = tempfile::tempdir().unwrap();
+    let mut bytes = Vec::new();
+    let mut ends = Vec::new();
+    for (i, file_id) in unique_file_ids(100).into_iter().enumerate() {
+        let ev = Event {
+            ts_ms: BASE_TS_MS,
+            event: EVENTS[i % 4],
+            domain: "x.org",
+            file_id,
+        };
+        encode(&ev, &mut bytes);
+        ends.push(bytes.len() as u64);
+    }
+    // Change the first CRC digit of record 50 to another hex digit.
+    let bad = ends[49] as usize;
+    bytes[bad] = if bytes[bad] == b'0' { b'1' } else { b'0' };
+    let dir = core_dir(wal.path(), 0);
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(segment_path(&dir, 1), &bytes).unwrap();
+    let tail = Position::new(1, bytes.len() as u64);
+
+    let flusher = start_on_wal(&config(wal.path(), &db.url, 5000), &[tail]);
+    flusher.wait_flushed(50);
+    wait_for("the corrupt record to be counted", DELIVERY_TIMEOUT, || {
+        flusher.stats.corrupt_records.load(Ordering::Relaxed) > 0
+    });
+    let stats = flusher.stop();
+
+    assert_eq!(db.query_count("SELECT COUNT(*) FROM events"), 50);
+    assert_eq!(stats.corrupt_records.load(Ordering::Relaxed), 1);
+    assert_eq!(db_cursors(&db), vec![Position::new(1, ends[49])]);
+    assert_eq!(
+        Position::unpack(stats.read[0].load(Ordering::Relaxed)),
+        Position::new(1, ends[49])
+    );
+}
+
+#[test]
+fn migrate_blocking_applies_each_migration_once() {
+    let db = MariaDb::start();
+    let wal = tempfile::tempdir().unwrap();
+    let config = config(wal.path(), &db.url, 5000);
+    assert_eq!(
+        psc::mysql::migrate_blocking(&config).unwrap(),
+        vec!["001_init".to_owned()]
+    );
+    assert!(psc::mysql::migrate_blocking(&config).unwrap().is_empty());
+    assert_eq!(db.query_count("SELECT COUNT(*) FROM schema_migrations"), 1);
+    let tables = db.query_rows("SHOW TABLES");
+    let mut names: Vec<&str> = tables.iter().map(|r| r[0].as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        ["domains", "events", "ingest_cursors", "schema_migrations"]
+    );
+}
+
+#[test]
+fn migrate_blocking_reports_an_unreachable_server() {
+    let wal = tempfile::tempdir().unwrap();
+    let url = format!(
+        "mysql://psc:x@127.0.0.1:{}/psc",
+        support::free_closed_port()
+    );
+    let err = psc::mysql::migrate_blocking(&config(wal.path(), &url, 5000)).unwrap_err();
+    assert!(err.to_string().contains("connect"), "{err}");
 }

@@ -29,8 +29,9 @@
 //! committed (cursors at its ends) or not (cursors unchanged), so no row is sent twice.
 //!
 //! Invariants (debug-asserted): a committed cursor never moves backwards and never passes
-//! `read`; rows of one core enter a batch in WAL order. Memory stays bounded by
-//! `mysql.batch_rows` + `queue.capacity` events.
+//! `read`; rows of one core enter a batch in WAL order. While a transaction is in flight the
+//! flusher decodes what is already available into a second batch (`next`), so memory stays
+//! bounded by 2 × `mysql.batch_rows` + `queue.capacity` events.
 pub mod batch;
 pub mod stats;
 
@@ -79,7 +80,9 @@ pub fn spawn(
 ) -> std::io::Result<FlusherHandle> {
     let meta = read_commit_meta(&config.wal.dir)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let flusher = Flusher::new(config.clone(), queue, cores, stats, shutdown, meta);
     let thread = std::thread::Builder::new()
         .name("flusher".into())
@@ -132,6 +135,10 @@ struct Flusher {
     batch: Batch,
     /// When the first row of the current batch arrived.
     batch_started: Option<Instant>,
+    /// Rows taken while `batch` is in flight (see [`Flusher::prefetch`]); its rows follow
+    /// `batch`'s in WAL order. It becomes `batch` once `batch` is committed.
+    next: Batch,
+    next_started: Option<Instant>,
     /// Domain id of each batch row, rebuilt per delivery.
     domain_ids: Vec<u32>,
     sql: SqlBuffer,
@@ -160,18 +167,29 @@ impl Flusher {
     ) -> Flusher {
         let meta_cores = meta.map(|m| m.cores).unwrap_or_default();
         if meta_cores.len() > cores.len() {
-            warn!(cores = cores.len(), in_meta = meta_cores.len(), "commit.meta lists more cores than run");
+            warn!(
+                cores = cores.len(),
+                in_meta = meta_cores.len(),
+                "commit.meta lists more cores than run"
+            );
         }
         let lanes = (0..cores.len())
             .map(|c| {
                 let committed = meta_cores.get(c).copied().unwrap_or_default();
                 let dir = core_dir(&config.wal.dir, c as u16);
-                Lane { committed, read: committed, mode: Mode::CatchingUp, reader: CoreWalReader::new(&dir), io_error_logged: false }
+                Lane {
+                    committed,
+                    read: committed,
+                    mode: Mode::CatchingUp,
+                    reader: CoreWalReader::new(&dir),
+                    io_error_logged: false,
+                }
             })
             .collect();
         let now = Instant::now();
         Flusher {
             batch: Batch::new(cores.len(), config.mysql.batch_rows),
+            next: Batch::new(cores.len(), config.mysql.batch_rows),
             domains: DomainCache::new(config.domains.cache_entries),
             config,
             queue,
@@ -180,12 +198,16 @@ impl Flusher {
             shutdown,
             lanes,
             batch_started: None,
+            next_started: None,
             domain_ids: Vec::new(),
             sql: SqlBuffer::default(),
             db: None,
             initialised: false,
             link: Link::Unknown,
-            replay: Some(Replay { started: now, events: 0 }),
+            replay: Some(Replay {
+                started: now,
+                events: 0,
+            }),
             last_chunk_at: now,
             commit_in_doubt: false,
             meta_dirty: false,
@@ -215,12 +237,24 @@ impl Flusher {
 
     /// The last bounded delivery attempt on shutdown, then `commit.meta`.
     async fn finish(&mut self) {
-        let deadline = Instant::now() + Duration::from_millis(self.config.server.shutdown_timeout_ms);
-        if !self.batch.is_empty() && !self.deliver(Some(deadline)).await {
-            warn!(rows = self.batch.len(), "shutdown: batch not delivered; the WAL replays it at next start");
+        let deadline =
+            Instant::now() + Duration::from_millis(self.config.server.shutdown_timeout_ms);
+        while !self.batch.is_empty() && Instant::now() < deadline {
+            if !self.deliver(Some(deadline)).await {
+                break;
+            }
+        }
+        if !self.batch.is_empty() {
+            warn!(
+                rows = self.batch.len() + self.next.len(),
+                "shutdown: rows not delivered; the WAL replays them at next start"
+            );
         }
         self.write_meta();
-        info!(flushed = self.stats.events_flushed.load(Ordering::Relaxed), "flusher stopped");
+        info!(
+            flushed = self.stats.events_flushed.load(Ordering::Relaxed),
+            "flusher stopped"
+        );
     }
 
     // ---- filling the batch -------------------------------------------------------------
@@ -233,12 +267,19 @@ impl Flusher {
             if self.batch_due() || self.stopping() {
                 break;
             }
-            match self.queue.recv_timeout(self.poll_wait()) {
+            let wait = self.poll_wait();
+            let waited_from = Instant::now();
+            match self.queue.recv_timeout(wait) {
                 Some(chunk) => {
                     self.last_chunk_at = Instant::now();
                     self.take_chunk(chunk);
                 }
-                None => self.on_queue_idle(),
+                None => {
+                    // `None` also comes at once when every sender is gone (cores stopped):
+                    // wait out the poll period anyway instead of spinning.
+                    std::thread::sleep(wait.saturating_sub(waited_from.elapsed()));
+                    self.on_queue_idle();
+                }
             }
             self.note_batch_start();
             if self.batch_due() {
@@ -246,6 +287,36 @@ impl Flusher {
             }
         }
         self.publish_positions();
+    }
+
+    /// While a transaction is in flight: takes what is available right now (WAL catch-up,
+    /// chunks already queued; never waits) into `next`, so decoding overlaps MySQL's work.
+    fn prefetch(&mut self) {
+        self.swap_batches();
+        loop {
+            let before = self.batch.len();
+            self.catch_up();
+            let chunk = if self.batch_full() {
+                None
+            } else {
+                self.queue.try_recv()
+            };
+            let got_chunk = chunk.is_some();
+            if let Some(chunk) = chunk {
+                self.last_chunk_at = Instant::now();
+                self.take_chunk(chunk);
+            }
+            self.note_batch_start();
+            if self.batch_full() || (!got_chunk && self.batch.len() == before) {
+                break;
+            }
+        }
+        self.swap_batches();
+    }
+
+    fn swap_batches(&mut self) {
+        std::mem::swap(&mut self.batch, &mut self.next);
+        std::mem::swap(&mut self.batch_started, &mut self.next_started);
     }
 
     fn flush_interval(&self) -> Duration {
@@ -257,7 +328,10 @@ impl Flusher {
     }
 
     fn batch_due(&self) -> bool {
-        self.batch_full() || self.batch_started.is_some_and(|t| t.elapsed() >= self.flush_interval())
+        self.batch_full()
+            || self
+                .batch_started
+                .is_some_and(|t| t.elapsed() >= self.flush_interval())
     }
 
     fn note_batch_start(&mut self) {
@@ -317,7 +391,10 @@ impl Flusher {
                 Ok(decoded) => decoded,
                 Err(reason) => {
                     let at = Position::new(chunk.start.segment, chunk.start.offset + offset as u64);
-                    self.stall(c, &format!("corrupt record in queue chunk at {at:?}: {reason}"));
+                    self.stall(
+                        c,
+                        &format!("corrupt record in queue chunk at {at:?}: {reason}"),
+                    );
                     return;
                 }
             };
@@ -334,13 +411,20 @@ impl Flusher {
             self.batch.push(c, &ev, end);
             lane.read = end;
         }
-        debug_assert_eq!(self.lanes[c].read, chunk.end, "chunk bytes and positions disagree");
+        debug_assert_eq!(
+            self.lanes[c].read, chunk.end,
+            "chunk bytes and positions disagree"
+        );
     }
 
     /// Reads the WAL of every catching-up core into the batch, as far as it has room.
     fn catch_up(&mut self) {
         for c in 0..self.lanes.len() {
-            let room = self.config.mysql.batch_rows.saturating_sub(self.batch.len());
+            let room = self
+                .config
+                .mysql
+                .batch_rows
+                .saturating_sub(self.batch.len());
             if room == 0 {
                 break;
             }
@@ -372,8 +456,16 @@ impl Flusher {
                     lane.mode = Mode::Queue;
                 }
             }
-            Err(WalReadError::Corrupt { path, offset, reason, .. }) => {
-                let at = format!("corrupt record in {} at offset {offset}: {reason}", path.display());
+            Err(WalReadError::Corrupt {
+                path,
+                offset,
+                reason,
+                ..
+            }) => {
+                let at = format!(
+                    "corrupt record in {} at offset {offset}: {reason}",
+                    path.display()
+                );
                 // Records before the bad one were delivered to the batch; `read` follows them.
                 if let Some(end) = batch.ends()[c] {
                     lane.read = lane.read.max(end);
@@ -394,10 +486,14 @@ impl Flusher {
         match &mut self.replay {
             Some(replay) => {
                 replay.events += events;
-                self.stats.wal_replay_total.fetch_add(events, Ordering::Relaxed);
+                self.stats
+                    .wal_replay_total
+                    .fetch_add(events, Ordering::Relaxed);
             }
             None => {
-                self.stats.wal_catchup_total.fetch_add(events, Ordering::Relaxed);
+                self.stats
+                    .wal_catchup_total
+                    .fetch_add(events, Ordering::Relaxed);
             }
         }
     }
@@ -408,8 +504,17 @@ impl Flusher {
         }
         if let Some(replay) = self.replay.take() {
             let secs = replay.started.elapsed().as_secs_f64();
-            let rate = if secs > 0.0 { replay.events as f64 / secs } else { 0.0 };
-            info!(events = replay.events, seconds = secs, events_per_sec = rate as u64, "WAL replay done");
+            let rate = if secs > 0.0 {
+                replay.events as f64 / secs
+            } else {
+                0.0
+            };
+            info!(
+                events = replay.events,
+                seconds = secs,
+                events_per_sec = rate as u64,
+                "WAL replay done"
+            );
             self.stats.replay_done.store(true, Ordering::Relaxed);
         }
     }
@@ -469,13 +574,20 @@ impl Flusher {
         let started = Instant::now();
         self.resolve_domains(&mut db).await?;
         self.sql.clear();
-        batch::build_event_inserts(&self.batch, &self.domain_ids, self.config.mysql.max_statement_bytes, &mut self.sql);
+        batch::build_event_inserts(
+            &self.batch,
+            &self.domain_ids,
+            self.config.mysql.max_statement_bytes,
+            &mut self.sql,
+        );
         let ends = self.batch_ends();
         batch::build_cursor_upsert(&self.config.ingest.node_id, &ends, &mut self.sql);
-        db.execute("start transaction", b"START TRANSACTION").await?;
-        for statement in self.sql.statements() {
-            db.execute("insert", statement).await?;
-        }
+        db.execute("start transaction", b"START TRANSACTION")
+            .await?;
+        let sql = std::mem::take(&mut self.sql);
+        let (inserted, ()) = tokio::join!(execute_all(&mut db, &sql), async { self.prefetch() });
+        self.sql = sql;
+        inserted?;
         self.commit_in_doubt = true;
         db.execute("commit", b"COMMIT").await?;
         self.commit_in_doubt = false;
@@ -486,7 +598,12 @@ impl Flusher {
     }
 
     fn batch_ends(&self) -> Vec<(usize, Position)> {
-        self.batch.ends().iter().enumerate().filter_map(|(c, e)| e.map(|end| (c, end))).collect()
+        self.batch
+            .ends()
+            .iter()
+            .enumerate()
+            .filter_map(|(c, e)| e.map(|end| (c, end)))
+            .collect()
     }
 
     /// Opens a connection; the first one also migrates and preloads the domain cache. Every
@@ -521,18 +638,34 @@ impl Flusher {
         if std::mem::take(&mut self.commit_in_doubt) {
             let ends = self.batch_ends();
             if ends.iter().all(|&(c, end)| mysql[c] >= end) {
-                info!(rows = self.batch.len(), "the batch in doubt was committed before the connection died");
+                info!(
+                    rows = self.batch.len(),
+                    "the batch in doubt was committed before the connection died"
+                );
                 self.committed(&ends, Instant::now());
             } else {
-                info!(rows = self.batch.len(), "the batch in doubt was not committed; sending it again");
+                info!(
+                    rows = self.batch.len(),
+                    "the batch in doubt was not committed; sending it again"
+                );
             }
         }
-        if !self.lanes.iter().zip(&mysql).any(|(lane, &m)| m > lane.committed) {
+        if !self
+            .lanes
+            .iter()
+            .zip(&mysql)
+            .any(|(lane, &m)| m > lane.committed)
+        {
             return;
         }
-        info!(?mysql, "MySQL cursors are ahead of commit.meta; restarting from them");
+        info!(
+            ?mysql,
+            "MySQL cursors are ahead of commit.meta; restarting from them"
+        );
         self.batch.clear();
         self.batch_started = None;
+        self.next.clear();
+        self.next_started = None;
         for (c, (lane, &m)) in self.lanes.iter_mut().zip(&mysql).enumerate() {
             if m > self.cores[c].written_end() {
                 warn!(core = c, mysql = ?m, "MySQL cursor is past this core's WAL end");
@@ -548,12 +681,18 @@ impl Flusher {
     /// Loads up to `domains.cache_entries` most recently created domains.
     async fn preload_domains(&mut self, db: &mut Db) -> Result<(), MysqlError> {
         let mut sql = b"SELECT id, name FROM domains ORDER BY id DESC LIMIT ".to_vec();
-        sql.extend_from_slice(itoa::Buffer::new().format(self.domains.capacity()).as_bytes());
+        sql.extend_from_slice(
+            itoa::Buffer::new()
+                .format(self.domains.capacity())
+                .as_bytes(),
+        );
         let rows: Vec<(u32, String)> = db.query("preload domains", &sql).await?;
         for (id, name) in rows.iter().rev() {
             self.domains.insert(name, *id);
         }
-        self.stats.domain_cache_entries.store(self.domains.len() as u64, Ordering::Relaxed);
+        self.stats
+            .domain_cache_entries
+            .store(self.domains.len() as u64, Ordering::Relaxed);
         Ok(())
     }
 
@@ -571,19 +710,27 @@ impl Flusher {
             }
         }
         let misses = missing.len() as u64;
-        self.stats.domain_cache_hits.fetch_add(self.batch.len() as u64 - misses, Ordering::Relaxed);
-        self.stats.domain_cache_misses.fetch_add(misses, Ordering::Relaxed);
+        self.stats
+            .domain_cache_hits
+            .fetch_add(self.batch.len() as u64 - misses, Ordering::Relaxed);
+        self.stats
+            .domain_cache_misses
+            .fetch_add(misses, Ordering::Relaxed);
         if missing.is_empty() {
             return Ok(());
         }
         let found = self.fetch_domain_ids(db, &missing).await?;
         for &i in &missing {
             let name = self.batch.domain(&self.batch.rows()[i]);
-            let id = *found.get(name).ok_or_else(|| MysqlError::DomainMissing(name.to_owned()))?;
+            let id = *found
+                .get(name)
+                .ok_or_else(|| MysqlError::DomainMissing(name.to_owned()))?;
             self.domain_ids[i] = id;
             self.domains.insert(name, id);
         }
-        self.stats.domain_cache_entries.store(self.domains.len() as u64, Ordering::Relaxed);
+        self.stats
+            .domain_cache_entries
+            .store(self.domains.len() as u64, Ordering::Relaxed);
         Ok(())
     }
 
@@ -593,7 +740,10 @@ impl Flusher {
         db: &mut Db,
         missing: &[usize],
     ) -> Result<std::collections::HashMap<String, u32>, MysqlError> {
-        let mut names: Vec<&str> = missing.iter().map(|&i| self.batch.domain(&self.batch.rows()[i])).collect();
+        let mut names: Vec<&str> = missing
+            .iter()
+            .map(|&i| self.batch.domain(&self.batch.rows()[i]))
+            .collect();
         names.sort_unstable();
         names.dedup();
         let max = self.config.mysql.max_statement_bytes;
@@ -612,7 +762,8 @@ impl Flusher {
         Ok(found)
     }
 
-    /// Records a committed batch: cursors, stats, then `commit.meta` and compaction.
+    /// Records a committed batch: cursors, stats, the prefetched `next` becomes the batch, then
+    /// `commit.meta` and compaction.
     fn committed(&mut self, ends: &[(usize, Position)], started: Instant) {
         for &(c, end) in ends {
             let lane = &mut self.lanes[c];
@@ -627,11 +778,13 @@ impl Flusher {
         s.batches.fetch_add(1, Ordering::Relaxed);
         s.last_flush_unix_ms.store(unix_ms(), Ordering::Relaxed);
         s.last_flush_rows.store(rows, Ordering::Relaxed);
-        s.last_flush_duration_us.store(elapsed.as_micros() as u64, Ordering::Relaxed);
+        s.last_flush_duration_us
+            .store(elapsed.as_micros() as u64, Ordering::Relaxed);
         s.flush_duration_seconds.observe(elapsed.as_secs_f64());
         s.batch_rows.observe(rows as f64);
         self.batch.clear();
         self.batch_started = None;
+        self.swap_batches();
         self.meta_dirty = true;
         self.publish_positions();
         // commit.meta is a lagging mirror of MySQL (the truth), so it is written at most once
@@ -662,13 +815,18 @@ impl Flusher {
 
     fn link_up(&mut self) {
         match self.link {
-            Link::Down { since } => info!(down_for_ms = since.elapsed().as_millis() as u64, "MySQL reachable again"),
+            Link::Down { since } => info!(
+                down_for_ms = since.elapsed().as_millis() as u64,
+                "MySQL reachable again"
+            ),
             Link::Unknown => info!("MySQL reachable"),
             Link::Up => return,
         }
         self.link = Link::Up;
         self.stats.mysql_up.store(true, Ordering::Relaxed);
-        self.stats.mysql_down_since_unix_ms.store(0, Ordering::Relaxed);
+        self.stats
+            .mysql_down_since_unix_ms
+            .store(0, Ordering::Relaxed);
     }
 
     fn link_down(&mut self, e: &MysqlError) {
@@ -677,14 +835,28 @@ impl Flusher {
             return;
         }
         error!(error = %e, "MySQL unavailable; retrying with back-off");
-        self.link = Link::Down { since: Instant::now() };
+        self.link = Link::Down {
+            since: Instant::now(),
+        };
         self.stats.mysql_up.store(false, Ordering::Relaxed);
-        self.stats.mysql_down_since_unix_ms.store(unix_ms(), Ordering::Relaxed);
+        self.stats
+            .mysql_down_since_unix_ms
+            .store(unix_ms(), Ordering::Relaxed);
     }
 }
 
+/// Runs every statement of `sql`, in order.
+async fn execute_all(db: &mut Db, sql: &SqlBuffer) -> Result<(), MysqlError> {
+    for statement in sql.statements() {
+        db.execute("insert", statement).await?;
+    }
+    Ok(())
+}
+
 fn unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// With feature `failpoints` and `PSC_FAILPOINT=crash_after_commit`: abort right after the
@@ -694,7 +866,10 @@ fn failpoint_after_commit(commit_number: u64) {
     if std::env::var("PSC_FAILPOINT").as_deref() != Ok("crash_after_commit") {
         return;
     }
-    let after = std::env::var("PSC_FAILPOINT_AFTER").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
+    let after = std::env::var("PSC_FAILPOINT_AFTER")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
     if commit_number >= after {
         eprintln!("failpoint crash_after_commit: aborting after commit {commit_number}");
         std::process::abort();
@@ -703,3 +878,156 @@ fn failpoint_after_commit(commit_number: u64) {
 
 #[cfg(not(feature = "failpoints"))]
 fn failpoint_after_commit(_commit_number: u64) {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::{Offer, QueueSender};
+    use crate::wal::record::{encode, Event};
+
+    fn record(file_id: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        let ev = Event {
+            ts_ms: 1,
+            event: "play",
+            domain: "x.org",
+            file_id,
+        };
+        encode(&ev, &mut out);
+        out
+    }
+
+    /// A chunk of `n` records of core 0 starting at `start`.
+    fn chunk(start: Position, n: u64) -> WalChunk {
+        let bytes: Vec<u8> = (0..n).flat_map(|i| record(start.offset + i + 1)).collect();
+        let end = Position::new(start.segment, start.offset + bytes.len() as u64);
+        WalChunk {
+            core: 0,
+            start,
+            end,
+            records: n as u32,
+            bytes,
+        }
+    }
+
+    fn flusher(batch_rows: usize) -> (Flusher, tempfile::TempDir) {
+        let (f, _tx, wal) = flusher_with_queue(batch_rows);
+        (f, wal)
+    }
+
+    fn flusher_with_queue(batch_rows: usize) -> (Flusher, QueueSender, tempfile::TempDir) {
+        let wal = tempfile::tempdir().unwrap();
+        let mut config = Config::default();
+        config.wal.dir = wal.path().to_owned();
+        config.mysql.batch_rows = batch_rows;
+        let (tx, rx) = crate::queue::bounded(16);
+        let cores = vec![Arc::new(CoreProgress::new(Position::default()))];
+        let stats = Arc::new(FlushStats::new(1));
+        let f = Flusher::new(
+            config,
+            rx,
+            cores,
+            stats,
+            Arc::new(AtomicBool::new(false)),
+            None,
+        );
+        (f, tx, wal)
+    }
+
+    fn on_queue(f: &mut Flusher, read: Position) {
+        f.lanes[0].read = read;
+        f.lanes[0].committed = read;
+        f.lanes[0].mode = Mode::Queue;
+    }
+
+    #[test]
+    fn chunk_at_read_is_taken_stale_dropped_gap_switches_to_catch_up() {
+        let (mut f, _wal) = flusher(100);
+        on_queue(&mut f, Position::new(1, 0));
+        let first = chunk(Position::new(1, 0), 3);
+        let first_end = first.end;
+        f.take_chunk(first);
+        assert_eq!((f.batch.len(), f.lanes[0].read), (3, first_end));
+        f.take_chunk(chunk(Position::new(1, 0), 2));
+        assert_eq!(f.batch.len(), 3, "stale chunk dropped");
+        assert_eq!(f.lanes[0].mode, Mode::Queue);
+        f.take_chunk(chunk(Position::new(1, first_end.offset + 500), 2));
+        assert_eq!(f.batch.len(), 3, "chunk after a gap dropped");
+        assert_eq!(f.lanes[0].mode, Mode::CatchingUp);
+    }
+
+    #[test]
+    fn full_batch_leaves_the_rest_of_a_chunk_to_catch_up() {
+        let (mut f, _wal) = flusher(2);
+        on_queue(&mut f, Position::new(1, 0));
+        f.take_chunk(chunk(Position::new(1, 0), 5));
+        assert_eq!(f.batch.len(), 2);
+        assert_eq!(f.lanes[0].read, f.batch.ends()[0].unwrap());
+        assert_eq!(f.lanes[0].mode, Mode::CatchingUp);
+    }
+
+    #[test]
+    fn corrupt_chunk_stalls_the_core() {
+        let (mut f, _wal) = flusher(100);
+        on_queue(&mut f, Position::new(1, 0));
+        let mut c = chunk(Position::new(1, 0), 3);
+        let second = record(1).len();
+        c.bytes[second + 12] ^= 1;
+        f.take_chunk(c);
+        assert_eq!(f.batch.len(), 1, "the record before the bad one is kept");
+        assert_eq!(f.lanes[0].mode, Mode::Stalled);
+        assert_eq!(f.stats.corrupt_records.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn reconcile_restarts_from_mysql_when_it_is_ahead() {
+        let (mut f, _wal) = flusher(100);
+        on_queue(&mut f, Position::new(1, 0));
+        f.take_chunk(chunk(Position::new(1, 0), 3));
+        f.reconcile(&[(0, Position::new(1, 50))]);
+        assert!(f.batch.is_empty());
+        assert_eq!(f.lanes[0].committed, Position::new(1, 50));
+        assert_eq!(f.lanes[0].read, Position::new(1, 50));
+        assert_eq!(f.lanes[0].mode, Mode::CatchingUp);
+        assert_eq!(f.stats.events_flushed.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn reconcile_settles_a_commit_in_doubt() {
+        let (mut f, _wal) = flusher(100);
+        on_queue(&mut f, Position::new(1, 0));
+        let c = chunk(Position::new(1, 0), 3);
+        let end = c.end;
+        f.take_chunk(c);
+        f.commit_in_doubt = true;
+        f.reconcile(&[(0, Position::new(1, 0))]);
+        assert_eq!(f.batch.len(), 3, "not committed: kept for the retry");
+        assert_eq!(f.lanes[0].committed, Position::new(1, 0));
+        f.commit_in_doubt = true;
+        f.reconcile(&[(0, end)]);
+        assert!(f.batch.is_empty(), "committed: not sent again");
+        assert_eq!(f.lanes[0].committed, end);
+        assert_eq!(f.stats.events_flushed.load(Ordering::Relaxed), 3);
+    }
+
+    #[test]
+    fn prefetched_rows_become_the_batch_after_commit() {
+        let (mut f, tx, _wal) = flusher_with_queue(100);
+        on_queue(&mut f, Position::new(1, 0));
+        let first = chunk(Position::new(1, 0), 2);
+        let first_end = first.end;
+        f.take_chunk(first);
+        assert_eq!(tx.offer(chunk(first_end, 3)), Offer::Queued);
+        f.prefetch();
+        assert_eq!(
+            (f.batch.len(), f.next.len()),
+            (2, 3),
+            "in-flight batch untouched"
+        );
+        let ends = f.batch_ends();
+        f.committed(&ends, Instant::now());
+        assert_eq!(f.lanes[0].committed, first_end);
+        assert_eq!((f.batch.len(), f.next.len()), (3, 0));
+        assert!(f.batch_started.is_some());
+    }
+}

@@ -1,0 +1,65 @@
+//! Cost of turning a decoded batch into INSERT text: 5000 WAL records decoded into a batch,
+//! then the multi-row statement built (domain ids already resolved). Criterion reports the
+//! time per batch; divide by 5000 for ns/row.
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use std::hint::black_box;
+
+use psc::flush::batch::{build_event_inserts, Batch, SqlBuffer};
+use psc::wal::record::{decode, encode, Event};
+use psc::wal::Position;
+
+const ROWS: usize = 5000;
+
+fn wal_bytes() -> Vec<u8> {
+    let mut bytes = Vec::new();
+    for i in 0..ROWS as u64 {
+        let domain = format!("site{}.example.org", i % 50);
+        let ev = Event {
+            ts_ms: 1_763_923_170_000 + i,
+            event: "play",
+            domain: &domain,
+            file_id: 100_000 + i,
+        };
+        encode(&ev, &mut bytes);
+    }
+    bytes
+}
+
+fn fill(batch: &mut Batch, bytes: &[u8]) {
+    batch.clear();
+    let mut offset = 0;
+    while offset < bytes.len() {
+        let (ev, len) = decode(&bytes[offset..]).expect("valid record");
+        offset += len;
+        batch.push(0, &ev, Position::new(1, offset as u64));
+    }
+}
+
+fn insert_build(c: &mut Criterion) {
+    let bytes = wal_bytes();
+    let mut batch = Batch::new(1, ROWS);
+    let mut sql = SqlBuffer::default();
+    let ids: Vec<u32> = (0..ROWS as u32).map(|i| i % 50 + 1).collect();
+    let mut group = c.benchmark_group("insert_build");
+    group.throughput(Throughput::Elements(ROWS as u64));
+    fill(&mut batch, &bytes);
+    group.bench_function("build_5000_rows", |b| {
+        b.iter(|| {
+            sql.clear();
+            build_event_inserts(black_box(&batch), &ids, 8 << 20, &mut sql);
+            black_box(sql.statement_count())
+        })
+    });
+    group.bench_function("decode_and_build_5000_rows", |b| {
+        b.iter(|| {
+            fill(&mut batch, black_box(&bytes));
+            sql.clear();
+            build_event_inserts(&batch, &ids, 8 << 20, &mut sql);
+            black_box(sql.statement_count())
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, insert_build);
+criterion_main!(benches);
