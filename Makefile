@@ -13,11 +13,11 @@ build: deps
 
 # Lint, then every test target. Integration tests start their own private MariaDB servers.
 test: deps lint
-	cargo test --all-targets
+	cargo test --all-targets --features failpoints
 
 lint: deps
 	cargo fmt --check
-	cargo clippy --all-targets -- -D warnings
+	cargo clippy --all-targets --all-features -- -D warnings
 
 deps:
 	scripts/ensure-deps.sh

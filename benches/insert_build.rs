@@ -14,12 +14,7 @@ fn wal_bytes() -> Vec<u8> {
     let mut bytes = Vec::new();
     for i in 0..ROWS as u64 {
         let domain = format!("site{}.example.org", i % 50);
-        let ev = Event {
-            ts_ms: 1_763_923_170_000 + i,
-            event: "play",
-            domain: &domain,
-            file_id: 100_000 + i,
-        };
+        let ev = Event { ts_ms: 1_763_923_170_000 + i, event: "play", domain: &domain, file_id: 100_000 + i };
         encode(&ev, &mut bytes);
     }
     bytes

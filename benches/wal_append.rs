@@ -15,12 +15,7 @@ const SCAN_BYTES: usize = 4 * 1024 * 1024;
 const TICK_FILE_BYTES_MAX: u64 = 64 * 1024 * 1024;
 
 fn typical(file_id: u64) -> Event<'static> {
-    Event {
-        ts_ms: 1_763_923_170_123,
-        event: "play",
-        domain: "piratka.biz",
-        file_id,
-    }
+    Event { ts_ms: 1_763_923_170_123, event: "play", domain: "piratka.biz", file_id }
 }
 
 fn bench_encode(c: &mut Criterion) {

@@ -70,6 +70,8 @@ skip-networking=0
 socket=$DIR/mysqld.sock
 pid-file=$DIR/mysqld.pid
 log-error=$DIR/error.log
+# A private tmpdir: concurrent bootstraps sharing /tmp collide on temporary table names.
+tmpdir=$DIR/tmp
 skip-name-resolve
 skip-log-bin
 performance_schema=OFF
@@ -132,12 +134,12 @@ launch() {
 
 create_server() {
     log "creating a private MariaDB in $DIR"
-    mkdir -p "$DIR/data"
+    mkdir -p "$DIR/data" "$DIR/tmp"
     write_server_cnf "$(free_port)"
     mariadb-install-db --defaults-file="$DIR/my.cnf" --datadir="$DIR/data" \
         --auth-root-authentication-method=normal --skip-test-db \
         $([ "$(id -u)" -eq 0 ] && echo "--user=root") >"$DIR/install.log" 2>&1 \
-        || { tail -n 30 "$DIR/install.log" >&2; die "mariadb-install-db failed (see $DIR/install.log)"; }
+        || { tail -n 30 "$DIR/install.log" "$DIR/error.log" >&2; die "mariadb-install-db failed (see $DIR/install.log)"; }
     local attempt rc
     for attempt in $(seq "$BIND_ATTEMPTS"); do
         rc=0

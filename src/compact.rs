@@ -24,20 +24,12 @@ pub enum CompactError {
     #[error(transparent)]
     Cursor(#[from] CursorError),
     #[error("{what} {path}: {source}")]
-    Io {
-        what: &'static str,
-        path: PathBuf,
-        source: io::Error,
-    },
+    Io { what: &'static str, path: PathBuf, source: io::Error },
 }
 
 /// Segment numbers of `segments` that lie wholly behind `cursor`.
 pub fn segments_behind(segments: &[u32], cursor: Position) -> Vec<u32> {
-    segments
-        .iter()
-        .copied()
-        .filter(|&s| s < cursor.segment)
-        .collect()
+    segments.iter().copied().filter(|&s| s < cursor.segment).collect()
 }
 
 /// Deletes, for every core in the durable `commit.meta` of `wal_dir`, the segments behind
@@ -67,19 +59,13 @@ fn compact_core(dir: &Path, durable_cursor: Position) -> Result<usize, CompactEr
         fs::remove_file(&path).map_err(|e| io_error("deleting", &path, e))?;
     }
     if !doomed.is_empty() {
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| io_error("fsyncing", dir, e))?;
+        File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io_error("fsyncing", dir, e))?;
     }
     Ok(doomed.len())
 }
 
 fn io_error(what: &'static str, path: &Path, source: io::Error) -> CompactError {
-    CompactError::Io {
-        what,
-        path: path.to_owned(),
-        source,
-    }
+    CompactError::Io { what, path: path.to_owned(), source }
 }
 
 #[cfg(test)]
@@ -105,10 +91,7 @@ mod tests {
 
     #[test]
     fn behind_means_strictly_before_the_cursor_segment() {
-        assert_eq!(
-            segments_behind(&[1, 2, 3, 4], Position::new(3, 0)),
-            vec![1, 2]
-        );
+        assert_eq!(segments_behind(&[1, 2, 3, 4], Position::new(3, 0)), vec![1, 2]);
         assert_eq!(segments_behind(&[1, 2], Position::new(2, 999)), vec![1]);
         assert!(segments_behind(&[1, 2], Position::default()).is_empty());
     }
@@ -116,10 +99,7 @@ mod tests {
     #[test]
     fn deletes_only_behind_the_durable_cursor() {
         let wal = wal_with_segments(2, 4);
-        let meta = CommitMeta {
-            node: "n".into(),
-            cores: vec![Position::new(3, 10), Position::new(1, 5)],
-        };
+        let meta = CommitMeta { node: "n".into(), cores: vec![Position::new(3, 10), Position::new(1, 5)] };
         write_commit_meta(wal.path(), &meta).unwrap();
         assert_eq!(compact(wal.path()).unwrap(), 2);
         assert_eq!(remaining(wal.path(), 0), vec![3, 4]);
@@ -133,11 +113,8 @@ mod tests {
         assert_eq!(compact(wal.path()).unwrap(), 0);
         assert_eq!(remaining(wal.path(), 0), vec![1, 2, 3]);
         // A cursor that only reached the temp file (crash before rename) does not count.
-        fs::write(
-            wal.path().join("commit.meta.tmp"),
-            b"psc-commit-meta 1\nnode n\ncore 0 3 0\nend\n",
-        )
-        .unwrap();
+        fs::write(wal.path().join("commit.meta.tmp"), b"psc-commit-meta 1\nnode n\ncore 0 3 0\nend\n")
+            .unwrap();
         assert_eq!(compact(wal.path()).unwrap(), 0);
         assert_eq!(remaining(wal.path(), 0), vec![1, 2, 3]);
     }

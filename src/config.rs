@@ -339,7 +339,10 @@ impl Config {
             return invalid("http.max_url_bytes", "must not exceed http.max_header_bytes");
         }
         if self.http.max_headers == 0 || self.http.max_headers > crate::http::request::MAX_HEADERS_CAP {
-            return invalid("http.max_headers", format!("must be 1..={}", crate::http::request::MAX_HEADERS_CAP));
+            return invalid(
+                "http.max_headers",
+                format!("must be 1..={}", crate::http::request::MAX_HEADERS_CAP),
+            );
         }
         if self.http.max_connections_per_core == 0 {
             return invalid("http.max_connections_per_core", "must be at least 1");

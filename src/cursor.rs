@@ -43,11 +43,7 @@ pub enum CursorError {
     #[error("cannot read {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
     #[error("{path} is corrupt at line {line}: {reason}")]
-    Corrupt {
-        path: PathBuf,
-        line: usize,
-        reason: &'static str,
-    },
+    Corrupt { path: PathBuf, line: usize, reason: &'static str },
 }
 
 impl CommitMeta {
@@ -72,11 +68,7 @@ impl CommitMeta {
     }
 
     fn parse(text: &str, path: &Path) -> Result<CommitMeta, CursorError> {
-        let corrupt = |line: usize, reason| CursorError::Corrupt {
-            path: path.to_owned(),
-            line,
-            reason,
-        };
+        let corrupt = |line: usize, reason| CursorError::Corrupt { path: path.to_owned(), line, reason };
         let mut lines = text.lines().enumerate().map(|(i, l)| (i + 1, l));
         match lines.next() {
             Some((_, l)) if l == format!("{MAGIC} {VERSION}") => {}
@@ -91,9 +83,7 @@ impl CommitMeta {
             if line == "end" {
                 return Ok(CommitMeta { node, cores });
             }
-            cores.push(
-                parse_core_line(line, cores.len()).ok_or_else(|| corrupt(n, "bad core line"))?,
-            );
+            cores.push(parse_core_line(line, cores.len()).ok_or_else(|| corrupt(n, "bad core line"))?);
         }
         Err(corrupt(text.lines().count(), "truncated (no end line)"))
     }
@@ -107,20 +97,13 @@ fn parse_core_line(line: &str, expected: usize) -> Option<Position> {
     }
     let segment = parts.next()?.parse().ok()?;
     let offset = parts.next()?.parse().ok()?;
-    parts
-        .next()
-        .is_none()
-        .then_some(Position::new(segment, offset))
+    parts.next().is_none().then_some(Position::new(segment, offset))
 }
 
 /// Atomically replaces `<wal_dir>/commit.meta`: temp file, write, fsync, rename, fsync dir.
 pub fn write_commit_meta(wal_dir: &Path, meta: &CommitMeta) -> io::Result<()> {
     let temp = wal_dir.join(TEMP_FILE);
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&temp)?;
+    let mut file = OpenOptions::new().write(true).create(true).truncate(true).open(&temp)?;
     file.write_all(meta.render().as_bytes())?;
     file.sync_all()?;
     drop(file);
@@ -135,11 +118,7 @@ pub fn read_commit_meta(wal_dir: &Path) -> Result<Option<CommitMeta>, CursorErro
         Ok(text) => text,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) if e.kind() == io::ErrorKind::InvalidData => {
-            return Err(CursorError::Corrupt {
-                path,
-                line: 0,
-                reason: "not UTF-8",
-            })
+            return Err(CursorError::Corrupt { path, line: 0, reason: "not UTF-8" })
         }
         Err(source) => return Err(CursorError::Io { path, source }),
     };
@@ -151,10 +130,7 @@ mod tests {
     use super::*;
 
     fn meta() -> CommitMeta {
-        CommitMeta {
-            node: "web-1".into(),
-            cores: vec![Position::new(3, 1_048_576), Position::new(1, 0)],
-        }
+        CommitMeta { node: "web-1".into(), cores: vec![Position::new(3, 1_048_576), Position::new(1, 0)] }
     }
 
     #[test]
@@ -167,21 +143,14 @@ mod tests {
         next.cores[1] = Position::new(2, 7);
         write_commit_meta(dir.path(), &next).unwrap();
         assert_eq!(read_commit_meta(dir.path()).unwrap(), Some(next));
-        assert!(
-            !dir.path().join(TEMP_FILE).exists(),
-            "temp file renamed away"
-        );
+        assert!(!dir.path().join(TEMP_FILE).exists(), "temp file renamed away");
     }
 
     #[test]
     fn torn_temp_file_is_ignored() {
         let dir = tempfile::tempdir().unwrap();
         write_commit_meta(dir.path(), &meta()).unwrap();
-        fs::write(
-            dir.path().join(TEMP_FILE),
-            b"psc-commit-meta 1\nnode web-1\ncore 0 9",
-        )
-        .unwrap();
+        fs::write(dir.path().join(TEMP_FILE), b"psc-commit-meta 1\nnode web-1\ncore 0 9").unwrap();
         assert_eq!(read_commit_meta(dir.path()).unwrap(), Some(meta()));
         write_commit_meta(dir.path(), &meta()).unwrap();
         assert_eq!(read_commit_meta(dir.path()).unwrap(), Some(meta()));
@@ -194,20 +163,11 @@ mod tests {
         for cut in [0, 10, full.len() - 4] {
             fs::write(dir.path().join(COMMIT_META_FILE), &full.as_bytes()[..cut]).unwrap();
             let err = read_commit_meta(dir.path()).unwrap_err();
-            assert!(
-                matches!(err, CursorError::Corrupt { .. }),
-                "cut {cut}: {err}"
-            );
+            assert!(matches!(err, CursorError::Corrupt { .. }), "cut {cut}: {err}");
         }
-        fs::write(
-            dir.path().join(COMMIT_META_FILE),
-            b"psc-commit-meta 1\nnode x\ncore 1 1 1\nend\n",
-        )
-        .unwrap();
-        assert!(read_commit_meta(dir.path())
-            .unwrap_err()
-            .to_string()
-            .contains("line 3"));
+        fs::write(dir.path().join(COMMIT_META_FILE), b"psc-commit-meta 1\nnode x\ncore 1 1 1\nend\n")
+            .unwrap();
+        assert!(read_commit_meta(dir.path()).unwrap_err().to_string().contains("line 3"));
         fs::write(dir.path().join(COMMIT_META_FILE), [0xff, 0xfe]).unwrap();
         assert!(read_commit_meta(dir.path()).is_err());
     }
@@ -215,18 +175,7 @@ mod tests {
     #[test]
     fn merge_takes_the_later_cursor_per_core() {
         let mut m = meta();
-        m.merge(&[
-            Position::new(2, 99),
-            Position::new(1, 5),
-            Position::new(4, 1),
-        ]);
-        assert_eq!(
-            m.cores,
-            vec![
-                Position::new(3, 1_048_576),
-                Position::new(1, 5),
-                Position::new(4, 1)
-            ]
-        );
+        m.merge(&[Position::new(2, 99), Position::new(1, 5), Position::new(4, 1)]);
+        assert_eq!(m.cores, vec![Position::new(3, 1_048_576), Position::new(1, 5), Position::new(4, 1)]);
     }
 }

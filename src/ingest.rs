@@ -34,9 +34,7 @@ const LABEL_MAX_BYTES: usize = 63;
 /// `[a-z0-9_]{1,32}`.
 pub fn is_valid_event_name(name: &str) -> bool {
     (1..=EVENT_MAX_BYTES).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
 /// The event names accepted, from `ingest.events`; empty accepts every valid name.
@@ -182,10 +180,7 @@ pub fn parse_beacon<'s>(
     let event = raw.event.ok_or(Rejection::Missing(Param::Event))?;
     let domain = raw.domain.ok_or(Rejection::Missing(Param::Domain))?;
     let file_id = raw.file_id.ok_or(Rejection::Missing(Param::FileId))?;
-    let QueryScratch {
-        event: event_buf,
-        domain: domain_buf,
-    } = scratch;
+    let QueryScratch { event: event_buf, domain: domain_buf } = scratch;
     Ok(Event {
         ts_ms,
         event: validate_event(event, allow, event_buf)?,
@@ -270,11 +265,7 @@ fn needs_decoding(raw: &str) -> bool {
     raw.bytes().any(|b| b == b'%' || b == b'+')
 }
 
-fn validate_event<'s>(
-    raw: &str,
-    allow: &EventAllowlist,
-    buf: &'s mut String,
-) -> Result<&'s str, Rejection> {
+fn validate_event<'s>(raw: &str, allow: &EventAllowlist, buf: &'s mut String) -> Result<&'s str, Rejection> {
     if raw.is_empty() {
         return Err(Rejection::Empty(Param::Event));
     }
@@ -314,9 +305,7 @@ fn is_valid_label(label: &[u8]) -> bool {
     (1..=LABEL_MAX_BYTES).contains(&label.len())
         && label.first() != Some(&b'-')
         && label.last() != Some(&b'-')
-        && label
-            .iter()
-            .all(|&b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && label.iter().all(|&b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 fn validate_file_id(raw: &str) -> Result<u64, Rejection> {
@@ -346,12 +335,7 @@ const _: () = assert!(EVENT_MAX_BYTES <= DECODE_MAX_BYTES);
 
 /// Replaces `buf` with the decoded `raw`; `too_long` past `max_bytes`, `BadUtf8` if the
 /// decoded bytes are not UTF-8. Values without escapes are copied as they are.
-fn decode_value(
-    raw: &str,
-    max_bytes: usize,
-    too_long: Rejection,
-    buf: &mut String,
-) -> Result<(), Rejection> {
+fn decode_value(raw: &str, max_bytes: usize, too_long: Rejection, buf: &mut String) -> Result<(), Rejection> {
     debug_assert!(max_bytes <= DECODE_MAX_BYTES);
     buf.clear();
     if !needs_decoding(raw) {
@@ -383,9 +367,7 @@ struct PercentDecode<'a> {
 
 impl<'a> PercentDecode<'a> {
     fn new(raw: &'a str) -> Self {
-        PercentDecode {
-            rest: raw.as_bytes(),
-        }
+        PercentDecode { rest: raw.as_bytes() }
     }
 }
 
@@ -497,10 +479,7 @@ mod tests {
         assert_eq!(rejected(&beacon("pl+ay", "a.b", "1")), Rejection::BadEvent);
         assert_eq!(rejected(&beacon("play", "a+b", "1")), Rejection::BadDomain);
         assert_eq!(rejected(&beacon("play", "a.b", "+1")), Rejection::BadFileId);
-        assert_eq!(
-            rejected(&beacon("play", "a.b", "%201")),
-            Rejection::BadFileId
-        );
+        assert_eq!(rejected(&beacon("play", "a.b", "%201")), Rejection::BadFileId);
     }
 
     #[test]
@@ -508,36 +487,18 @@ mod tests {
         assert_eq!(rejected(&beacon("%ff", "a.b", "1")), Rejection::BadUtf8);
         assert_eq!(rejected(&beacon("play", "a%ff.b", "1")), Rejection::BadUtf8);
         assert_eq!(rejected(&beacon("play", "a%c3", "1")), Rejection::BadUtf8);
-        assert_eq!(
-            rejected(&beacon("play", "a.b", "%ff")),
-            Rejection::BadFileId
-        );
+        assert_eq!(rejected(&beacon("play", "a.b", "%ff")), Rejection::BadFileId);
         assert_eq!(Rejection::BadUtf8.label(), "bad_encoding");
     }
 
     #[test]
     fn missing_each_param_is_named() {
-        assert_eq!(
-            rejected("domain=a.b&file_id=1"),
-            Rejection::Missing(Param::Event)
-        );
-        assert_eq!(
-            rejected("event=play&file_id=1"),
-            Rejection::Missing(Param::Domain)
-        );
-        assert_eq!(
-            rejected("event=play&domain=a.b"),
-            Rejection::Missing(Param::FileId)
-        );
+        assert_eq!(rejected("domain=a.b&file_id=1"), Rejection::Missing(Param::Event));
+        assert_eq!(rejected("event=play&file_id=1"), Rejection::Missing(Param::Domain));
+        assert_eq!(rejected("event=play&domain=a.b"), Rejection::Missing(Param::FileId));
         assert_eq!(rejected(""), Rejection::Missing(Param::Event));
-        assert_eq!(
-            rejected("Event=play&domain=a.b&file_id=1"),
-            Rejection::Missing(Param::Event)
-        );
-        assert_eq!(
-            Rejection::Missing(Param::Domain).reason(),
-            "missing parameter: domain"
-        );
+        assert_eq!(rejected("Event=play&domain=a.b&file_id=1"), Rejection::Missing(Param::Event));
+        assert_eq!(Rejection::Missing(Param::Domain).reason(), "missing parameter: domain");
     }
 
     #[test]
@@ -548,26 +509,14 @@ mod tests {
         assert_eq!(rejected(q), Rejection::Duplicate(Param::Domain));
         let q = "event=play&domain=a.b&file_id=1&file_%69d=2";
         assert_eq!(rejected(q), Rejection::Duplicate(Param::FileId));
-        assert_eq!(
-            Rejection::Duplicate(Param::Event).reason(),
-            "duplicated parameter: event"
-        );
+        assert_eq!(Rejection::Duplicate(Param::Event).reason(), "duplicated parameter: event");
     }
 
     #[test]
     fn empty_values_are_rejected() {
-        assert_eq!(
-            rejected(&beacon("", "a.b", "1")),
-            Rejection::Empty(Param::Event)
-        );
-        assert_eq!(
-            rejected(&beacon("play", "", "1")),
-            Rejection::Empty(Param::Domain)
-        );
-        assert_eq!(
-            rejected(&beacon("play", "a.b", "")),
-            Rejection::Empty(Param::FileId)
-        );
+        assert_eq!(rejected(&beacon("", "a.b", "1")), Rejection::Empty(Param::Event));
+        assert_eq!(rejected(&beacon("play", "", "1")), Rejection::Empty(Param::Domain));
+        assert_eq!(rejected(&beacon("play", "a.b", "")), Rejection::Empty(Param::FileId));
         let q = "event&domain=a.b&file_id=1";
         assert_eq!(rejected(q), Rejection::Empty(Param::Event));
     }
@@ -576,17 +525,10 @@ mod tests {
     fn event_rules_and_boundaries() {
         let e32 = "a".repeat(32);
         assert_eq!(ok(&beacon(&e32, "a.b", "1")).0, e32);
-        assert_eq!(
-            rejected(&beacon(&"a".repeat(33), "a.b", "1")),
-            Rejection::BadEvent
-        );
+        assert_eq!(rejected(&beacon(&"a".repeat(33), "a.b", "1")), Rejection::BadEvent);
         assert_eq!(ok(&beacon("video_start_2", "a.b", "1")).0, "video_start_2");
         for bad in ["Play", "play-x", "play.x", "pl%C3%A4y", "pl%00ay"] {
-            assert_eq!(
-                rejected(&beacon(bad, "a.b", "1")),
-                Rejection::BadEvent,
-                "{bad}"
-            );
+            assert_eq!(rejected(&beacon(bad, "a.b", "1")), Rejection::BadEvent, "{bad}");
         }
     }
 
@@ -611,35 +553,21 @@ mod tests {
 
     #[test]
     fn domain_label_rules() {
-        for good in [
-            "localhost",
-            "a.b",
-            "xn--80ak6aa92e.com",
-            "a-b.c-d.e",
-            "1.2.3.4",
-            "0a.9z",
-        ] {
+        for good in ["localhost", "a.b", "xn--80ak6aa92e.com", "a-b.c-d.e", "1.2.3.4", "0a.9z"] {
             assert_eq!(ok(&beacon("play", good, "1")).1, good);
         }
         for bad in [
-            "a..b", ".a.b", "a.b.", ".", "-a.b", "a-.b", "a.-b", "a.b-", "a_b.c", "a b.c", "a%2Fb",
-            "a:80", "a@b",
+            "a..b", ".a.b", "a.b.", ".", "-a.b", "a-.b", "a.-b", "a.b-", "a_b.c", "a b.c", "a%2Fb", "a:80",
+            "a@b",
         ] {
-            assert_eq!(
-                rejected(&beacon("play", bad, "1")),
-                Rejection::BadDomain,
-                "{bad}"
-            );
+            assert_eq!(rejected(&beacon("play", bad, "1")), Rejection::BadDomain, "{bad}");
         }
     }
 
     #[test]
     fn domain_label_and_total_length_boundaries() {
         let label63 = "a".repeat(63);
-        assert_eq!(
-            ok(&beacon("play", &format!("{label63}.com"), "1")).1.len(),
-            67
-        );
+        assert_eq!(ok(&beacon("play", &format!("{label63}.com"), "1")).1.len(), 67);
         let label64 = "a".repeat(64);
         let q = beacon("play", &format!("{label64}.com"), "1");
         assert_eq!(rejected(&q), Rejection::BadDomain);
@@ -659,11 +587,7 @@ mod tests {
 
     #[test]
     fn non_ascii_domain_asks_for_punycode() {
-        let r = rejected(&beacon(
-            "play",
-            "%D0%BF%D1%80%D0%B8%D0%BC%D0%B5%D1%80.%D1%80%D1%84",
-            "1",
-        ));
+        let r = rejected(&beacon("play", "%D0%BF%D1%80%D0%B8%D0%BC%D0%B5%D1%80.%D1%80%D1%84", "1"));
         assert_eq!(r, Rejection::NonAsciiDomain);
         assert_eq!(r.label(), "bad_domain");
         assert!(r.reason().contains("punycode"));
@@ -673,32 +597,11 @@ mod tests {
     fn file_id_rules() {
         assert_eq!(ok(&beacon("play", "a.b", "1")).2, 1);
         assert_eq!(ok(&beacon("play", "a.b", "007")).2, 7);
-        assert_eq!(
-            ok(&beacon("play", "a.b", "18446744073709551615")).2,
-            u64::MAX
-        );
-        for bad in [
-            "0",
-            "000",
-            "-1",
-            "%2B1",
-            "%201",
-            "1%20",
-            "1.0",
-            "1e3",
-            "0x1",
-            "18446744073709551616",
-        ] {
-            assert_eq!(
-                rejected(&beacon("play", "a.b", bad)),
-                Rejection::BadFileId,
-                "{bad}"
-            );
+        assert_eq!(ok(&beacon("play", "a.b", "18446744073709551615")).2, u64::MAX);
+        for bad in ["0", "000", "-1", "%2B1", "%201", "1%20", "1.0", "1e3", "0x1", "18446744073709551616"] {
+            assert_eq!(rejected(&beacon("play", "a.b", bad)), Rejection::BadFileId, "{bad}");
         }
-        assert_eq!(
-            Rejection::BadFileId.reason(),
-            "file_id must be an integer >= 1"
-        );
+        assert_eq!(Rejection::BadFileId.reason(), "file_id must be an integer >= 1");
     }
 
     #[test]
@@ -723,16 +626,8 @@ mod tests {
         ];
         for r in all {
             assert_eq!(r.status(), 400);
-            assert!(
-                !r.reason().is_empty() && !r.reason().contains(['\r', '\n']),
-                "{r:?}"
-            );
-            assert!(
-                r.label()
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b == b'_'),
-                "{r:?}"
-            );
+            assert!(!r.reason().is_empty() && !r.reason().contains(['\r', '\n']), "{r:?}");
+            assert!(r.label().bytes().all(|b| b.is_ascii_lowercase() || b == b'_'), "{r:?}");
         }
         for p in [Param::Event, Param::Domain, Param::FileId] {
             assert!(Rejection::Missing(p).reason().ends_with(p.name()));
@@ -750,11 +645,7 @@ mod tests {
         let domain253 = format!("{a63}.{a63}.{a63}.{}", "b".repeat(61));
         let longest = beacon(&"e".repeat(32), &domain253, "1");
         let junk = "x".repeat(10_000);
-        for q in [
-            longest.as_str(),
-            "event=a&domain=b&file_id=1",
-            junk.as_str(),
-        ] {
+        for q in [longest.as_str(), "event=a&domain=b&file_id=1", junk.as_str()] {
             let _ = parse_beacon(q, 0, &allow, &mut scratch);
         }
         let ev = parse_beacon(&longest, 0, &allow, &mut scratch).expect("longest valid beacon");
@@ -766,10 +657,7 @@ mod tests {
     fn satisfies_rules(ev: &Event<'_>) -> bool {
         let event_ok = ev.event.len() <= 32
             && !ev.event.is_empty()
-            && ev
-                .event
-                .chars()
-                .all(|c| matches!(c, 'a'..='z' | '0'..='9' | '_'));
+            && ev.event.chars().all(|c| matches!(c, 'a'..='z' | '0'..='9' | '_'));
         let domain_ok = ev.domain.len() <= 253
             && ev.domain.split('.').all(|l| {
                 !l.is_empty()

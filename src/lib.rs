@@ -24,15 +24,15 @@
 //!   the flusher reads it back from the WAL (it notices the gap in positions).
 //! - A cursor never passes a record that MySQL has not committed; a segment is deleted only
 //!   when it lies wholly behind a cursor that is durable in `commit.meta`.
+pub mod compact;
 pub mod config;
+pub mod cursor;
+pub mod flush;
 pub mod http;
 pub mod ingest;
 pub mod metrics;
+pub mod mysql;
 pub mod observe;
 pub mod queue;
 pub mod server;
 pub mod wal;
-pub mod compact;
-pub mod cursor;
-pub mod flush;
-pub mod mysql;

@@ -8,8 +8,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Status codes the collector answers with, the `code` label of `ingest_requests_total`.
-pub const STATUS_CODES: [u16; 15] =
-    [200, 204, 400, 404, 405, 408, 411, 413, 414, 431, 500, 501, 503, 505, 0];
+pub const STATUS_CODES: [u16; 15] = [200, 204, 400, 404, 405, 408, 411, 413, 414, 431, 500, 501, 503, 505, 0];
 
 /// `reason` label values of `ingest_events_rejected_total`: validation failures (see
 /// `crate::ingest::Rejection::label`), then server-side ones.

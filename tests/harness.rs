@@ -12,39 +12,22 @@ use support::{http_get, try_http_get, MariaDb};
 fn mariadb_keeps_committed_rows_across_kill9_and_restart() {
     let mut db = MariaDb::start();
     assert!(db.url.starts_with("mysql://psc:"), "{}", db.url);
-    assert!(
-        db.url.ends_with(&format!("@127.0.0.1:{}/psc", db.port)),
-        "{}",
-        db.url
-    );
+    assert!(db.url.ends_with(&format!("@127.0.0.1:{}/psc", db.port)), "{}", db.url);
     assert_ne!(db.port, 3306, "must never be the system server");
     assert_eq!(db.query_count("SELECT 1"), 1);
-    assert_eq!(
-        db.query_rows("SELECT DATABASE(), @@port"),
-        [["psc".to_owned(), db.port.to_string()]]
-    );
+    assert_eq!(db.query_rows("SELECT DATABASE(), @@port"), [["psc".to_owned(), db.port.to_string()]]);
 
     db.query_rows("CREATE TABLE t (id INT PRIMARY KEY, name VARCHAR(20)) ENGINE=InnoDB");
     db.query_rows("INSERT INTO t VALUES (1, 'one'), (2, 'two'), (3, 'three')");
 
     let first_pid = db.pid();
     db.kill9();
-    assert!(
-        db.try_query_rows("SELECT 1").is_err(),
-        "a killed server must not answer"
-    );
+    assert!(db.try_query_rows("SELECT 1").is_err(), "a killed server must not answer");
 
     db.restart();
     assert_ne!(db.pid(), first_pid);
-    assert_eq!(
-        db.query_count("SELECT COUNT(*) FROM t"),
-        3,
-        "committed rows survive kill -9"
-    );
-    assert_eq!(
-        db.query_rows("SELECT id, name FROM t WHERE id = 2"),
-        [["2", "two"]]
-    );
+    assert_eq!(db.query_count("SELECT COUNT(*) FROM t"), 3, "committed rows survive kill -9");
+    assert_eq!(db.query_rows("SELECT id, name FROM t WHERE id = 2"), [["2", "two"]]);
 
     let pid = db.pid();
     let dir = db.dir().to_owned();
@@ -56,17 +39,13 @@ fn mariadb_keeps_committed_rows_across_kill9_and_restart() {
 #[test]
 fn query_errors_carry_the_server_message() {
     let db = MariaDb::start();
-    let err = db
-        .try_query_rows("SELECT * FROM no_such_table")
-        .unwrap_err();
+    let err = db.try_query_rows("SELECT * FROM no_such_table").unwrap_err();
     assert!(err.contains("no_such_table"), "{err}");
 }
 
 fn is_running(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/status")) {
-        Ok(status) => !status
-            .lines()
-            .any(|l| l.starts_with("State:") && l.contains('Z')),
+        Ok(status) => !status.lines().any(|l| l.starts_with("State:") && l.contains('Z')),
         Err(_) => false,
     }
 }
@@ -92,17 +71,13 @@ fn serve_once(response: &'static [u8]) -> (std::net::SocketAddr, std::thread::Jo
 #[test]
 fn http_get_reads_status_and_body_by_content_length() {
     // The server keeps the connection open: the client must stop at Content-Length.
-    let (addr, server) = serve_once(
-        b"HTTP/1.1 400 Bad Request\r\nContent-Length: 26\r\n\r\nmissing parameter: domainXXX",
-    );
+    let (addr, server) =
+        serve_once(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 26\r\n\r\nmissing parameter: domainXXX");
     let (status, body) = http_get(addr, "/log?event=play&file_id=1");
     assert_eq!(status, 400);
     assert_eq!(body, "missing parameter: domain\n".replace('\n', "X"));
     let head = server.join().unwrap();
-    assert!(
-        head.starts_with("GET /log?event=play&file_id=1 HTTP/1.1\r\n"),
-        "{head}"
-    );
+    assert!(head.starts_with("GET /log?event=play&file_id=1 HTTP/1.1\r\n"), "{head}");
     assert!(head.contains("Connection: close\r\n"), "{head}");
 }
 
@@ -148,11 +123,7 @@ fn collector_config_puts_harness_defaults_under_the_test_keys() {
     let config = psc::config::Config::from_toml(&text).unwrap();
     assert_eq!(config.server.cores, 2);
     assert_eq!(config.server.listen, "127.0.0.1:0".parse().unwrap());
-    assert_eq!(
-        config.wal.dir,
-        Path::new("/elsewhere"),
-        "the test's own key wins"
-    );
+    assert_eq!(config.wal.dir, Path::new("/elsewhere"), "the test's own key wins");
     assert_eq!(config.mysql.url, "mysql://u:p@127.0.0.1:1/psc");
 
     let text = support::collector_config(wal, "", "");

@@ -129,12 +129,14 @@ fn bad_requests_get_their_4xx_with_a_reason_and_leave_no_trace() {
     assert_eq!(read_statuses(&mut s, 1), vec![405]);
     // header block too large
     let mut s = connect(collector.addr);
-    let big = format!("GET /log?event=play&domain=a.b&file_id=1 HTTP/1.1\r\nX-Big: {}\r\n\r\n", "b".repeat(5000));
+    let big =
+        format!("GET /log?event=play&domain=a.b&file_id=1 HTTP/1.1\r\nX-Big: {}\r\n\r\n", "b".repeat(5000));
     s.write_all(big.as_bytes()).unwrap();
     assert_eq!(read_statuses(&mut s, 1), vec![431]);
     // body too large
     let mut s = connect(collector.addr);
-    s.write_all(b"GET /log?event=play&domain=a.b&file_id=1 HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n").unwrap();
+    s.write_all(b"GET /log?event=play&domain=a.b&file_id=1 HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n")
+        .unwrap();
     assert_eq!(read_statuses(&mut s, 1), vec![413]);
 
     // one good event proves the WAL is live; nothing else is in it
@@ -154,7 +156,9 @@ fn hostile_connections_do_not_stop_valid_requests() {
         idle.push(s);
     }
     // garbage on fresh connections: each is closed, nothing else happens
-    for garbage in [&b"\x00\x01\x02\xff\xfe\r\n\r\n"[..], b"HELLO\r\n\r\n", b"GET / HTTP/9.9\r\n\r\n", &[0u8; 4096]] {
+    for garbage in
+        [&b"\x00\x01\x02\xff\xfe\r\n\r\n"[..], b"HELLO\r\n\r\n", b"GET / HTTP/9.9\r\n\r\n", &[0u8; 4096]]
+    {
         let mut s = connect(collector.addr);
         let _ = s.write_all(garbage);
         let mut sink = Vec::new();

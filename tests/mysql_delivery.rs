@@ -50,21 +50,12 @@ fn append_events(
     let mut bytes = Vec::new();
     for (i, &file_id) in file_ids.iter().enumerate() {
         let name = domain(file_id as usize);
-        let ev = Event {
-            ts_ms: BASE_TS_MS + (file_id % 1000),
-            event: EVENTS[i % 4],
-            domain: &name,
-            file_id,
-        };
+        let ev = Event { ts_ms: BASE_TS_MS + (file_id % 1000), event: EVENTS[i % 4], domain: &name, file_id };
         encode(&ev, &mut bytes);
         *per_domain.entry(name).or_default() += 1;
     }
     let path = segment_path(&dir, segment);
-    let mut file = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
-        .unwrap();
+    let mut file = OpenOptions::new().create(true).append(true).open(&path).unwrap();
     file.write_all(&bytes).unwrap();
     Position::new(segment, fs::metadata(&path).unwrap().len())
 }
@@ -96,21 +87,13 @@ fn start_flusher(config: &Config, queue: QueueReceiver, cores: Vec<Arc<CoreProgr
     let shutdown = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
     let handle = flush::spawn(config, queue, cores, stats.clone(), shutdown.clone()).unwrap();
-    Running {
-        handle,
-        stats,
-        shutdown,
-        started,
-    }
+    Running { handle, stats, shutdown, started }
 }
 
 /// A flusher over a WAL written beforehand, with an empty queue nobody sends to.
 fn start_on_wal(config: &Config, tails: &[Position]) -> Running {
     let (_tx, rx) = queue::bounded(16);
-    let cores = tails
-        .iter()
-        .map(|&t| Arc::new(CoreProgress::new(t)))
-        .collect();
+    let cores = tails.iter().map(|&t| Arc::new(CoreProgress::new(t))).collect();
     start_flusher(config, rx, cores)
 }
 
@@ -140,33 +123,23 @@ fn db_cursors(db: &MariaDb) -> Vec<Position> {
 }
 
 fn db_per_domain(db: &MariaDb) -> HashMap<String, u64> {
-    db.query_rows("SELECT d.name, COUNT(*) FROM events e JOIN domains d ON d.id = e.domain_id GROUP BY d.name")
-        .iter()
-        .map(|r| (r[0].clone(), r[1].parse().unwrap()))
-        .collect()
+    db.query_rows(
+        "SELECT d.name, COUNT(*) FROM events e JOIN domains d ON d.id = e.domain_id GROUP BY d.name",
+    )
+    .iter()
+    .map(|r| (r[0].clone(), r[1].parse().unwrap()))
+    .collect()
 }
 
 /// Writes `per_core` events to segment 1 of each of 2 cores; returns the tails.
-fn write_two_cores(
-    wal: &Path,
-    per_core: usize,
-    per_domain: &mut HashMap<String, u64>,
-) -> Vec<Position> {
-    (0..2)
-        .map(|core| append_events(wal, core, 1, &unique_file_ids(per_core), per_domain))
-        .collect()
+fn write_two_cores(wal: &Path, per_core: usize, per_domain: &mut HashMap<String, u64>) -> Vec<Position> {
+    (0..2).map(|core| append_events(wal, core, 1, &unique_file_ids(per_core), per_domain)).collect()
 }
 
 fn assert_exactly_once(db: &MariaDb, total: u64, per_domain: &HashMap<String, u64>) {
     assert_eq!(db.query_count("SELECT COUNT(*) FROM events"), total);
-    assert_eq!(
-        db.query_count("SELECT COUNT(DISTINCT file_id) FROM events"),
-        total
-    );
-    assert_eq!(
-        db.query_count("SELECT COUNT(*) FROM domains"),
-        per_domain.len() as u64
-    );
+    assert_eq!(db.query_count("SELECT COUNT(DISTINCT file_id) FROM events"), total);
+    assert_eq!(db.query_count("SELECT COUNT(*) FROM domains"), per_domain.len() as u64);
     assert_eq!(&db_per_domain(db), per_domain);
 }
 
@@ -222,11 +195,7 @@ fn restart_delivers_only_new_events() {
 
     assert_exactly_once(&db, 10_500, &per_domain);
     assert_eq!(stats.events_flushed.load(Ordering::Relaxed), 500);
-    assert_eq!(
-        stats.wal_replay_total.load(Ordering::Relaxed),
-        500,
-        "committed events re-read"
-    );
+    assert_eq!(stats.wal_replay_total.load(Ordering::Relaxed), 500, "committed events re-read");
     assert_eq!(db_cursors(&db), tails);
     assert_eq!(read_commit_meta(wal.path()).unwrap().unwrap().cores, tails);
 }
@@ -248,17 +217,9 @@ fn mysql_unreachable_at_start_then_back_delivers_exactly_once() {
     let tails = write_two_cores(wal.path(), 250, &mut per_domain);
     db.kill9();
     let second = start_on_wal(&config, &tails);
-    wait_for(
-        "the flusher to notice MySQL is down",
-        DELIVERY_TIMEOUT,
-        || {
-            second
-                .stats
-                .mysql_down_since_unix_ms
-                .load(Ordering::Relaxed)
-                != 0
-        },
-    );
+    wait_for("the flusher to notice MySQL is down", DELIVERY_TIMEOUT, || {
+        second.stats.mysql_down_since_unix_ms.load(Ordering::Relaxed) != 0
+    });
     // Let it retry a few times against the dead server with a full batch in hand.
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(second.stats.events_flushed.load(Ordering::Relaxed), 0);
@@ -287,26 +248,13 @@ struct FakeCore {
 impl FakeCore {
     fn write_chunk(&mut self, file_ids: &[u64], per_domain: &mut HashMap<String, u64>) {
         let start = self.progress.written_end();
-        let start = if start.segment == self.segment {
-            start
-        } else {
-            Position::new(self.segment, 0)
-        };
+        let start = if start.segment == self.segment { start } else { Position::new(self.segment, 0) };
         let end = append_events(&self.wal, self.core, self.segment, file_ids, per_domain);
         let path = segment_path(&core_dir(&self.wal, self.core), self.segment);
         let mut bytes = vec![0; (end.offset - start.offset) as usize];
-        fs::File::open(path)
-            .unwrap()
-            .read_exact_at(&mut bytes, start.offset)
-            .unwrap();
+        fs::File::open(path).unwrap().read_exact_at(&mut bytes, start.offset).unwrap();
         self.progress.publish_written(end);
-        let chunk = WalChunk {
-            core: self.core,
-            start,
-            end,
-            records: file_ids.len() as u32,
-            bytes,
-        };
+        let chunk = WalChunk { core: self.core, start, end, records: file_ids.len() as u32, bytes };
         match self.tx.offer(chunk) {
             Offer::Queued => self.queued += 1,
             Offer::Full => self.full += 1,
@@ -321,9 +269,7 @@ fn queue_path_with_full_queue_loses_and_duplicates_nothing() {
     let wal = tempfile::tempdir().unwrap();
     let config = config(wal.path(), &db.url, 500);
     let (tx, rx) = queue::bounded(16);
-    let progress: Vec<_> = (0..2)
-        .map(|_| Arc::new(CoreProgress::new(Position::default())))
-        .collect();
+    let progress: Vec<_> = (0..2).map(|_| Arc::new(CoreProgress::new(Position::default()))).collect();
     for core in 0..2 {
         fs::create_dir_all(core_dir(wal.path(), core)).unwrap();
     }
@@ -359,20 +305,13 @@ fn queue_path_with_full_queue_loses_and_duplicates_nothing() {
     }
     let rate = flusher.wait_flushed(10_000);
     eprintln!("queue path drained at {rate:.0} rows/s");
-    wait_for(
-        "segment 1 of every core compacted",
-        DELIVERY_TIMEOUT,
-        || (0..2).all(|c| !segment_path(&core_dir(wal.path(), c), 1).exists()),
-    );
+    wait_for("segment 1 of every core compacted", DELIVERY_TIMEOUT, || {
+        (0..2).all(|c| !segment_path(&core_dir(wal.path(), c), 1).exists())
+    });
     let stats = flusher.stop();
 
-    let (queued, full): (u64, u64) = cores
-        .iter()
-        .fold((0, 0), |(q, f), c| (q + c.queued, f + c.full));
-    assert!(
-        queued > 0 && full > 0,
-        "queued {queued}, full {full}: both paths must be exercised"
-    );
+    let (queued, full): (u64, u64) = cores.iter().fold((0, 0), |(q, f), c| (q + c.queued, f + c.full));
+    assert!(queued > 0 && full > 0, "queued {queued}, full {full}: both paths must be exercised");
     assert_exactly_once(&db, 10_000, &per_domain);
     assert_eq!(stats.events_flushed.load(Ordering::Relaxed), 10_000);
     let tails: Vec<Position> = progress.iter().map(|p| p.written_end()).collect();
@@ -411,12 +350,7 @@ fn corrupt_record_stalls_its_core_without_skipping() {
     let mut bytes = Vec::new();
     let mut ends = Vec::new();
     for (i, file_id) in unique_file_ids(100).into_iter().enumerate() {
-        let ev = Event {
-            ts_ms: BASE_TS_MS,
-            event: EVENTS[i % 4],
-            domain: "x.org",
-            file_id,
-        };
+        let ev = Event { ts_ms: BASE_TS_MS, event: EVENTS[i % 4], domain: "x.org", file_id };
         encode(&ev, &mut bytes);
         ends.push(bytes.len() as u64);
     }
@@ -438,10 +372,7 @@ fn corrupt_record_stalls_its_core_without_skipping() {
     assert_eq!(db.query_count("SELECT COUNT(*) FROM events"), 50);
     assert_eq!(stats.corrupt_records.load(Ordering::Relaxed), 1);
     assert_eq!(db_cursors(&db), vec![Position::new(1, ends[49])]);
-    assert_eq!(
-        Position::unpack(stats.read[0].load(Ordering::Relaxed)),
-        Position::new(1, ends[49])
-    );
+    assert_eq!(Position::unpack(stats.read[0].load(Ordering::Relaxed)), Position::new(1, ends[49]));
 }
 
 #[test]
@@ -449,28 +380,19 @@ fn migrate_blocking_applies_each_migration_once() {
     let db = MariaDb::start();
     let wal = tempfile::tempdir().unwrap();
     let config = config(wal.path(), &db.url, 5000);
-    assert_eq!(
-        psc::mysql::migrate_blocking(&config).unwrap(),
-        vec!["001_init".to_owned()]
-    );
+    assert_eq!(psc::mysql::migrate_blocking(&config).unwrap(), vec!["001_init".to_owned()]);
     assert!(psc::mysql::migrate_blocking(&config).unwrap().is_empty());
     assert_eq!(db.query_count("SELECT COUNT(*) FROM schema_migrations"), 1);
     let tables = db.query_rows("SHOW TABLES");
     let mut names: Vec<&str> = tables.iter().map(|r| r[0].as_str()).collect();
     names.sort_unstable();
-    assert_eq!(
-        names,
-        ["domains", "events", "ingest_cursors", "schema_migrations"]
-    );
+    assert_eq!(names, ["domains", "events", "ingest_cursors", "schema_migrations"]);
 }
 
 #[test]
 fn migrate_blocking_reports_an_unreachable_server() {
     let wal = tempfile::tempdir().unwrap();
-    let url = format!(
-        "mysql://psc:x@127.0.0.1:{}/psc",
-        support::free_closed_port()
-    );
+    let url = format!("mysql://psc:x@127.0.0.1:{}/psc", support::free_closed_port());
     let err = psc::mysql::migrate_blocking(&config(wal.path(), &url, 5000)).unwrap_err();
     assert!(err.to_string().contains("connect"), "{err}");
 }

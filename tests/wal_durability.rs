@@ -29,7 +29,8 @@ fn send_all(addr: std::net::SocketAddr, ids: &[u64], conns: usize) -> Vec<u64> {
                         ));
                     }
                     s.write_all(req.as_bytes()).expect("send");
-                    let expect = b"HTTP/1.1 204 No Content\r\nCache-Control: no-store\r\n\r\n".len() * batch.len();
+                    let expect =
+                        b"HTTP/1.1 204 No Content\r\nCache-Control: no-store\r\n\r\n".len() * batch.len();
                     let mut resp = vec![0u8; expect];
                     s.read_exact(&mut resp).expect("read 204s");
                     assert_eq!(resp.windows(12).filter(|w| w == b"HTTP/1.1 204").count(), batch.len());

@@ -39,37 +39,22 @@ pub struct Batch {
 
 impl Batch {
     pub fn new(cores: usize, capacity_rows: usize) -> Batch {
-        Batch {
-            rows: Vec::with_capacity(capacity_rows),
-            arena: String::new(),
-            ends: vec![None; cores],
-        }
+        Batch { rows: Vec::with_capacity(capacity_rows), arena: String::new(), ends: vec![None; cores] }
     }
 
     /// Appends the record of `core` that ends at `end`.
     pub fn push(&mut self, core: usize, ev: &Event<'_>, end: Position) {
-        debug_assert!(
-            self.ends[core].is_none_or(|last| last < end),
-            "rows out of WAL order"
-        );
+        debug_assert!(self.ends[core].is_none_or(|last| last < end), "rows out of WAL order");
         let event = self.intern(ev.event);
         let domain = self.intern(ev.domain);
-        self.rows.push(Row {
-            ts_ms: ev.ts_ms,
-            file_id: ev.file_id,
-            event,
-            domain,
-        });
+        self.rows.push(Row { ts_ms: ev.ts_ms, file_id: ev.file_id, event, domain });
         self.ends[core] = Some(end);
     }
 
     fn intern(&mut self, s: &str) -> Span {
         let start = self.arena.len() as u32;
         self.arena.push_str(s);
-        Span {
-            start,
-            len: s.len() as u32,
-        }
+        Span { start, len: s.len() as u32 }
     }
 
     pub fn len(&self) -> usize {
@@ -174,17 +159,11 @@ impl SqlBuffer {
 }
 
 /// Statement prefix of the event rows.
-pub const EVENTS_PREFIX: &str =
-    "INSERT INTO events (received_at, event, domain_id, file_id) VALUES ";
+pub const EVENTS_PREFIX: &str = "INSERT INTO events (received_at, event, domain_id, file_id) VALUES ";
 
 /// Builds `INSERT INTO events … VALUES (…),(…)` statements for `batch` into `sql`, each at
 /// most `max_bytes` long. `domain_ids[i]` is the id of the domain of row `i`.
-pub fn build_event_inserts(
-    batch: &Batch,
-    domain_ids: &[u32],
-    max_bytes: usize,
-    sql: &mut SqlBuffer,
-) {
+pub fn build_event_inserts(batch: &Batch, domain_ids: &[u32], max_bytes: usize, sql: &mut SqlBuffer) {
     debug_assert_eq!(domain_ids.len(), batch.len());
     let mut num = itoa::Buffer::new();
     for (row, &domain_id) in batch.rows().iter().zip(domain_ids) {
@@ -204,47 +183,30 @@ pub fn build_event_inserts(
 }
 
 /// Builds `INSERT IGNORE INTO domains (name) VALUES …` statements for `names`.
-pub fn build_domain_inserts<'a>(
-    names: impl Iterator<Item = &'a str>,
-    max_bytes: usize,
-    sql: &mut SqlBuffer,
-) {
+pub fn build_domain_inserts<'a>(names: impl Iterator<Item = &'a str>, max_bytes: usize, sql: &mut SqlBuffer) {
     for name in names {
-        sql.push_tuple(
-            "INSERT IGNORE INTO domains (name) VALUES ",
-            "",
-            max_bytes,
-            |out| {
-                out.push(b'(');
-                push_quoted(name, out);
-                out.push(b')');
-            },
-        );
+        sql.push_tuple("INSERT IGNORE INTO domains (name) VALUES ", "", max_bytes, |out| {
+            out.push(b'(');
+            push_quoted(name, out);
+            out.push(b')');
+        });
     }
     sql.finish_statement("");
 }
 
 /// Builds `SELECT id, name FROM domains WHERE name IN (…)` statements for `names`.
-pub fn build_domain_selects<'a>(
-    names: impl Iterator<Item = &'a str>,
-    max_bytes: usize,
-    sql: &mut SqlBuffer,
-) {
+pub fn build_domain_selects<'a>(names: impl Iterator<Item = &'a str>, max_bytes: usize, sql: &mut SqlBuffer) {
     for name in names {
-        sql.push_tuple(
-            "SELECT id, name FROM domains WHERE name IN (",
-            ")",
-            max_bytes,
-            |out| push_quoted(name, out),
-        );
+        sql.push_tuple("SELECT id, name FROM domains WHERE name IN (", ")", max_bytes, |out| {
+            push_quoted(name, out)
+        });
     }
     sql.finish_statement(")");
 }
 
 /// Builds the upsert of this node's cursors (one statement, a handful of rows).
 pub fn build_cursor_upsert(node: &str, ends: &[(usize, Position)], sql: &mut SqlBuffer) {
-    const SUFFIX: &str =
-        " ON DUPLICATE KEY UPDATE segment = VALUES(segment), `offset` = VALUES(`offset`)";
+    const SUFFIX: &str = " ON DUPLICATE KEY UPDATE segment = VALUES(segment), `offset` = VALUES(`offset`)";
     let mut num = itoa::Buffer::new();
     for &(core, pos) in ends {
         sql.push_tuple(
@@ -359,12 +321,7 @@ mod tests {
     fn batch_of(n: usize) -> Batch {
         let mut b = Batch::new(2, n);
         for i in 0..n {
-            let ev = Event {
-                ts_ms: 1000 * i as u64,
-                event: "play",
-                domain: "x.org",
-                file_id: i as u64 + 1,
-            };
+            let ev = Event { ts_ms: 1000 * i as u64, event: "play", domain: "x.org", file_id: i as u64 + 1 };
             b.push(i % 2, &ev, Position::new(1, 100 * (i as u64 + 1)));
         }
         b
@@ -375,20 +332,14 @@ mod tests {
         let b = batch_of(2);
         let mut sql = SqlBuffer::default();
         build_event_inserts(&b, &[7, 8], 1 << 20, &mut sql);
-        let stmts: Vec<_> = sql
-            .statements()
-            .map(|s| String::from_utf8(s.to_vec()).unwrap())
-            .collect();
+        let stmts: Vec<_> = sql.statements().map(|s| String::from_utf8(s.to_vec()).unwrap()).collect();
         assert_eq!(
             stmts,
             vec![format!(
                 "{EVENTS_PREFIX}('1970-01-01 00:00:00.000','play',7,1),('1970-01-01 00:00:01.000','play',8,2)"
             )]
         );
-        assert_eq!(
-            b.ends(),
-            &[Some(Position::new(1, 100)), Some(Position::new(1, 200))]
-        );
+        assert_eq!(b.ends(), &[Some(Position::new(1, 100)), Some(Position::new(1, 200))]);
     }
 
     #[test]
@@ -412,11 +363,7 @@ mod tests {
         assert_eq!(tuples, total_tuples);
         // Splitting changes only the boundaries: the tuples concatenate to the same text.
         let strip = |s: &[u8]| s[EVENTS_PREFIX.len()..].to_vec();
-        let joined = split
-            .statements()
-            .map(strip)
-            .collect::<Vec<_>>()
-            .join(&b","[..]);
+        let joined = split.statements().map(strip).collect::<Vec<_>>().join(&b","[..]);
         assert_eq!(joined, strip(one.statements().next().unwrap()));
     }
 
@@ -424,19 +371,9 @@ mod tests {
     fn select_and_cursor_statements() {
         let mut sql = SqlBuffer::default();
         build_domain_selects(["a.org", "b'c"].into_iter(), 1 << 20, &mut sql);
-        build_cursor_upsert(
-            "n1",
-            &[(0, Position::new(2, 10)), (3, Position::new(1, 5))],
-            &mut sql,
-        );
-        let stmts: Vec<_> = sql
-            .statements()
-            .map(|s| String::from_utf8(s.to_vec()).unwrap())
-            .collect();
-        assert_eq!(
-            stmts[0],
-            "SELECT id, name FROM domains WHERE name IN ('a.org','b\\'c')"
-        );
+        build_cursor_upsert("n1", &[(0, Position::new(2, 10)), (3, Position::new(1, 5))], &mut sql);
+        let stmts: Vec<_> = sql.statements().map(|s| String::from_utf8(s.to_vec()).unwrap()).collect();
+        assert_eq!(stmts[0], "SELECT id, name FROM domains WHERE name IN ('a.org','b\\'c')");
         assert_eq!(
             stmts[1],
             "INSERT INTO ingest_cursors (node, core, segment, `offset`) VALUES ('n1',0,2,10),('n1',3,1,5) \

@@ -80,13 +80,10 @@ pub fn spawn(
 ) -> std::io::Result<FlusherHandle> {
     let meta = read_commit_meta(&config.wal.dir)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let flusher = Flusher::new(config.clone(), queue, cores, stats, shutdown, meta);
-    let thread = std::thread::Builder::new()
-        .name("flusher".into())
-        .spawn(move || runtime.block_on(flusher.run()))?;
+    let thread =
+        std::thread::Builder::new().name("flusher".into()).spawn(move || runtime.block_on(flusher.run()))?;
     Ok(FlusherHandle { thread })
 }
 
@@ -167,11 +164,7 @@ impl Flusher {
     ) -> Flusher {
         let meta_cores = meta.map(|m| m.cores).unwrap_or_default();
         if meta_cores.len() > cores.len() {
-            warn!(
-                cores = cores.len(),
-                in_meta = meta_cores.len(),
-                "commit.meta lists more cores than run"
-            );
+            warn!(cores = cores.len(), in_meta = meta_cores.len(), "commit.meta lists more cores than run");
         }
         let lanes = (0..cores.len())
             .map(|c| {
@@ -204,10 +197,7 @@ impl Flusher {
             db: None,
             initialised: false,
             link: Link::Unknown,
-            replay: Some(Replay {
-                started: now,
-                events: 0,
-            }),
+            replay: Some(Replay { started: now, events: 0 }),
             last_chunk_at: now,
             commit_in_doubt: false,
             meta_dirty: false,
@@ -237,8 +227,7 @@ impl Flusher {
 
     /// The last bounded delivery attempt on shutdown, then `commit.meta`.
     async fn finish(&mut self) {
-        let deadline =
-            Instant::now() + Duration::from_millis(self.config.server.shutdown_timeout_ms);
+        let deadline = Instant::now() + Duration::from_millis(self.config.server.shutdown_timeout_ms);
         while !self.batch.is_empty() && Instant::now() < deadline {
             if !self.deliver(Some(deadline)).await {
                 break;
@@ -251,10 +240,7 @@ impl Flusher {
             );
         }
         self.write_meta();
-        info!(
-            flushed = self.stats.events_flushed.load(Ordering::Relaxed),
-            "flusher stopped"
-        );
+        info!(flushed = self.stats.events_flushed.load(Ordering::Relaxed), "flusher stopped");
     }
 
     // ---- filling the batch -------------------------------------------------------------
@@ -296,11 +282,7 @@ impl Flusher {
         loop {
             let before = self.batch.len();
             self.catch_up();
-            let chunk = if self.batch_full() {
-                None
-            } else {
-                self.queue.try_recv()
-            };
+            let chunk = if self.batch_full() { None } else { self.queue.try_recv() };
             let got_chunk = chunk.is_some();
             if let Some(chunk) = chunk {
                 self.last_chunk_at = Instant::now();
@@ -328,10 +310,7 @@ impl Flusher {
     }
 
     fn batch_due(&self) -> bool {
-        self.batch_full()
-            || self
-                .batch_started
-                .is_some_and(|t| t.elapsed() >= self.flush_interval())
+        self.batch_full() || self.batch_started.is_some_and(|t| t.elapsed() >= self.flush_interval())
     }
 
     fn note_batch_start(&mut self) {
@@ -391,10 +370,7 @@ impl Flusher {
                 Ok(decoded) => decoded,
                 Err(reason) => {
                     let at = Position::new(chunk.start.segment, chunk.start.offset + offset as u64);
-                    self.stall(
-                        c,
-                        &format!("corrupt record in queue chunk at {at:?}: {reason}"),
-                    );
+                    self.stall(c, &format!("corrupt record in queue chunk at {at:?}: {reason}"));
                     return;
                 }
             };
@@ -411,20 +387,13 @@ impl Flusher {
             self.batch.push(c, &ev, end);
             lane.read = end;
         }
-        debug_assert_eq!(
-            self.lanes[c].read, chunk.end,
-            "chunk bytes and positions disagree"
-        );
+        debug_assert_eq!(self.lanes[c].read, chunk.end, "chunk bytes and positions disagree");
     }
 
     /// Reads the WAL of every catching-up core into the batch, as far as it has room.
     fn catch_up(&mut self) {
         for c in 0..self.lanes.len() {
-            let room = self
-                .config
-                .mysql
-                .batch_rows
-                .saturating_sub(self.batch.len());
+            let room = self.config.mysql.batch_rows.saturating_sub(self.batch.len());
             if room == 0 {
                 break;
             }
@@ -456,16 +425,8 @@ impl Flusher {
                     lane.mode = Mode::Queue;
                 }
             }
-            Err(WalReadError::Corrupt {
-                path,
-                offset,
-                reason,
-                ..
-            }) => {
-                let at = format!(
-                    "corrupt record in {} at offset {offset}: {reason}",
-                    path.display()
-                );
+            Err(WalReadError::Corrupt { path, offset, reason, .. }) => {
+                let at = format!("corrupt record in {} at offset {offset}: {reason}", path.display());
                 // Records before the bad one were delivered to the batch; `read` follows them.
                 if let Some(end) = batch.ends()[c] {
                     lane.read = lane.read.max(end);
@@ -486,14 +447,10 @@ impl Flusher {
         match &mut self.replay {
             Some(replay) => {
                 replay.events += events;
-                self.stats
-                    .wal_replay_total
-                    .fetch_add(events, Ordering::Relaxed);
+                self.stats.wal_replay_total.fetch_add(events, Ordering::Relaxed);
             }
             None => {
-                self.stats
-                    .wal_catchup_total
-                    .fetch_add(events, Ordering::Relaxed);
+                self.stats.wal_catchup_total.fetch_add(events, Ordering::Relaxed);
             }
         }
     }
@@ -504,17 +461,8 @@ impl Flusher {
         }
         if let Some(replay) = self.replay.take() {
             let secs = replay.started.elapsed().as_secs_f64();
-            let rate = if secs > 0.0 {
-                replay.events as f64 / secs
-            } else {
-                0.0
-            };
-            info!(
-                events = replay.events,
-                seconds = secs,
-                events_per_sec = rate as u64,
-                "WAL replay done"
-            );
+            let rate = if secs > 0.0 { replay.events as f64 / secs } else { 0.0 };
+            info!(events = replay.events, seconds = secs, events_per_sec = rate as u64, "WAL replay done");
             self.stats.replay_done.store(true, Ordering::Relaxed);
         }
     }
@@ -582,8 +530,7 @@ impl Flusher {
         );
         let ends = self.batch_ends();
         batch::build_cursor_upsert(&self.config.ingest.node_id, &ends, &mut self.sql);
-        db.execute("start transaction", b"START TRANSACTION")
-            .await?;
+        db.execute("start transaction", b"START TRANSACTION").await?;
         let sql = std::mem::take(&mut self.sql);
         let (inserted, ()) = tokio::join!(execute_all(&mut db, &sql), async { self.prefetch() });
         self.sql = sql;
@@ -598,12 +545,7 @@ impl Flusher {
     }
 
     fn batch_ends(&self) -> Vec<(usize, Position)> {
-        self.batch
-            .ends()
-            .iter()
-            .enumerate()
-            .filter_map(|(c, e)| e.map(|end| (c, end)))
-            .collect()
+        self.batch.ends().iter().enumerate().filter_map(|(c, e)| e.map(|end| (c, end))).collect()
     }
 
     /// Opens a connection; the first one also migrates and preloads the domain cache. Every
@@ -638,30 +580,16 @@ impl Flusher {
         if std::mem::take(&mut self.commit_in_doubt) {
             let ends = self.batch_ends();
             if ends.iter().all(|&(c, end)| mysql[c] >= end) {
-                info!(
-                    rows = self.batch.len(),
-                    "the batch in doubt was committed before the connection died"
-                );
+                info!(rows = self.batch.len(), "the batch in doubt was committed before the connection died");
                 self.committed(&ends, Instant::now());
             } else {
-                info!(
-                    rows = self.batch.len(),
-                    "the batch in doubt was not committed; sending it again"
-                );
+                info!(rows = self.batch.len(), "the batch in doubt was not committed; sending it again");
             }
         }
-        if !self
-            .lanes
-            .iter()
-            .zip(&mysql)
-            .any(|(lane, &m)| m > lane.committed)
-        {
+        if !self.lanes.iter().zip(&mysql).any(|(lane, &m)| m > lane.committed) {
             return;
         }
-        info!(
-            ?mysql,
-            "MySQL cursors are ahead of commit.meta; restarting from them"
-        );
+        info!(?mysql, "MySQL cursors are ahead of commit.meta; restarting from them");
         self.batch.clear();
         self.batch_started = None;
         self.next.clear();
@@ -681,18 +609,12 @@ impl Flusher {
     /// Loads up to `domains.cache_entries` most recently created domains.
     async fn preload_domains(&mut self, db: &mut Db) -> Result<(), MysqlError> {
         let mut sql = b"SELECT id, name FROM domains ORDER BY id DESC LIMIT ".to_vec();
-        sql.extend_from_slice(
-            itoa::Buffer::new()
-                .format(self.domains.capacity())
-                .as_bytes(),
-        );
+        sql.extend_from_slice(itoa::Buffer::new().format(self.domains.capacity()).as_bytes());
         let rows: Vec<(u32, String)> = db.query("preload domains", &sql).await?;
         for (id, name) in rows.iter().rev() {
             self.domains.insert(name, *id);
         }
-        self.stats
-            .domain_cache_entries
-            .store(self.domains.len() as u64, Ordering::Relaxed);
+        self.stats.domain_cache_entries.store(self.domains.len() as u64, Ordering::Relaxed);
         Ok(())
     }
 
@@ -710,27 +632,19 @@ impl Flusher {
             }
         }
         let misses = missing.len() as u64;
-        self.stats
-            .domain_cache_hits
-            .fetch_add(self.batch.len() as u64 - misses, Ordering::Relaxed);
-        self.stats
-            .domain_cache_misses
-            .fetch_add(misses, Ordering::Relaxed);
+        self.stats.domain_cache_hits.fetch_add(self.batch.len() as u64 - misses, Ordering::Relaxed);
+        self.stats.domain_cache_misses.fetch_add(misses, Ordering::Relaxed);
         if missing.is_empty() {
             return Ok(());
         }
         let found = self.fetch_domain_ids(db, &missing).await?;
         for &i in &missing {
             let name = self.batch.domain(&self.batch.rows()[i]);
-            let id = *found
-                .get(name)
-                .ok_or_else(|| MysqlError::DomainMissing(name.to_owned()))?;
+            let id = *found.get(name).ok_or_else(|| MysqlError::DomainMissing(name.to_owned()))?;
             self.domain_ids[i] = id;
             self.domains.insert(name, id);
         }
-        self.stats
-            .domain_cache_entries
-            .store(self.domains.len() as u64, Ordering::Relaxed);
+        self.stats.domain_cache_entries.store(self.domains.len() as u64, Ordering::Relaxed);
         Ok(())
     }
 
@@ -740,10 +654,8 @@ impl Flusher {
         db: &mut Db,
         missing: &[usize],
     ) -> Result<std::collections::HashMap<String, u32>, MysqlError> {
-        let mut names: Vec<&str> = missing
-            .iter()
-            .map(|&i| self.batch.domain(&self.batch.rows()[i]))
-            .collect();
+        let mut names: Vec<&str> =
+            missing.iter().map(|&i| self.batch.domain(&self.batch.rows()[i])).collect();
         names.sort_unstable();
         names.dedup();
         let max = self.config.mysql.max_statement_bytes;
@@ -778,8 +690,7 @@ impl Flusher {
         s.batches.fetch_add(1, Ordering::Relaxed);
         s.last_flush_unix_ms.store(unix_ms(), Ordering::Relaxed);
         s.last_flush_rows.store(rows, Ordering::Relaxed);
-        s.last_flush_duration_us
-            .store(elapsed.as_micros() as u64, Ordering::Relaxed);
+        s.last_flush_duration_us.store(elapsed.as_micros() as u64, Ordering::Relaxed);
         s.flush_duration_seconds.observe(elapsed.as_secs_f64());
         s.batch_rows.observe(rows as f64);
         self.batch.clear();
@@ -815,18 +726,15 @@ impl Flusher {
 
     fn link_up(&mut self) {
         match self.link {
-            Link::Down { since } => info!(
-                down_for_ms = since.elapsed().as_millis() as u64,
-                "MySQL reachable again"
-            ),
+            Link::Down { since } => {
+                info!(down_for_ms = since.elapsed().as_millis() as u64, "MySQL reachable again")
+            }
             Link::Unknown => info!("MySQL reachable"),
             Link::Up => return,
         }
         self.link = Link::Up;
         self.stats.mysql_up.store(true, Ordering::Relaxed);
-        self.stats
-            .mysql_down_since_unix_ms
-            .store(0, Ordering::Relaxed);
+        self.stats.mysql_down_since_unix_ms.store(0, Ordering::Relaxed);
     }
 
     fn link_down(&mut self, e: &MysqlError) {
@@ -835,13 +743,9 @@ impl Flusher {
             return;
         }
         error!(error = %e, "MySQL unavailable; retrying with back-off");
-        self.link = Link::Down {
-            since: Instant::now(),
-        };
+        self.link = Link::Down { since: Instant::now() };
         self.stats.mysql_up.store(false, Ordering::Relaxed);
-        self.stats
-            .mysql_down_since_unix_ms
-            .store(unix_ms(), Ordering::Relaxed);
+        self.stats.mysql_down_since_unix_ms.store(unix_ms(), Ordering::Relaxed);
     }
 }
 
@@ -854,9 +758,7 @@ async fn execute_all(db: &mut Db, sql: &SqlBuffer) -> Result<(), MysqlError> {
 }
 
 fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// With feature `failpoints` and `PSC_FAILPOINT=crash_after_commit`: abort right after the
@@ -866,10 +768,7 @@ fn failpoint_after_commit(commit_number: u64) {
     if std::env::var("PSC_FAILPOINT").as_deref() != Ok("crash_after_commit") {
         return;
     }
-    let after = std::env::var("PSC_FAILPOINT_AFTER")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1);
+    let after = std::env::var("PSC_FAILPOINT_AFTER").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
     if commit_number >= after {
         eprintln!("failpoint crash_after_commit: aborting after commit {commit_number}");
         std::process::abort();
@@ -887,12 +786,7 @@ mod tests {
 
     fn record(file_id: u64) -> Vec<u8> {
         let mut out = Vec::new();
-        let ev = Event {
-            ts_ms: 1,
-            event: "play",
-            domain: "x.org",
-            file_id,
-        };
+        let ev = Event { ts_ms: 1, event: "play", domain: "x.org", file_id };
         encode(&ev, &mut out);
         out
     }
@@ -901,13 +795,7 @@ mod tests {
     fn chunk(start: Position, n: u64) -> WalChunk {
         let bytes: Vec<u8> = (0..n).flat_map(|i| record(start.offset + i + 1)).collect();
         let end = Position::new(start.segment, start.offset + bytes.len() as u64);
-        WalChunk {
-            core: 0,
-            start,
-            end,
-            records: n as u32,
-            bytes,
-        }
+        WalChunk { core: 0, start, end, records: n as u32, bytes }
     }
 
     fn flusher(batch_rows: usize) -> (Flusher, tempfile::TempDir) {
@@ -923,14 +811,7 @@ mod tests {
         let (tx, rx) = crate::queue::bounded(16);
         let cores = vec![Arc::new(CoreProgress::new(Position::default()))];
         let stats = Arc::new(FlushStats::new(1));
-        let f = Flusher::new(
-            config,
-            rx,
-            cores,
-            stats,
-            Arc::new(AtomicBool::new(false)),
-            None,
-        );
+        let f = Flusher::new(config, rx, cores, stats, Arc::new(AtomicBool::new(false)), None);
         (f, tx, wal)
     }
 
@@ -1019,11 +900,7 @@ mod tests {
         f.take_chunk(first);
         assert_eq!(tx.offer(chunk(first_end, 3)), Offer::Queued);
         f.prefetch();
-        assert_eq!(
-            (f.batch.len(), f.next.len()),
-            (2, 3),
-            "in-flight batch untouched"
-        );
+        assert_eq!((f.batch.len(), f.next.len()), (2, 3), "in-flight batch untouched");
         let ends = f.batch_ends();
         f.committed(&ends, Instant::now());
         assert_eq!(f.lanes[0].committed, first_end);

@@ -50,11 +50,7 @@ pub struct FlushStats {
 
 impl FlushStats {
     pub fn new(cores: usize) -> FlushStats {
-        let positions = || {
-            (0..cores)
-                .map(|_| AtomicU64::new(Position::default().pack()))
-                .collect()
-        };
+        let positions = || (0..cores).map(|_| AtomicU64::new(Position::default().pack())).collect();
         FlushStats {
             events_flushed: AtomicU64::new(0),
             batches: AtomicU64::new(0),

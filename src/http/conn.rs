@@ -48,10 +48,21 @@ pub struct ConnContext {
 enum Reply {
     /// A beacon whose record is in the open tick: 204 if the tick is written, else 503.
     Beacon,
-    Error { status: u16, reason: &'static str },
-    Unavailable { reason: &'static str },
-    MethodNotAllowed { allow: &'static str },
-    Body { status: u16, content_type: &'static str, body: Vec<u8> },
+    Error {
+        status: u16,
+        reason: &'static str,
+    },
+    Unavailable {
+        reason: &'static str,
+    },
+    MethodNotAllowed {
+        allow: &'static str,
+    },
+    Body {
+        status: u16,
+        content_type: &'static str,
+        body: Vec<u8>,
+    },
 }
 
 struct Pending {
@@ -145,7 +156,8 @@ impl Connection {
                 Body::None => 0,
                 Body::Length(n) => n,
                 Body::Chunked => {
-                    let reply = Reply::Error { status: 501, reason: "chunked request bodies are not supported here" };
+                    let reply =
+                        Reply::Error { status: 501, reason: "chunked request bodies are not supported here" };
                     self.pending.push(Pending { reply, close: true, minor_version: 1 });
                     close = true;
                     consumed = self.read_buf.len();
@@ -166,7 +178,8 @@ impl Connection {
             }
         }
         self.read_buf.drain(..consumed);
-        self.partial_since = (!self.read_buf.is_empty()).then(|| self.partial_since.unwrap_or_else(Instant::now));
+        self.partial_since =
+            (!self.read_buf.is_empty()).then(|| self.partial_since.unwrap_or_else(Instant::now));
         let outcome = if appended { ctx.group.ticket().wait().await } else { TickOutcome::Written };
         self.render(outcome, &ctx.counters);
         close
@@ -183,7 +196,12 @@ impl Connection {
                 }
                 Reply::Beacon => {
                     counters.count_rejection("wal_error");
-                    response::write_503_retry(out, RETRY_AFTER_S, "event not stored: WAL write failed, retry", p.close);
+                    response::write_503_retry(
+                        out,
+                        RETRY_AFTER_S,
+                        "event not stored: WAL write failed, retry",
+                        p.close,
+                    );
                     503
                 }
                 Reply::Unavailable { reason } => {
@@ -222,7 +240,11 @@ impl Connection {
     async fn read_more(&mut self, stream: &mut TcpStream, ctx: &ConnContext) -> ReadOutcome {
         let max = ctx.limits.max_header_bytes + ctx.limits.max_body_bytes;
         if self.read_buf.len() == self.read_buf.capacity() {
-            let grow = self.read_buf.capacity().max(INITIAL_READ_BYTES).min(max.saturating_sub(self.read_buf.len()).max(1));
+            let grow = self
+                .read_buf
+                .capacity()
+                .max(INITIAL_READ_BYTES)
+                .min(max.saturating_sub(self.read_buf.len()).max(1));
             self.read_buf.reserve(grow);
         }
         let deadline = self.partial_since.unwrap_or_else(Instant::now) + ctx.idle_timeout;
@@ -275,7 +297,13 @@ fn route(
     }
 }
 
-fn beacon(query: &str, now_ms: u64, ctx: &ConnContext, scratch: &mut QueryScratch, appended: &mut bool) -> Reply {
+fn beacon(
+    query: &str,
+    now_ms: u64,
+    ctx: &ConnContext,
+    scratch: &mut QueryScratch,
+    appended: &mut bool,
+) -> Reply {
     if ctx.draining.get() {
         ctx.counters.count_rejection("shutting_down");
         return Reply::Unavailable { reason: "shutting down, retry on another node" };

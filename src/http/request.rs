@@ -160,9 +160,7 @@ impl HttpError {
             HttpError::BadContentLength => "invalid or conflicting Content-Length",
             HttpError::Malformed => "malformed HTTP request",
             HttpError::UnsupportedVersion => "only HTTP/1.0 and HTTP/1.1 are supported",
-            HttpError::UnsupportedTransferEncoding => {
-                "only Transfer-Encoding: chunked is supported"
-            }
+            HttpError::UnsupportedTransferEncoding => "only Transfer-Encoding: chunked is supported",
         }
     }
 
@@ -227,28 +225,19 @@ fn partial(window: &[u8], limits: &Limits) -> Parsed<'static> {
 /// Bytes of the request target buffered so far (0 while the method is incomplete).
 /// Leading blank lines are skipped, as httparse does.
 fn partial_target_len(window: &[u8]) -> usize {
-    let line_start = window
-        .iter()
-        .position(|&b| b != b'\r' && b != b'\n')
-        .unwrap_or(window.len());
+    let line_start = window.iter().position(|&b| b != b'\r' && b != b'\n').unwrap_or(window.len());
     let line = &window[line_start..];
     let Some(method_end) = line.iter().position(|&b| b == b' ') else {
         return 0;
     };
     let target = &line[method_end + 1..];
-    target
-        .iter()
-        .position(|&b| matches!(b, b' ' | b'\r' | b'\n'))
-        .unwrap_or(target.len())
+    target.iter().position(|&b| matches!(b, b' ' | b'\r' | b'\n')).unwrap_or(target.len())
 }
 
 /// httparse reports any version other than 1.0/1.1 as an error: 505 if the request line ends
 /// in a well-formed `HTTP/d.d`, else the line is just malformed.
 fn version_error(window: &[u8]) -> HttpError {
-    let line_end = window
-        .iter()
-        .position(|&b| b == b'\r' || b == b'\n')
-        .unwrap_or(window.len());
+    let line_end = window.iter().position(|&b| b == b'\r' || b == b'\n').unwrap_or(window.len());
     let line = &window[..line_end];
     let version = line.rsplit(|&b| b == b' ').next().unwrap_or(&[]);
     match version {
@@ -266,8 +255,7 @@ fn build<'a>(
     head_len: usize,
     limits: &Limits,
 ) -> Result<Request<'a>, HttpError> {
-    let (Some(method), Some(target), Some(minor_version)) = (req.method, req.path, req.version)
-    else {
+    let (Some(method), Some(target), Some(minor_version)) = (req.method, req.path, req.version) else {
         return Err(HttpError::Malformed);
     };
     if target.len() > limits.max_url_bytes {
@@ -339,9 +327,7 @@ fn parse_content_length(value: &[u8]) -> Result<u64, HttpError> {
         if !b.is_ascii_digit() {
             return Err(HttpError::BadContentLength);
         }
-        n.checked_mul(10)
-            .and_then(|n| n.checked_add(u64::from(b - b'0')))
-            .ok_or(HttpError::BadContentLength)
+        n.checked_mul(10).and_then(|n| n.checked_add(u64::from(b - b'0'))).ok_or(HttpError::BadContentLength)
     })
 }
 
@@ -361,11 +347,7 @@ fn keep_alive(minor_version: u8, tokens: ConnectionTokens) -> bool {
     }
 }
 
-fn body_framing(
-    minor_version: u8,
-    h: &Interesting<'_>,
-    limits: &Limits,
-) -> Result<Body, HttpError> {
+fn body_framing(minor_version: u8, h: &Interesting<'_>, limits: &Limits) -> Result<Body, HttpError> {
     match (h.content_length, h.transfer_encoding) {
         (Some(_), Some(_)) => Err(HttpError::Malformed),
         // RFC 9112 §6.1: Transfer-Encoding in an HTTP/1.0 request means faulty framing.
@@ -391,20 +373,14 @@ mod tests {
     fn complete(buf: &[u8]) -> Request<'_> {
         match parse(buf, &limits()) {
             Parsed::Complete(r) => r,
-            other => panic!(
-                "expected Complete for {:?}, got {other:?}",
-                String::from_utf8_lossy(buf)
-            ),
+            other => panic!("expected Complete for {:?}, got {other:?}", String::from_utf8_lossy(buf)),
         }
     }
 
     fn invalid_with(buf: &[u8], limits: &Limits) -> HttpError {
         match parse(buf, limits) {
             Parsed::Invalid(e) => e,
-            other => panic!(
-                "expected Invalid for {:?}, got {other:?}",
-                String::from_utf8_lossy(buf)
-            ),
+            other => panic!("expected Invalid for {:?}, got {other:?}", String::from_utf8_lossy(buf)),
         }
     }
 
@@ -418,10 +394,7 @@ mod tests {
     #[test]
     fn default_config_fits_the_header_array() {
         assert!(HttpConfig::default().max_headers <= MAX_HEADERS_CAP);
-        let c = HttpConfig {
-            max_headers: MAX_HEADERS_CAP * 4,
-            ..HttpConfig::default()
-        };
+        let c = HttpConfig { max_headers: MAX_HEADERS_CAP * 4, ..HttpConfig::default() };
         assert_eq!(Limits::from(&c).max_headers, MAX_HEADERS_CAP);
     }
 
@@ -453,10 +426,7 @@ mod tests {
     fn methods() {
         assert_eq!(complete(b"HEAD / HTTP/1.1\r\n\r\n").method, Method::Head);
         assert_eq!(complete(b"POST / HTTP/1.1\r\n\r\n").method, Method::Post);
-        assert_eq!(
-            complete(b"OPTIONS * HTTP/1.1\r\n\r\n").method,
-            Method::Options
-        );
+        assert_eq!(complete(b"OPTIONS * HTTP/1.1\r\n\r\n").method, Method::Options);
         assert_eq!(complete(b"DELETE / HTTP/1.1\r\n\r\n").method, Method::Other);
         assert_eq!(complete(b"get / HTTP/1.1\r\n\r\n").method, Method::Other);
     }
@@ -475,17 +445,14 @@ mod tests {
     fn http11_connection_close() {
         assert!(!complete(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n").keep_alive);
         assert!(!complete(b"GET / HTTP/1.1\r\nConnection: TE, Close\r\n\r\n").keep_alive);
-        assert!(
-            !complete(b"GET / HTTP/1.1\r\nConnection: x\r\nConnection: close\r\n\r\n").keep_alive
-        );
+        assert!(!complete(b"GET / HTTP/1.1\r\nConnection: x\r\nConnection: close\r\n\r\n").keep_alive);
         assert!(complete(b"GET / HTTP/1.1\r\nConnection: upgrade\r\n\r\n").keep_alive);
         assert!(complete(b"GET / HTTP/1.1\r\nConnection: closed\r\n\r\n").keep_alive);
     }
 
     #[test]
     fn pipelined_requests_parse_one_after_the_other() {
-        let second =
-            b"GET /log?event=stop&domain=a.b&file_id=2 HTTP/1.1\r\nConnection: close\r\n\r\n";
+        let second = b"GET /log?event=stop&domain=a.b&file_id=2 HTTP/1.1\r\nConnection: close\r\n\r\n";
         let buf = [BEACON, second.as_slice()].concat();
         let first = complete(&buf);
         assert_eq!(first.head_len, BEACON.len());
@@ -499,11 +466,7 @@ mod tests {
     #[test]
     fn every_strict_prefix_is_partial() {
         for end in 0..BEACON.len() {
-            assert_eq!(
-                parse(&BEACON[..end], &limits()),
-                Parsed::Partial,
-                "prefix of {end} bytes"
-            );
+            assert_eq!(parse(&BEACON[..end], &limits()), Parsed::Partial, "prefix of {end} bytes");
         }
     }
 
@@ -527,10 +490,7 @@ mod tests {
 
     #[test]
     fn body_framing_variants() {
-        assert_eq!(
-            complete(b"POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n").body,
-            Body::None
-        );
+        assert_eq!(complete(b"POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n").body, Body::None);
         let r = complete(b"POST / HTTP/1.1\r\nContent-Length: 7\r\nContent-Length: 7\r\n\r\n");
         assert_eq!(r.body, Body::Length(7));
         let r = complete(b"POST / HTTP/1.1\r\nTransfer-Encoding: Chunked\r\n\r\n");
@@ -586,14 +546,8 @@ mod tests {
         l.max_url_bytes = 10;
         assert_eq!(parse(b"GET /123456789", &l), Parsed::Partial);
         assert_eq!(invalid_with(b"GET /1234567890", &l), HttpError::UrlTooLong);
-        assert_eq!(
-            invalid_with(b"\r\nGET /1234567890 HT", &l),
-            HttpError::UrlTooLong
-        );
-        assert_eq!(
-            parse(b"GET /123456789 HTTP/1.1\r\nHost: x", &l),
-            Parsed::Partial
-        );
+        assert_eq!(invalid_with(b"\r\nGET /1234567890 HT", &l), HttpError::UrlTooLong);
+        assert_eq!(parse(b"GET /123456789 HTTP/1.1\r\nHost: x", &l), Parsed::Partial);
     }
 
     #[test]
@@ -619,22 +573,9 @@ mod tests {
 
     #[test]
     fn bad_content_length() {
-        for value in [
-            "abc",
-            "-1",
-            "+1",
-            "1 2",
-            "1,1",
-            "0x10",
-            "18446744073709551616",
-            "",
-        ] {
+        for value in ["abc", "-1", "+1", "1 2", "1,1", "0x10", "18446744073709551616", ""] {
             let req = format!("POST / HTTP/1.1\r\nContent-Length: {value}\r\n\r\n");
-            assert_eq!(
-                invalid(req.as_bytes()),
-                HttpError::BadContentLength,
-                "{value:?}"
-            );
+            assert_eq!(invalid(req.as_bytes()), HttpError::BadContentLength, "{value:?}");
         }
         let conflicting = b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n";
         assert_eq!(invalid(conflicting), HttpError::BadContentLength);
@@ -646,8 +587,7 @@ mod tests {
         assert_eq!(invalid(both), HttpError::Malformed);
         let both = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n";
         assert_eq!(invalid(both), HttpError::Malformed);
-        let twice =
-            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let twice = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n";
         assert_eq!(invalid(twice), HttpError::Malformed);
         let http10 = b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n";
         assert_eq!(invalid(http10), HttpError::Malformed);
@@ -657,24 +597,14 @@ mod tests {
     fn other_transfer_codings_are_not_implemented() {
         for te in ["gzip", "gzip, chunked", "chunked, gzip", "identity"] {
             let req = format!("POST / HTTP/1.1\r\nTransfer-Encoding: {te}\r\n\r\n");
-            assert_eq!(
-                invalid(req.as_bytes()),
-                HttpError::UnsupportedTransferEncoding,
-                "{te}"
-            );
+            assert_eq!(invalid(req.as_bytes()), HttpError::UnsupportedTransferEncoding, "{te}");
         }
     }
 
     #[test]
     fn versions() {
-        assert_eq!(
-            invalid(b"GET / HTTP/2.0\r\n\r\n"),
-            HttpError::UnsupportedVersion
-        );
-        assert_eq!(
-            invalid(b"GET / HTTP/1.2\r\n\r\n"),
-            HttpError::UnsupportedVersion
-        );
+        assert_eq!(invalid(b"GET / HTTP/2.0\r\n\r\n"), HttpError::UnsupportedVersion);
+        assert_eq!(invalid(b"GET / HTTP/1.2\r\n\r\n"), HttpError::UnsupportedVersion);
         assert_eq!(invalid(b"GET / HTTP/1.x\r\n\r\n"), HttpError::Malformed);
         assert_eq!(invalid(b"GET / HTTQ/1.1\r\n\r\n"), HttpError::Malformed);
         assert_eq!(invalid(b"GET / HTTP/1.10\r\n\r\n"), HttpError::Malformed);
@@ -682,19 +612,10 @@ mod tests {
 
     #[test]
     fn garbage_and_nul_bytes_are_malformed() {
-        assert_eq!(
-            invalid(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"),
-            HttpError::Malformed
-        );
+        assert_eq!(invalid(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"), HttpError::Malformed);
         assert_eq!(invalid(b"GET /a\0b HTTP/1.1\r\n\r\n"), HttpError::Malformed);
-        assert_eq!(
-            invalid(b"GET / HTTP/1.1\r\nX: a\0b\r\n\r\n"),
-            HttpError::Malformed
-        );
-        assert_eq!(
-            invalid(b"GET / HTTP/1.1\r\nBad Name: x\r\n\r\n"),
-            HttpError::Malformed
-        );
+        assert_eq!(invalid(b"GET / HTTP/1.1\r\nX: a\0b\r\n\r\n"), HttpError::Malformed);
+        assert_eq!(invalid(b"GET / HTTP/1.1\r\nBad Name: x\r\n\r\n"), HttpError::Malformed);
         assert_eq!(invalid(b"GET  HTTP/1.1\r\n\r\n"), HttpError::Malformed);
         assert_eq!(invalid(b"\0\0\0\0"), HttpError::Malformed);
     }
@@ -716,12 +637,7 @@ mod tests {
         for e in all {
             assert!(e.closes_connection());
             assert!(!e.reason().is_empty() && !e.reason().contains(['\r', '\n']));
-            assert!(
-                e.label()
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b == b'_'),
-                "{e:?}"
-            );
+            assert!(e.label().bytes().all(|b| b.is_ascii_lowercase() || b == b'_'), "{e:?}");
             assert_eq!(e.to_string(), e.reason());
         }
     }

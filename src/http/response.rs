@@ -78,21 +78,8 @@ enum Extra {
     Allow(&'static str),
 }
 
-fn write_text(
-    out: &mut Vec<u8>,
-    status: u16,
-    extra: Extra,
-    reason: &str,
-    close: bool,
-) {
-    write_head(
-        out,
-        status,
-        "text/plain; charset=utf-8",
-        reason.len() + 1,
-        close,
-        extra,
-    );
+fn write_text(out: &mut Vec<u8>, status: u16, extra: Extra, reason: &str, close: bool) {
+    write_head(out, status, "text/plain; charset=utf-8", reason.len() + 1, close, extra);
     out.extend_from_slice(reason.as_bytes());
     out.push(b'\n');
 }
@@ -105,14 +92,8 @@ fn write_head(
     close: bool,
     extra: Extra,
 ) {
-    debug_assert!(
-        (100..=999).contains(&status),
-        "status {status} is not three digits"
-    );
-    debug_assert!(
-        !content_type.contains(['\r', '\n']),
-        "header injection in content type"
-    );
+    debug_assert!((100..=999).contains(&status), "status {status} is not three digits");
+    debug_assert!(!content_type.contains(['\r', '\n']), "header injection in content type");
     let mut num = itoa::Buffer::new();
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(num.format(status).as_bytes());
@@ -156,10 +137,7 @@ mod tests {
 
     impl Parsed {
         fn header(&self, name: &str) -> Option<&str> {
-            self.headers
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, v)| v.as_str())
+            self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
         }
     }
 
@@ -228,10 +206,7 @@ mod tests {
         let mut out = NO_CONTENT.to_vec();
         write_error(&mut out, 431, "too big", true);
         let r = parse_back(&out[NO_CONTENT.len()..]);
-        assert_eq!(
-            (r.code, r.reason.as_str()),
-            (431, "Request Header Fields Too Large")
-        );
+        assert_eq!((r.code, r.reason.as_str()), (431, "Request Header Fields Too Large"));
         assert_eq!(r.header("connection"), Some("close"));
         assert_eq!(r.body, b"too big\n");
     }
@@ -256,10 +231,7 @@ mod tests {
         let r = parse_back(&out);
         assert_eq!((r.code, r.reason.as_str()), (200, "OK"));
         assert_eq!(r.header("content-type"), Some("text/plain; version=0.0.4"));
-        assert_eq!(
-            r.header("content-length"),
-            Some(body.len().to_string().as_str())
-        );
+        assert_eq!(r.header("content-length"), Some(body.len().to_string().as_str()));
         assert_eq!(r.header("cache-control"), Some("no-store"));
         assert_eq!(r.body, body);
         let mut out = Vec::new();

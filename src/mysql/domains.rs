@@ -23,11 +23,7 @@ impl DomainCache {
     /// A cache holding at most `capacity` entries (2 when `capacity` is 1).
     pub fn new(capacity: usize) -> DomainCache {
         let generation_entries = (capacity / 2).max(1);
-        DomainCache {
-            young: HashMap::new(),
-            old: HashMap::new(),
-            generation_entries,
-        }
+        DomainCache { young: HashMap::new(), old: HashMap::new(), generation_entries }
     }
 
     /// Most entries the cache holds.

@@ -19,8 +19,7 @@ use crate::config::{Config, MysqlConfig};
 use crate::wal::Position;
 
 /// The embedded migrations, applied in order; the name is recorded in `schema_migrations`.
-pub const MIGRATIONS: &[(&str, &str)] =
-    &[("001_init", include_str!("../../migrations/001_init.sql"))];
+pub const MIGRATIONS: &[(&str, &str)] = &[("001_init", include_str!("../../migrations/001_init.sql"))];
 
 const SESSION_SETUP: &str = "SET time_zone = '+00:00', sql_mode = \
     'STRICT_TRANS_TABLES,NO_ZERO_IN_DATE,NO_ZERO_DATE,ERROR_FOR_DIVISION_BY_ZERO,NO_ENGINE_SUBSTITUTION'";
@@ -35,15 +34,9 @@ pub enum MysqlError {
     #[error("{what} timed out after {ms} ms")]
     Timeout { what: &'static str, ms: u64 },
     #[error("{what}: {source}")]
-    Driver {
-        what: &'static str,
-        source: mysql_async::Error,
-    },
+    Driver { what: &'static str, source: mysql_async::Error },
     #[error("migration {name}: {source}")]
-    Migration {
-        name: &'static str,
-        source: Box<MysqlError>,
-    },
+    Migration { name: &'static str, source: Box<MysqlError> },
     #[error("cannot start a runtime for the migration: {0}")]
     Runtime(std::io::Error),
     #[error("domain `{0}` not found after inserting it")]
@@ -64,12 +57,8 @@ impl Db {
         }
         let opts = Opts::from_url(&config.url)?;
         let conn = bounded("connect", config.connect_timeout_ms, Conn::new(opts)).await?;
-        let mut db = Db {
-            conn,
-            query_timeout_ms: config.query_timeout_ms,
-        };
-        db.execute("session setup", SESSION_SETUP.as_bytes())
-            .await?;
+        let mut db = Db { conn, query_timeout_ms: config.query_timeout_ms };
+        db.execute("session setup", SESSION_SETUP.as_bytes()).await?;
         Ok(db)
     }
 
@@ -96,14 +85,10 @@ impl Db {
         crate::flush::batch::push_quoted(node, &mut sql);
         sql.extend_from_slice(b" FOR UPDATE");
         // Inside a transaction: a locking read under autocommit is not guaranteed to lock.
-        self.execute("start transaction", b"START TRANSACTION")
-            .await?;
+        self.execute("start transaction", b"START TRANSACTION").await?;
         let rows: Vec<(u16, u32, u64)> = self.query("read ingest_cursors", &sql).await?;
         self.execute("commit", b"COMMIT").await?;
-        Ok(rows
-            .into_iter()
-            .map(|(core, seg, off)| (usize::from(core), Position::new(seg, off)))
-            .collect())
+        Ok(rows.into_iter().map(|(core, seg, off)| (usize::from(core), Position::new(seg, off))).collect())
     }
 
     /// Applies the migrations not yet recorded in `schema_migrations`; returns their names.
@@ -112,10 +97,7 @@ impl Db {
         for &(name, text) in MIGRATIONS {
             self.apply_migration(name, text)
                 .await
-                .map_err(|e| MysqlError::Migration {
-                    name,
-                    source: Box::new(e),
-                })?
+                .map_err(|e| MysqlError::Migration { name, source: Box::new(e) })?
                 .then(|| applied.push(name.to_owned()));
         }
         Ok(applied)
@@ -126,8 +108,7 @@ impl Db {
         // The table may not exist before 001 ran; creating it first is idempotent.
         let first = split_statements(text).next().unwrap_or_default();
         if first.contains("schema_migrations") {
-            self.execute("create schema_migrations", first.as_bytes())
-                .await?;
+            self.execute("create schema_migrations", first.as_bytes()).await?;
         }
         let mut check = b"SELECT COUNT(*) FROM schema_migrations WHERE version = ".to_vec();
         crate::flush::batch::push_quoted(name, &mut check);
@@ -136,8 +117,7 @@ impl Db {
             return Ok(false);
         }
         for statement in split_statements(text) {
-            self.execute("migration statement", statement.as_bytes())
-                .await?;
+            self.execute("migration statement", statement.as_bytes()).await?;
         }
         let mut record = b"INSERT IGNORE INTO schema_migrations (version) VALUES (".to_vec();
         crate::flush::batch::push_quoted(name, &mut record);
@@ -163,10 +143,7 @@ async fn bounded<T>(
 /// Splits a migration file into statements: whole-line `--` comments are dropped and a
 /// statement ends at a line ending in `;` (the `;` is removed).
 pub fn split_statements(text: &str) -> impl Iterator<Item = String> + '_ {
-    let mut lines = text
-        .lines()
-        .filter(|l| !l.trim_start().starts_with("--"))
-        .peekable();
+    let mut lines = text.lines().filter(|l| !l.trim_start().starts_with("--")).peekable();
     std::iter::from_fn(move || {
         let mut statement = String::new();
         for line in lines.by_ref() {
@@ -184,10 +161,8 @@ pub fn split_statements(text: &str) -> impl Iterator<Item = String> + '_ {
 
 /// Connects and applies pending migrations; for `player-stat-collector migrate`.
 pub fn migrate_blocking(config: &Config) -> Result<Vec<String>, MysqlError> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(MysqlError::Runtime)?;
+    let runtime =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(MysqlError::Runtime)?;
     runtime.block_on(async {
         let mut db = Db::connect(&config.mysql).await?;
         let applied = db.migrate().await?;
@@ -205,16 +180,9 @@ mod tests {
     fn init_migration_splits_into_its_tables() {
         let statements: Vec<String> = split_statements(MIGRATIONS[0].1).collect();
         assert_eq!(statements.len(), 4, "{statements:#?}");
-        for (s, table) in
-            statements
-                .iter()
-                .zip(["schema_migrations", "domains", "events", "ingest_cursors"])
+        for (s, table) in statements.iter().zip(["schema_migrations", "domains", "events", "ingest_cursors"])
         {
-            assert!(
-                s.trim_start()
-                    .starts_with(&format!("CREATE TABLE IF NOT EXISTS {table} ")),
-                "{s}"
-            );
+            assert!(s.trim_start().starts_with(&format!("CREATE TABLE IF NOT EXISTS {table} ")), "{s}");
             assert!(!s.contains("--") && !s.contains(';'), "{s}");
             assert!(s.contains("ENGINE=InnoDB"));
         }

@@ -167,7 +167,12 @@ async fn serve_core(setup: CoreSetup) -> Result<(), CoreError> {
     Ok(())
 }
 
-async fn accept_until_drain(listener: &TcpListener, ctx: &Rc<ConnContext>, drain: &DrainSignal, max_conns: usize) {
+async fn accept_until_drain(
+    listener: &TcpListener,
+    ctx: &Rc<ConnContext>,
+    drain: &DrainSignal,
+    max_conns: usize,
+) {
     loop {
         let accepted = monoio::select! {
             accepted = listener.accept() => accepted,

@@ -58,7 +58,8 @@ pub struct Running {
 /// Starts everything; returns once every listener is bound.
 pub fn start(config: Config) -> Result<Running, ServerError> {
     let wal_dir = config.wal.dir.clone();
-    std::fs::create_dir_all(&wal_dir).map_err(|source| ServerError::WalDir { path: wal_dir.clone(), source })?;
+    std::fs::create_dir_all(&wal_dir)
+        .map_err(|source| ServerError::WalDir { path: wal_dir.clone(), source })?;
     let dir_lock = lock::lock_wal_dir(&wal_dir)?;
 
     let cpus = cpus::allowed_cpus();
@@ -68,12 +69,15 @@ pub fn start(config: Config) -> Result<Running, ServerError> {
 
     let mut tails = Vec::with_capacity(core_count);
     for core in 0..core_count as u16 {
-        let recovered = recovery::recover_core(&wal_dir, core).map_err(|source| ServerError::Recovery { core, source })?;
+        let recovered = recovery::recover_core(&wal_dir, core)
+            .map_err(|source| ServerError::Recovery { core, source })?;
         bump(&counters[core as usize].wal_truncated_bytes, recovered.truncated_bytes);
         tails.push(recovered.tail);
     }
     let listeners = bind_listeners(config.server.listen, core_count)?;
-    let local_addr = listeners[0].local_addr().map_err(|source| ServerError::Listen { addr: config.server.listen, source })?;
+    let local_addr = listeners[0]
+        .local_addr()
+        .map_err(|source| ServerError::Listen { addr: config.server.listen, source })?;
 
     let (queue_tx, queue_rx) = queue::bounded(config.queue.capacity);
     let progress: Vec<Arc<CoreProgress>> = tails.iter().map(|&t| Arc::new(CoreProgress::new(t))).collect();

@@ -186,9 +186,7 @@ mod tests {
     }
 
     fn block_on<F: Future>(f: F) -> F::Output {
-        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
-            .build()
-            .expect("runtime");
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new().build().expect("runtime");
         rt.block_on(f)
     }
 

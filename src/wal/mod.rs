@@ -61,11 +61,7 @@ pub enum WalError {
     /// The writer was asked to continue at a tail that is not the end of the segment file
     /// (recovery was skipped or the file changed behind our back).
     #[error("wal segment {path} is {file_bytes} bytes, expected the tail at {tail_offset}")]
-    TailMismatch {
-        path: PathBuf,
-        tail_offset: u64,
-        file_bytes: u64,
-    },
+    TailMismatch { path: PathBuf, tail_offset: u64, file_bytes: u64 },
     /// Segment numbers must fit a packed [`Position`] (24 bits).
     #[error("wal directory {core_dir} has used up all segment numbers (max {MAX_SEGMENT})")]
     SegmentsExhausted { core_dir: PathBuf },
@@ -74,17 +70,12 @@ pub enum WalError {
 impl WalError {
     /// Adapter for `map_err`: attaches the path an IO call was about.
     pub(crate) fn io(path: &Path) -> impl FnOnce(io::Error) -> WalError + '_ {
-        move |source| WalError::Io {
-            path: path.to_owned(),
-            source,
-        }
+        move |source| WalError::Io { path: path.to_owned(), source }
     }
 }
 
 /// A byte position in one core's WAL: the start of a record or the end of the last one.
-#[derive(
-    Copy, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Position {
     /// Segment number, from 1 (`000001.log`). 0 only in `Position::default()`, "before all".
     pub segment: u32,
@@ -103,10 +94,7 @@ impl Position {
     }
 
     pub const fn unpack(v: u64) -> Self {
-        Self {
-            segment: (v >> 40) as u32,
-            offset: v & ((1 << 40) - 1),
-        }
+        Self { segment: (v >> 40) as u32, offset: v & ((1 << 40) - 1) }
     }
 }
 

@@ -27,12 +27,7 @@ struct OwnedEvent {
 
 impl OwnedEvent {
     fn as_event(&self) -> Event<'_> {
-        Event {
-            ts_ms: self.ts_ms,
-            event: &self.event,
-            domain: &self.domain,
-            file_id: self.file_id,
-        }
+        Event { ts_ms: self.ts_ms, event: &self.event, domain: &self.domain, file_id: self.file_id }
     }
 
     fn from_event(ev: &Event<'_>) -> Self {
@@ -46,18 +41,8 @@ impl OwnedEvent {
 }
 
 fn event_strategy() -> impl Strategy<Value = OwnedEvent> {
-    (
-        any::<u64>(),
-        "[a-z0-9_]{1,32}",
-        "[a-z0-9][a-z0-9.-]{0,40}",
-        1..=u64::MAX,
-    )
-        .prop_map(|(ts_ms, event, domain, file_id)| OwnedEvent {
-            ts_ms,
-            event,
-            domain,
-            file_id,
-        })
+    (any::<u64>(), "[a-z0-9_]{1,32}", "[a-z0-9][a-z0-9.-]{0,40}", 1..=u64::MAX)
+        .prop_map(|(ts_ms, event, domain, file_id)| OwnedEvent { ts_ms, event, domain, file_id })
 }
 
 /// Encodes `events`; returns the bytes and the end offset of every record.
@@ -121,12 +106,7 @@ impl Damage {
 
 /// Writes `buf[..cut]` as the only segment, recovers, and checks that exactly the whole
 /// records within the cut survive.
-fn check_recovery_after_cut(
-    wal: &Path,
-    buf: &[u8],
-    ends: &[usize],
-    cut: usize,
-) -> Result<(), TestCaseError> {
+fn check_recovery_after_cut(wal: &Path, buf: &[u8], ends: &[usize], cut: usize) -> Result<(), TestCaseError> {
     let path = write_newest_segment(wal, &buf[..cut]);
     let rec = recover_core(wal, CORE).unwrap();
     let k = whole_records_within(ends, cut);
@@ -231,9 +211,7 @@ fn read_back(wal: &Path, until: Position) -> Vec<OwnedEvent> {
     let mut out = Vec::new();
     let mut pos = Position::default();
     loop {
-        let next = reader
-            .read(pos, until, 7, |ev, _| out.push(OwnedEvent::from_event(ev)))
-            .unwrap();
+        let next = reader.read(pos, until, 7, |ev, _| out.push(OwnedEvent::from_event(ev))).unwrap();
         if next == pos {
             return out;
         }
@@ -244,14 +222,8 @@ fn read_back(wal: &Path, until: Position) -> Vec<OwnedEvent> {
 /// Restarts the core as the server does: recovery, then a writer at the recovered tail.
 async fn restart(wal: &Path, segment_bytes: u64) -> (SegmentWriter, u64) {
     let rec = recover_core(wal, CORE).unwrap();
-    let writer = SegmentWriter::open(
-        &core_dir(wal, CORE),
-        rec.tail,
-        segment_bytes,
-        SyncPolicy::None,
-    )
-    .await
-    .unwrap();
+    let writer =
+        SegmentWriter::open(&core_dir(wal, CORE), rec.tail, segment_bytes, SyncPolicy::None).await.unwrap();
     (writer, rec.truncated_bytes)
 }
 

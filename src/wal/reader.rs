@@ -29,27 +29,14 @@ const _: () = assert!(OPEN_READ_BYTES_MAX >= MAX_RECORD_BYTES);
 #[derive(Debug, thiserror::Error)]
 pub enum WalReadError {
     #[error("io error reading {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     /// A record that is not the torn tail of the newest segment failed to decode.
     #[error("corrupt record in {path} at offset {offset}: {reason}")]
-    Corrupt {
-        path: PathBuf,
-        segment: u32,
-        offset: u64,
-        reason: super::record::RecordError,
-    },
+    Corrupt { path: PathBuf, segment: u32, offset: u64, reason: super::record::RecordError },
     /// A position past the end of a segment file (the caller's position or `until` is wrong,
     /// or the file was cut behind our back).
     #[error("position {offset} is past the end of {path} ({file_bytes} bytes)")]
-    OutOfRange {
-        path: PathBuf,
-        segment: u32,
-        offset: u64,
-        file_bytes: u64,
-    },
+    OutOfRange { path: PathBuf, segment: u32, offset: u64, file_bytes: u64 },
 }
 
 /// Reads records of one core (`<wal.dir>/core-N`). Keeps the current segment open (mmap for
@@ -78,11 +65,7 @@ struct OpenSegment {
 
 impl CoreWalReader {
     pub fn new(core_dir: &Path) -> Self {
-        Self {
-            core_dir: core_dir.to_owned(),
-            sealed: None,
-            open: OpenSegment::default(),
-        }
+        Self { core_dir: core_dir.to_owned(), sealed: None, open: OpenSegment::default() }
     }
 
     /// Calls `on_record(&event, end_of_record)` for whole records from `from` onwards, never
@@ -189,9 +172,7 @@ impl CoreWalReader {
             match deliver_records(window, pos, left, on_record) {
                 (end, None) => pos = end,
                 // The record runs past the buffered bytes: read again from its start, once.
-                (end, Some(RecordError::Incomplete))
-                    if !reaches_limit && refilled_at != Some(end.offset) =>
-                {
+                (end, Some(RecordError::Incomplete)) if !reaches_limit && refilled_at != Some(end.offset) => {
                     pos = end;
                     refilled_at = Some(end.offset);
                     self.open.discard();
@@ -203,10 +184,7 @@ impl CoreWalReader {
     }
 
     fn io_error<'a>(&self, path: &'a Path) -> impl FnOnce(io::Error) -> WalReadError + 'a {
-        move |source| WalReadError::Io {
-            path: path.to_owned(),
-            source,
-        }
+        move |source| WalReadError::Io { path: path.to_owned(), source }
     }
 }
 
@@ -227,10 +205,7 @@ fn map_sealed<'s>(
         Some(seg) if seg.number == number => seg,
         _ => {
             let path = segment_path(core_dir, number);
-            let io_err = |source| WalReadError::Io {
-                path: path.clone(),
-                source,
-            };
+            let io_err = |source| WalReadError::Io { path: path.clone(), source };
             let file = File::open(&path).map_err(io_err)?;
             // SAFETY: a sealed segment is never written or truncated again; compaction only
             // unlinks whole files, which leaves an existing mapping valid.
@@ -244,12 +219,7 @@ fn map_sealed<'s>(
 impl OpenSegment {
     /// Buffered bytes from `pos` up to at most `limit` (never empty when `pos < limit`),
     /// reading from the file when `pos` is not buffered.
-    fn window(
-        &mut self,
-        core_dir: &Path,
-        pos: Position,
-        limit: u64,
-    ) -> Result<&[u8], WalReadError> {
+    fn window(&mut self, core_dir: &Path, pos: Position, limit: u64) -> Result<&[u8], WalReadError> {
         let buf_end = self.buf_offset + self.buf.len() as u64;
         let same_file = matches!(&self.file, Some((n, _)) if *n == pos.segment);
         if !(same_file && self.buf_offset <= pos.offset && pos.offset < buf_end) {
@@ -265,10 +235,8 @@ impl OpenSegment {
         let file = match &self.file {
             Some((n, file)) if *n == pos.segment => file,
             _ => {
-                let opened = File::open(path()).map_err(|source| WalReadError::Io {
-                    path: path(),
-                    source,
-                })?;
+                let opened =
+                    File::open(path()).map_err(|source| WalReadError::Io { path: path(), source })?;
                 &self.file.insert((pos.segment, opened)).1
             }
         };
@@ -285,10 +253,7 @@ impl OpenSegment {
                     offset: limit,
                     file_bytes: file.metadata().map(|m| m.len()).unwrap_or(0),
                 },
-                _ => WalReadError::Io {
-                    path: path(),
-                    source,
-                },
+                _ => WalReadError::Io { path: path(), source },
             });
         }
         Ok(())
@@ -314,17 +279,9 @@ fn deliver_records(
             Ok((event, len)) => {
                 used += len;
                 *left -= 1;
-                on_record(
-                    &event,
-                    Position::new(base.segment, base.offset + used as u64),
-                );
+                on_record(&event, Position::new(base.segment, base.offset + used as u64));
             }
-            Err(reason) => {
-                return (
-                    Position::new(base.segment, base.offset + used as u64),
-                    Some(reason),
-                )
-            }
+            Err(reason) => return (Position::new(base.segment, base.offset + used as u64), Some(reason)),
         }
     }
     (Position::new(base.segment, base.offset + used as u64), None)
@@ -346,12 +303,7 @@ mod tests {
 
     /// Record `i` of a test WAL; lengths vary with `i`.
     fn event(i: u64) -> Event<'static> {
-        Event {
-            ts_ms: 1_700_000_000_000 + i,
-            event: "play",
-            domain: "reader.test",
-            file_id: i,
-        }
+        Event { ts_ms: 1_700_000_000_000 + i, event: "play", domain: "reader.test", file_id: i }
     }
 
     /// Writes segments with the given record counts; returns the end offset of each.
@@ -391,11 +343,7 @@ mod tests {
             if next == pos {
                 return (ids, stops);
             }
-            assert_eq!(
-                Some(next),
-                last,
-                "returned position is the end of the last record"
-            );
+            assert_eq!(Some(next), last, "returned position is the end of the last record");
             stops.push(next);
             pos = next;
         }
@@ -410,16 +358,11 @@ mod tests {
         let (ids, stops) = read_all(&mut reader, Position::default(), until, 2);
         assert_eq!(ids, (1..=11).collect::<Vec<_>>());
         assert_eq!(stops.last(), Some(&until));
-        assert!(
-            stops.contains(&Position::new(1, ends[0])),
-            "stops at the end of a segment"
-        );
+        assert!(stops.contains(&Position::new(1, ends[0])), "stops at the end of a segment");
         assert!(stops.windows(2).all(|w| w[0] < w[1]));
         // One call with room for more crosses the boundary by itself.
         let mut ids = Vec::new();
-        let end = reader
-            .read(Position::new(1, 0), until, 6, |ev, _| ids.push(ev.file_id))
-            .unwrap();
+        let end = reader.read(Position::new(1, 0), until, 6, |ev, _| ids.push(ev.file_id)).unwrap();
         assert_eq!(ids, (1..=6).collect::<Vec<_>>());
         assert_eq!(end.segment, 2);
     }
@@ -451,19 +394,12 @@ mod tests {
         let mut reader = CoreWalReader::new(dir.path());
         let mut ids = Vec::new();
         let end = reader
-            .read(
-                Position::new(4, ends[0]),
-                Position::new(6, ends[2]),
-                10,
-                |ev, _| ids.push(ev.file_id),
-            )
+            .read(Position::new(4, ends[0]), Position::new(6, ends[2]), 10, |ev, _| ids.push(ev.file_id))
             .unwrap();
         assert_eq!(ids, vec![6]);
         assert_eq!(end, Position::new(6, ends[2]));
         // Nothing to read: the returned position is `from`.
-        let same = reader
-            .read(end, end, 10, |_, _| panic!("no record expected"))
-            .unwrap();
+        let same = reader.read(end, end, 10, |_, _| panic!("no record expected")).unwrap();
         assert_eq!(same, end);
     }
 
@@ -473,12 +409,7 @@ mod tests {
         let count = (3 * OPEN_READ_BYTES_MAX / 80) as u64;
         let ends = write_segments(dir.path(), 1, &[count]);
         let mut reader = CoreWalReader::new(dir.path());
-        let (ids, _) = read_all(
-            &mut reader,
-            Position::new(1, 0),
-            Position::new(1, ends[0]),
-            1000,
-        );
+        let (ids, _) = read_all(&mut reader, Position::new(1, 0), Position::new(1, ends[0]), 1000);
         assert_eq!(ids, (1..=count).collect::<Vec<_>>());
     }
 
@@ -498,35 +429,18 @@ mod tests {
         let mut reader = CoreWalReader::new(dir.path());
         let mut ids = Vec::new();
         let err = reader
-            .read(
-                Position::new(1, 0),
-                Position::new(2, ends[1]),
-                10,
-                |ev, _| ids.push(ev.file_id),
-            )
+            .read(Position::new(1, 0), Position::new(2, ends[1]), 10, |ev, _| ids.push(ev.file_id))
             .unwrap_err();
         assert_eq!(ids, vec![1, 2], "records before the damage are delivered");
         match err {
-            WalReadError::Corrupt {
-                segment,
-                offset,
-                reason,
-                ..
-            } => {
+            WalReadError::Corrupt { segment, offset, reason, .. } => {
                 assert_eq!((segment, offset), (1, first_two.len() as u64));
                 assert_eq!(reason, RecordError::BadChecksum);
             }
             other => panic!("expected Corrupt, got {other}"),
         }
         // The open segment is checked the same way.
-        let err = reader
-            .read(
-                Position::new(2, 0),
-                Position::new(2, ends[1]),
-                10,
-                |_, _| {},
-            )
-            .unwrap_err();
+        let err = reader.read(Position::new(2, 0), Position::new(2, ends[1]), 10, |_, _| {}).unwrap_err();
         assert!(
             matches!(err, WalReadError::Corrupt { segment: 2, offset, .. } if offset == first_two.len() as u64)
         );
@@ -537,26 +451,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ends = write_segments(dir.path(), 1, &[2, 2]);
         let mut reader = CoreWalReader::new(dir.path());
-        let beyond_sealed = reader.read(
-            Position::new(1, ends[0] + 1),
-            Position::new(2, 0),
-            5,
-            |_, _| {},
-        );
-        assert!(matches!(
-            beyond_sealed,
-            Err(WalReadError::OutOfRange { segment: 1, .. })
-        ));
-        let beyond_open = reader.read(
-            Position::new(2, 0),
-            Position::new(2, ends[1] + 50),
-            5,
-            |_, _| {},
-        );
-        assert!(matches!(
-            beyond_open,
-            Err(WalReadError::OutOfRange { segment: 2, .. })
-        ));
+        let beyond_sealed = reader.read(Position::new(1, ends[0] + 1), Position::new(2, 0), 5, |_, _| {});
+        assert!(matches!(beyond_sealed, Err(WalReadError::OutOfRange { segment: 1, .. })));
+        let beyond_open = reader.read(Position::new(2, 0), Position::new(2, ends[1] + 50), 5, |_, _| {});
+        assert!(matches!(beyond_open, Err(WalReadError::OutOfRange { segment: 2, .. })));
         let missing = reader.read(Position::new(2, 0), Position::new(3, 10), 5, |_, _| {});
         assert!(matches!(missing, Err(WalReadError::Io { .. })));
     }

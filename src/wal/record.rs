@@ -43,9 +43,7 @@ const HEADER_BYTES: usize = 9; // 8 hex digits + space
 /// The caller guarantees `event` and `domain` need no JSON escaping (the validator only lets
 /// through `[a-z0-9_]` and hostname characters); debug builds assert it.
 pub fn encode(ev: &Event<'_>, out: &mut Vec<u8>) {
-    debug_assert!(
-        ev.event.bytes().all(is_plain_json_byte) && ev.domain.bytes().all(is_plain_json_byte)
-    );
+    debug_assert!(ev.event.bytes().all(is_plain_json_byte) && ev.domain.bytes().all(is_plain_json_byte));
     let start = out.len();
     out.extend_from_slice(b"00000000 {\"ts\":");
     let mut num = itoa::Buffer::new();
@@ -137,12 +135,7 @@ fn parse_payload(payload: &[u8]) -> Result<Event<'_>, RecordError> {
     if p.event.is_empty() || p.domain.is_empty() {
         return Err(RecordError::BadPayload);
     }
-    Ok(Event {
-        ts_ms: p.ts,
-        event: p.event,
-        domain: p.domain,
-        file_id: p.file_id,
-    })
+    Ok(Event { ts_ms: p.ts, event: p.event, domain: p.domain, file_id: p.file_id })
 }
 
 /// Result of walking records from the start of a buffer.
@@ -166,20 +159,10 @@ pub fn scan(buf: &[u8]) -> Scan {
                 valid_len += len;
                 records += 1;
             }
-            Err(e) => {
-                return Scan {
-                    valid_len,
-                    records,
-                    stop: Some(e),
-                }
-            }
+            Err(e) => return Scan { valid_len, records, stop: Some(e) },
         }
     }
-    Scan {
-        valid_len,
-        records,
-        stop: None,
-    }
+    Scan { valid_len, records, stop: None }
 }
 
 #[cfg(test)]
@@ -187,12 +170,7 @@ mod tests {
     use super::*;
 
     fn sample(file_id: u64) -> Event<'static> {
-        Event {
-            ts_ms: 1_763_923_170_123,
-            event: "play",
-            domain: "piratka.biz",
-            file_id,
-        }
+        Event { ts_ms: 1_763_923_170_123, event: "play", domain: "piratka.biz", file_id }
     }
 
     fn encoded(events: &[Event<'_>]) -> Vec<u8> {
@@ -221,9 +199,7 @@ mod tests {
         assert_eq!(back, ev);
         assert_eq!(used, buf.len());
         assert_eq!(&buf[8..10], b" {");
-        assert!(buf[..8]
-            .iter()
-            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+        assert!(buf[..8].iter().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
     }
 
     #[test]
@@ -238,19 +214,10 @@ mod tests {
 
     #[test]
     fn unknown_payload_keys_are_ignored() {
-        let line = line_with_payload(
-            r#"{"ts":5,"event":"play","domain":"a.b","file_id":7,"future":{"x":[1,2]}}"#,
-        );
+        let line =
+            line_with_payload(r#"{"ts":5,"event":"play","domain":"a.b","file_id":7,"future":{"x":[1,2]}}"#);
         let (ev, used) = decode(&line).unwrap();
-        assert_eq!(
-            ev,
-            Event {
-                ts_ms: 5,
-                event: "play",
-                domain: "a.b",
-                file_id: 7
-            }
-        );
+        assert_eq!(ev, Event { ts_ms: 5, event: "play", domain: "a.b", file_id: 7 });
         assert_eq!(used, line.len());
     }
 
@@ -264,11 +231,7 @@ mod tests {
             r#"[1,2,3]"#,
             r#"{"ts":5,"event":"play","domain":"a.b","file_id":7} trailing"#,
         ] {
-            assert_eq!(
-                decode(&line_with_payload(payload)),
-                Err(RecordError::BadPayload),
-                "{payload}"
-            );
+            assert_eq!(decode(&line_with_payload(payload)), Err(RecordError::BadPayload), "{payload}");
         }
     }
 
@@ -276,11 +239,7 @@ mod tests {
     fn truncated_record_is_incomplete_at_every_cut() {
         let buf = encoded(&[sample(3)]);
         for cut in 0..buf.len() {
-            assert_eq!(
-                decode(&buf[..cut]),
-                Err(RecordError::Incomplete),
-                "cut at {cut}"
-            );
+            assert_eq!(decode(&buf[..cut]), Err(RecordError::Incomplete), "cut at {cut}");
         }
     }
 
@@ -318,54 +277,28 @@ mod tests {
         buf.pop();
         assert_eq!(decode(&buf), Err(RecordError::Incomplete));
         buf.push(b'\n');
-        assert_eq!(
-            decode(&buf),
-            Err(RecordError::BadChecksum),
-            "exactly at the limit is allowed"
-        );
+        assert_eq!(decode(&buf), Err(RecordError::BadChecksum), "exactly at the limit is allowed");
     }
 
     #[test]
     fn scan_stops_at_the_first_invalid_record() {
         let good = encoded(&[sample(1), sample(2), sample(3)]);
-        assert_eq!(
-            scan(&good),
-            Scan {
-                valid_len: good.len(),
-                records: 3,
-                stop: None
-            }
-        );
+        assert_eq!(scan(&good), Scan { valid_len: good.len(), records: 3, stop: None });
 
         let first_two = encoded(&[sample(1), sample(2)]).len();
         let mut torn = good.clone();
         torn.truncate(good.len() - 5);
         assert_eq!(
             scan(&torn),
-            Scan {
-                valid_len: first_two,
-                records: 2,
-                stop: Some(RecordError::Incomplete)
-            }
+            Scan { valid_len: first_two, records: 2, stop: Some(RecordError::Incomplete) }
         );
 
         let mut zeroed = good.clone();
         zeroed.extend_from_slice(&[0u8; 100]);
         assert_eq!(
             scan(&zeroed),
-            Scan {
-                valid_len: good.len(),
-                records: 3,
-                stop: Some(RecordError::BadHeader)
-            }
+            Scan { valid_len: good.len(), records: 3, stop: Some(RecordError::BadHeader) }
         );
-        assert_eq!(
-            scan(&[]),
-            Scan {
-                valid_len: 0,
-                records: 0,
-                stop: None
-            }
-        );
+        assert_eq!(scan(&[]), Scan { valid_len: 0, records: 0, stop: None });
     }
 }

@@ -52,13 +52,7 @@ pub fn recover_core(wal_dir: &Path, core: u16) -> Result<RecoveredCore, WalError
     let numbers = list_segments(&dir).map_err(WalError::io(&dir))?;
     let Some((&newest, sealed)) = numbers.split_last() else {
         let tail = Position::new(1, 0);
-        return Ok(RecoveredCore {
-            core,
-            segments: Vec::new(),
-            tail,
-            truncated_bytes: 0,
-            tail_records: 0,
-        });
+        return Ok(RecoveredCore { core, segments: Vec::new(), tail, truncated_bytes: 0, tail_records: 0 });
     };
     let mut segments = Vec::with_capacity(numbers.len());
     for &number in sealed {
@@ -71,19 +65,11 @@ pub fn recover_core(wal_dir: &Path, core: u16) -> Result<RecoveredCore, WalError
     let scan = record::scan(&bytes);
     let truncated_bytes = (bytes.len() - scan.valid_len) as u64;
     if let Some(reason) = scan.stop {
-        let tail = TornTail {
-            path: &newest_path,
-            bytes: &bytes,
-            valid_len: scan.valid_len,
-            reason,
-        };
+        let tail = TornTail { path: &newest_path, bytes: &bytes, valid_len: scan.valid_len, reason };
         repair_torn_tail(wal_dir, core, newest, &tail)?;
     }
     let valid_len = scan.valid_len as u64;
-    segments.push(SegmentInfo {
-        number: newest,
-        bytes: valid_len,
-    });
+    segments.push(SegmentInfo { number: newest, bytes: valid_len });
     Ok(RecoveredCore {
         core,
         segments,
@@ -104,12 +90,7 @@ struct TornTail<'a> {
 
 /// The tail policy: truncate to the last valid record (quarantining the cut bytes first if
 /// they hold decodable records) and make the new length durable.
-fn repair_torn_tail(
-    wal_dir: &Path,
-    core: u16,
-    segment: u32,
-    tail: &TornTail<'_>,
-) -> Result<(), WalError> {
+fn repair_torn_tail(wal_dir: &Path, core: u16, segment: u32, tail: &TornTail<'_>) -> Result<(), WalError> {
     let cut = &tail.bytes[tail.valid_len..];
     let cut_len = cut.len();
     match next_valid_record(cut) {
@@ -127,12 +108,8 @@ fn repair_torn_tail(
             );
         }
     }
-    let file = OpenOptions::new()
-        .write(true)
-        .open(tail.path)
-        .map_err(WalError::io(tail.path))?;
-    file.set_len(tail.valid_len as u64)
-        .map_err(WalError::io(tail.path))?;
+    let file = OpenOptions::new().write(true).open(tail.path).map_err(WalError::io(tail.path))?;
+    file.set_len(tail.valid_len as u64).map_err(WalError::io(tail.path))?;
     file.sync_data().map_err(WalError::io(tail.path))
 }
 
@@ -146,10 +123,7 @@ fn quarantine_tail(
 ) -> Result<PathBuf, WalError> {
     let dir = wal_dir.join(QUARANTINE_DIR);
     fs::create_dir_all(&dir).map_err(WalError::io(&dir))?;
-    let path = dir.join(format!(
-        "core-{core}.{}.at-{offset}",
-        segment_file_name(segment)
-    ));
+    let path = dir.join(format!("core-{core}.{}.at-{offset}", segment_file_name(segment)));
     fs::write(&path, cut).map_err(WalError::io(&path))?;
     let file = fs::File::open(&path).map_err(WalError::io(&path))?;
     file.sync_all().map_err(WalError::io(&path))?;
@@ -237,12 +211,7 @@ fn verify_segment(number: u32, bytes: &[u8], is_newest: bool) -> SegmentReport {
             next_valid_offset: next.map(|n| (scan.valid_len + n) as u64),
         }
     });
-    SegmentReport {
-        number,
-        bytes: bytes.len() as u64,
-        records: scan.records,
-        damage,
-    }
+    SegmentReport { number, bytes: bytes.len() as u64, records: scan.records, damage }
 }
 
 #[cfg(test)]
@@ -253,12 +222,7 @@ mod tests {
     fn records(n: u64) -> Vec<u8> {
         let mut out = Vec::new();
         for file_id in 1..=n {
-            let ev = Event {
-                ts_ms: 1000 + file_id,
-                event: "play",
-                domain: "x.org",
-                file_id,
-            };
+            let ev = Event { ts_ms: 1000 + file_id, event: "play", domain: "x.org", file_id };
             encode(&ev, &mut out);
         }
         out
@@ -309,15 +273,8 @@ mod tests {
         assert_eq!(rec.truncated_bytes, (damaged.len() - good.len()) as u64);
         assert_eq!(rec.tail_records, 4);
         assert_eq!(fs::read(&path).unwrap(), good);
-        assert!(
-            !wal.path().join(QUARANTINE_DIR).exists(),
-            "a torn tail is not quarantined"
-        );
-        assert_eq!(
-            recover_core(wal.path(), 1).unwrap().truncated_bytes,
-            0,
-            "idempotent"
-        );
+        assert!(!wal.path().join(QUARANTINE_DIR).exists(), "a torn tail is not quarantined");
+        assert_eq!(recover_core(wal.path(), 1).unwrap().truncated_bytes, 0, "idempotent");
     }
 
     #[test]
@@ -330,10 +287,7 @@ mod tests {
         let rec = recover_core(wal.path(), 0).unwrap();
         assert_eq!(rec.tail, Position::new(1, second as u64));
         assert_eq!(fs::read(&path).unwrap(), &bytes[..second]);
-        let saved = fs::read_dir(wal.path().join(QUARANTINE_DIR))
-            .unwrap()
-            .next()
-            .unwrap();
+        let saved = fs::read_dir(wal.path().join(QUARANTINE_DIR)).unwrap().next().unwrap();
         assert_eq!(fs::read(saved.unwrap().path()).unwrap(), &bytes[second..]);
     }
 
@@ -351,10 +305,7 @@ mod tests {
         let report = verify_core(wal.path(), 0).unwrap();
         assert_eq!(report.segments.len(), 2);
         let s1 = report.segments[0];
-        assert_eq!(
-            (s1.number, s1.records, s1.bytes),
-            (1, 1, sealed.len() as u64)
-        );
+        assert_eq!((s1.number, s1.records, s1.bytes), (1, 1, sealed.len() as u64));
         let d1 = s1.damage.unwrap();
         assert_eq!((d1.offset, d1.kind), (one as u64, DamageKind::Corrupt));
         assert_eq!(d1.reason, RecordError::BadChecksum);
@@ -364,9 +315,6 @@ mod tests {
         assert_eq!(report.segments[1].records, 2);
         assert_eq!((d2.offset, d2.kind), (2 * one as u64, DamageKind::TornTail));
         assert_eq!(d2.reason, RecordError::BadHeader);
-        assert_eq!(
-            fs::read(segment_path(&core_dir(wal.path(), 0), 2)).unwrap(),
-            newest
-        );
+        assert_eq!(fs::read(segment_path(&core_dir(wal.path(), 0), 2)).unwrap(), newest);
     }
 }

@@ -80,11 +80,7 @@ mod tests {
     #[test]
     fn segment_names_pair_up() {
         for n in [0, 1, 42, 999_999, 1_000_000, u32::MAX] {
-            assert_eq!(
-                parse_segment_file_name(&segment_file_name(n)),
-                Some(n),
-                "{n}"
-            );
+            assert_eq!(parse_segment_file_name(&segment_file_name(n)), Some(n), "{n}");
         }
         assert_eq!(segment_file_name(1), "000001.log");
         assert_eq!(segment_file_name(1_234_567), "1234567.log");
@@ -113,14 +109,7 @@ mod tests {
             assert_eq!(parse_core_dir_name(&core_dir_name(core)), Some(core));
         }
         assert_eq!(core_dir(Path::new("/w"), 3), PathBuf::from("/w/core-3"));
-        for name in [
-            "core-",
-            "core-01",
-            "core-x",
-            "core-65536",
-            "Core-1",
-            "core--1",
-        ] {
+        for name in ["core-", "core-01", "core-x", "core-65536", "Core-1", "core--1"] {
             assert_eq!(parse_core_dir_name(name), None, "{name}");
         }
     }
@@ -133,10 +122,7 @@ mod tests {
         }
         std::fs::write(dir.path().join("000003.log.tmp"), b"").unwrap();
         std::fs::write(dir.path().join("commit.meta"), b"").unwrap();
-        assert_eq!(
-            list_segments(dir.path()).unwrap(),
-            vec![2, 10, 999_999, 1_000_000]
-        );
+        assert_eq!(list_segments(dir.path()).unwrap(), vec![2, 10, 999_999, 1_000_000]);
 
         for core in [11, 2, 0] {
             std::fs::create_dir(core_dir(dir.path(), core)).unwrap();

@@ -52,11 +52,7 @@ impl SegmentWriter {
         let path = segment_path(core_dir, segment);
         let file_bytes = repair.metadata().map_err(WalError::io(&path))?.len();
         if file_bytes != tail.offset {
-            return Err(WalError::TailMismatch {
-                path,
-                tail_offset: tail.offset,
-                file_bytes,
-            });
+            return Err(WalError::TailMismatch { path, tail_offset: tail.offset, file_bytes });
         }
         Ok(Self {
             core_dir: core_dir.to_owned(),
@@ -80,10 +76,7 @@ impl SegmentWriter {
     /// Returns the written range (start, end) – same segment – and gives the buffer back.
     /// On a write error (ENOSPC, EIO, short write) the segment is truncated back to the offset it
     /// had before the call (repair), the position is unchanged, and the error is returned.
-    pub async fn append(
-        &mut self,
-        buf: Vec<u8>,
-    ) -> (Result<(Position, Position), WalError>, Vec<u8>) {
+    pub async fn append(&mut self, buf: Vec<u8>) -> (Result<(Position, Position), WalError>, Vec<u8>) {
         if buf.is_empty() {
             return (Ok((self.position(), self.position())), buf);
         }
@@ -117,9 +110,7 @@ impl SegmentWriter {
     async fn roll(&mut self) -> Result<(), WalError> {
         let next = self.segment + 1;
         if next > MAX_SEGMENT {
-            return Err(WalError::SegmentsExhausted {
-                core_dir: self.core_dir.clone(),
-            });
+            return Err(WalError::SegmentsExhausted { core_dir: self.core_dir.clone() });
         }
         if self.sync != SyncPolicy::None {
             self.sync_data().await?;
@@ -136,10 +127,7 @@ impl SegmentWriter {
     /// boundary again. If even that fails, the garbage lies past `offset`: the next append
     /// overwrites it, and recovery cuts it as a torn tail after a crash.
     fn repair_after_failed_write(&self) {
-        let cut = self
-            .repair
-            .set_len(self.offset)
-            .and_then(|()| self.repair.sync_data());
+        let cut = self.repair.set_len(self.offset).and_then(|()| self.repair.sync_data());
         if let Err(e) = cut {
             let path = segment_path(&self.core_dir, self.segment);
             tracing::error!(path = %path.display(), offset = self.offset, error = %e,
@@ -173,9 +161,7 @@ fn open_segment(
 }
 
 fn sync_dir(dir: &Path) -> Result<(), WalError> {
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(WalError::io(dir))
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(WalError::io(dir))
 }
 
 #[cfg(test)]
@@ -185,26 +171,14 @@ mod tests {
     use crate::wal::segment::list_segments;
 
     fn run<F: std::future::Future>(f: F) -> F::Output {
-        monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
-            .enable_timer()
-            .build()
-            .unwrap()
-            .block_on(f)
+        monoio::RuntimeBuilder::<monoio::FusionDriver>::new().enable_timer().build().unwrap().block_on(f)
     }
 
     /// Records with ids `first_id..first_id + n` (same length while the digit count is).
     fn tick(first_id: u64, n: u64) -> Vec<u8> {
         let mut out = Vec::new();
         for file_id in first_id..first_id + n {
-            encode(
-                &Event {
-                    ts_ms: 7,
-                    event: "play",
-                    domain: "a.example",
-                    file_id,
-                },
-                &mut out,
-            );
+            encode(&Event { ts_ms: 7, event: "play", domain: "a.example", file_id }, &mut out);
         }
         out
     }
@@ -216,14 +190,10 @@ mod tests {
         // Room for two ticks per segment.
         let segment_bytes = 2 * one_tick + 1;
         let ranges = run(async {
-            let mut w = SegmentWriter::open(
-                dir.path(),
-                Position::new(1, 0),
-                segment_bytes,
-                SyncPolicy::Always,
-            )
-            .await
-            .unwrap();
+            let mut w =
+                SegmentWriter::open(dir.path(), Position::new(1, 0), segment_bytes, SyncPolicy::Always)
+                    .await
+                    .unwrap();
             let mut ranges = Vec::new();
             let mut buf = Vec::new();
             for t in 0..5 {
@@ -266,23 +236,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let first = tick(1, 3);
         let end = run(async {
-            let mut w =
-                SegmentWriter::open(dir.path(), Position::default(), 1 << 20, SyncPolicy::None)
-                    .await
-                    .unwrap();
+            let mut w = SegmentWriter::open(dir.path(), Position::default(), 1 << 20, SyncPolicy::None)
+                .await
+                .unwrap();
             w.append(first.clone()).await.0.unwrap().1
         });
         let second = tick(4, 2);
         let range = run(async {
-            let mut w = SegmentWriter::open(dir.path(), end, 1 << 20, SyncPolicy::Interval)
-                .await
-                .unwrap();
+            let mut w = SegmentWriter::open(dir.path(), end, 1 << 20, SyncPolicy::Interval).await.unwrap();
             w.append(second.clone()).await.0.unwrap()
         });
-        assert_eq!(
-            range,
-            (end, Position::new(1, (first.len() + second.len()) as u64))
-        );
+        assert_eq!(range, (end, Position::new(1, (first.len() + second.len()) as u64)));
         let bytes = std::fs::read(segment_path(dir.path(), 1)).unwrap();
         assert_eq!(bytes, [first, second].concat());
     }
@@ -291,16 +255,8 @@ mod tests {
     fn open_refuses_a_tail_that_is_not_the_file_end() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(segment_path(dir.path(), 1), tick(1, 2)).unwrap();
-        let err = run(SegmentWriter::open(
-            dir.path(),
-            Position::new(1, 5),
-            1 << 20,
-            SyncPolicy::None,
-        ));
-        assert!(matches!(
-            err,
-            Err(WalError::TailMismatch { tail_offset: 5, .. })
-        ));
+        let err = run(SegmentWriter::open(dir.path(), Position::new(1, 5), 1 << 20, SyncPolicy::None));
+        assert!(matches!(err, Err(WalError::TailMismatch { tail_offset: 5, .. })));
     }
 
     #[test]
@@ -308,17 +264,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let big = tick(1, 10);
         let ranges = run(async {
-            let mut w = SegmentWriter::open(dir.path(), Position::new(1, 0), 100, SyncPolicy::None)
-                .await
-                .unwrap();
+            let mut w =
+                SegmentWriter::open(dir.path(), Position::new(1, 0), 100, SyncPolicy::None).await.unwrap();
             let a = w.append(big.clone()).await.0.unwrap();
             let b = w.append(tick(11, 1)).await.0.unwrap();
             (a, b)
         });
-        assert_eq!(
-            ranges.0,
-            (Position::new(1, 0), Position::new(1, big.len() as u64))
-        );
+        assert_eq!(ranges.0, (Position::new(1, 0), Position::new(1, big.len() as u64)));
         assert_eq!(ranges.1 .0, Position::new(2, 0));
     }
 
@@ -329,10 +281,9 @@ mod tests {
         std::os::unix::fs::symlink("/dev/full", segment_path(dir.path(), 1)).unwrap();
         let records = tick(1, 3);
         let (res, back, position) = run(async {
-            let mut w =
-                SegmentWriter::open(dir.path(), Position::new(1, 0), 1 << 20, SyncPolicy::None)
-                    .await
-                    .unwrap();
+            let mut w = SegmentWriter::open(dir.path(), Position::new(1, 0), 1 << 20, SyncPolicy::None)
+                .await
+                .unwrap();
             let (res, back) = w.append(records.clone()).await;
             (res, back, w.position())
         });

@@ -53,10 +53,7 @@ fn repo_path(relative: &str) -> PathBuf {
 pub fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !check() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
         sleep(POLL_INTERVAL);
     }
 }
@@ -64,9 +61,7 @@ pub fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) 
 /// True if `pid` has exited. A zombie counts as exited (and is reaped if it is ours).
 fn process_gone(pid: u32) -> bool {
     let zombie = match fs::read_to_string(format!("/proc/{pid}/status")) {
-        Ok(status) => status
-            .lines()
-            .any(|l| l.starts_with("State:") && l.contains('Z')),
+        Ok(status) => status.lines().any(|l| l.starts_with("State:") && l.contains('Z')),
         Err(_) => return true,
     };
     if zombie {
@@ -120,33 +115,20 @@ impl MariaDb {
                 .arg("mariadb")
                 .status()
                 .expect("run scripts/ensure-deps.sh");
-            assert!(
-                status.success(),
-                "scripts/ensure-deps.sh mariadb failed: {status}"
-            );
+            assert!(status.success(), "scripts/ensure-deps.sh mariadb failed: {status}");
         });
-        let dir = tempfile::Builder::new()
-            .prefix("psc-mariadb-")
-            .tempdir()
-            .expect("temp dir");
+        let dir = tempfile::Builder::new().prefix("psc-mariadb-").tempdir().expect("temp dir");
         let url = run_mariadb_script(dir.path());
         let port = port_of_url(&url);
         let pid = read_pid(dir.path());
-        MariaDb {
-            url,
-            port,
-            dir,
-            pid,
-        }
+        MariaDb { url, port, dir, pid }
     }
 
     /// SIGKILLs mariadbd and waits until it is gone: a crash, not a shutdown.
     pub fn kill9(&mut self) {
         send_signal(self.pid, libc::SIGKILL);
         let pid = self.pid;
-        wait_for("mariadbd to die after SIGKILL", STOP_TIMEOUT, || {
-            process_gone(pid)
-        });
+        wait_for("mariadbd to die after SIGKILL", STOP_TIMEOUT, || process_gone(pid));
     }
 
     /// Starts the server again on the same datadir and port (InnoDB recovers a crash).
@@ -168,28 +150,19 @@ impl MariaDb {
     /// Runs a query expected to return one integer (e.g. `SELECT COUNT(*) ...`).
     pub fn query_count(&self, sql: &str) -> u64 {
         let rows = self.query_rows(sql);
-        assert!(
-            rows.len() == 1 && rows[0].len() == 1,
-            "{sql}: expected one value, got {rows:?}"
-        );
-        rows[0][0]
-            .parse()
-            .unwrap_or_else(|e| panic!("{sql}: {:?} is not a count: {e}", rows[0][0]))
+        assert!(rows.len() == 1 && rows[0].len() == 1, "{sql}: expected one value, got {rows:?}");
+        rows[0][0].parse().unwrap_or_else(|e| panic!("{sql}: {:?} is not a count: {e}", rows[0][0]))
     }
 
     /// Runs SQL as `psc` over TCP; returns the rows, columns split on tabs. Panics on error.
     pub fn query_rows(&self, sql: &str) -> Vec<Vec<String>> {
-        self.try_query_rows(sql)
-            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        self.try_query_rows(sql).unwrap_or_else(|e| panic!("{sql}: {e}"))
     }
 
     /// Like [`MariaDb::query_rows`], but a failure (server down, SQL error) is an `Err`.
     pub fn try_query_rows(&self, sql: &str) -> Result<Vec<Vec<String>>, String> {
         let output = Command::new("mariadb")
-            .arg(format!(
-                "--defaults-file={}",
-                self.dir.path().join("client.cnf").display()
-            ))
+            .arg(format!("--defaults-file={}", self.dir.path().join("client.cnf").display()))
             .args(["--batch", "--skip-column-names", "--execute", sql])
             .stdin(Stdio::null())
             .output()
@@ -198,10 +171,7 @@ impl MariaDb {
             return Err(String::from_utf8_lossy(&output.stderr).trim().to_owned());
         }
         let stdout = String::from_utf8_lossy(&output.stdout);
-        Ok(stdout
-            .lines()
-            .map(|l| l.split('\t').map(str::to_owned).collect())
-            .collect())
+        Ok(stdout.lines().map(|l| l.split('\t').map(str::to_owned).collect()).collect())
     }
 
     fn stop(&mut self) {
@@ -212,10 +182,7 @@ impl MariaDb {
         if wait_gone(self.pid, STOP_TIMEOUT) {
             return;
         }
-        eprintln!(
-            "mariadbd {} ignored SIGTERM for {STOP_TIMEOUT:?}; sending SIGKILL",
-            self.pid
-        );
+        eprintln!("mariadbd {} ignored SIGTERM for {STOP_TIMEOUT:?}; sending SIGKILL", self.pid);
         send_signal(self.pid, libc::SIGKILL);
         if !wait_gone(self.pid, STOP_TIMEOUT) {
             eprintln!("mariadbd {} survived SIGKILL", self.pid);
@@ -257,31 +224,19 @@ fn run_mariadb_script(dir: &Path) -> String {
         String::from_utf8_lossy(&output.stderr),
         tail(&dir.join("error.log"), 40),
     );
-    stdout
-        .trim()
-        .lines()
-        .last()
-        .expect("mariadb.sh prints the URL")
-        .to_owned()
+    stdout.trim().lines().last().expect("mariadb.sh prints the URL").to_owned()
 }
 
 fn port_of_url(url: &str) -> u16 {
-    let host_port = url
-        .rsplit('@')
-        .next()
-        .and_then(|rest| rest.split('/').next());
-    let port = host_port
-        .and_then(|hp| hp.rsplit(':').next())
-        .and_then(|p| p.parse().ok());
+    let host_port = url.rsplit('@').next().and_then(|rest| rest.split('/').next());
+    let port = host_port.and_then(|hp| hp.rsplit(':').next()).and_then(|p| p.parse().ok());
     port.unwrap_or_else(|| panic!("no port in MySQL URL {url}"))
 }
 
 fn read_pid(dir: &Path) -> u32 {
     let path = dir.join("mysqld.pid");
     let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {path:?}: {e}"));
-    text.trim()
-        .parse()
-        .unwrap_or_else(|e| panic!("{path:?} holds {text:?}: {e}"))
+    text.trim().parse().unwrap_or_else(|e| panic!("{path:?} holds {text:?}: {e}"))
 }
 
 /// A running `player-stat-collector` (the debug binary cargo built for the tests).
@@ -383,16 +338,14 @@ impl Collector {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             if let Some(status) = self.child.try_wait().expect("poll the collector") {
-                panic!(
-                    "collector exited during start-up ({status}); log:\n{}",
-                    self.log()
-                );
+                panic!("collector exited during start-up ({status}); log:\n{}", self.log());
             }
             // The binary writes the file atomically, so a readable file is a complete one.
             if let Ok(text) = fs::read_to_string(&self.port_file) {
-                return text.trim().parse().unwrap_or_else(|e| {
-                    panic!("port file {:?} holds {text:?}: {e}", self.port_file)
-                });
+                return text
+                    .trim()
+                    .parse()
+                    .unwrap_or_else(|e| panic!("port file {:?} holds {text:?}: {e}", self.port_file));
             }
             if Instant::now() >= deadline {
                 let log = self.log();
@@ -428,11 +381,7 @@ fn spawn_collector(config_path: &Path, port_file: &Path, log_path: &Path) -> Chi
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => panic!("remove stale port file {port_file:?}: {e}"),
     }
-    let log = fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log_path)
-        .expect("open log");
+    let log = fs::OpenOptions::new().create(true).append(true).open(log_path).expect("open log");
     collector_command()
         .arg("--config")
         .arg(config_path)
@@ -450,11 +399,7 @@ pub fn collector_config(wal_dir: &Path, mysql_url: &str, extra_toml: &str) -> St
         toml::from_str(extra_toml).unwrap_or_else(|e| panic!("extra_toml is not TOML: {e}"));
     let defaults = [
         ("server", "listen", "127.0.0.1:0".to_owned()),
-        (
-            "wal",
-            "dir",
-            wal_dir.to_str().expect("UTF-8 work dir").to_owned(),
-        ),
+        ("wal", "dir", wal_dir.to_str().expect("UTF-8 work dir").to_owned()),
         ("mysql", "url", mysql_url.to_owned()),
     ];
     for (section, key, value) in defaults {
@@ -494,10 +439,7 @@ fn read_response(stream: &mut TcpStream) -> std::io::Result<(u16, String)> {
         }
         let n = stream.read(&mut chunk)?;
         if n == 0 {
-            return Err(invalid_data(format!(
-                "connection closed after {} bytes",
-                buf.len()
-            )));
+            return Err(invalid_data(format!("connection closed after {} bytes", buf.len())));
         }
         buf.extend_from_slice(&chunk[..n]);
         if buf.len() > HTTP_RESPONSE_BYTES_MAX {
@@ -521,15 +463,10 @@ fn read_response(stream: &mut TcpStream) -> std::io::Result<(u16, String)> {
             buf.truncate(head_end + len);
         }
         None => {
-            stream
-                .take(HTTP_RESPONSE_BYTES_MAX as u64)
-                .read_to_end(&mut buf)?;
+            stream.take(HTTP_RESPONSE_BYTES_MAX as u64).read_to_end(&mut buf)?;
         }
     }
-    Ok((
-        status,
-        String::from_utf8_lossy(&buf[head_end..]).into_owned(),
-    ))
+    Ok((status, String::from_utf8_lossy(&buf[head_end..]).into_owned()))
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
