@@ -24,6 +24,8 @@ struct Cli {
 enum Command {
     /// Serve beacons (the default).
     Serve,
+    /// Apply the database migrations (idempotent; serving applies them too) and exit.
+    Migrate,
 }
 
 fn main() -> ExitCode {
@@ -38,6 +40,7 @@ fn main() -> ExitCode {
     let _log_guard = init_logging(&config);
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(config),
+        Command::Migrate => migrate(&config),
     };
     match result {
         Ok(code) => code,
@@ -76,6 +79,17 @@ fn serve(config: Config) -> anyhow::Result<ExitCode> {
     let clean = running.shutdown();
     tracing::info!(clean, "stopped");
     Ok(if clean { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn migrate(config: &Config) -> anyhow::Result<ExitCode> {
+    let applied = psc::mysql::migrate_blocking(config).context("applying migrations")?;
+    if applied.is_empty() {
+        println!("schema is up to date");
+    }
+    for name in applied {
+        println!("applied {name}");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Writes `addr` to `path` atomically (tests start the server on port 0 and read it back).
