@@ -87,7 +87,7 @@ TARGET_RSS_MIB = 64
 
 
 class Interrupted(Exception):
-    """SIGTERM/SIGHUP, turned into an exception so that `finally` blocks stop our processes."""
+    """SIGINT/SIGTERM/SIGHUP as an exception, so that `finally` blocks stop our processes."""
 
 
 def log(msg):
@@ -373,7 +373,7 @@ class WrkResult:
     duration_s: float
     non2xx: int
     socket_errors: int
-    p50_us: int
+    p50_us: int  # None: wrk could not place the percentile
     p99_us: int
     p999_us: int
 
@@ -414,7 +414,8 @@ def parse_wrk(output):
     result = WrkResult(
         requests=v["requests"], duration_s=v["duration_us"] / 1e6, non2xx=v["non2xx"],
         socket_errors=v["connect"] + v["read"] + v["write"] + v["timeout"],
-        p50_us=v["p50_us"], p99_us=v["p99_us"], p999_us=v["p999_us"])
+        # wrk answers 0 for a percentile its histogram cannot place (see latency_ms).
+        p50_us=v["p50_us"] or None, p99_us=v["p99_us"] or None, p999_us=v["p999_us"] or None)
     cross_check_wrk_text(output, result)
     return result
 
@@ -444,6 +445,14 @@ class Run:
     rss_mib: float
 
 
+def latency_ms(us):
+    """wrk's percentiles in ms. wrk "corrects" coordinated omission by adding synthetic samples
+    at multiples of the mean per-connection interval, but without lowering its histogram's
+    minimum; with pipelining (one sample per 16-request batch, interval computed per request)
+    that makes high percentiles come out as 0, shown as n/a."""
+    return f"{us / 1000:.2f}" if us else "n/a"
+
+
 def measure(server, name, rnd, conns, mode):
     pid = server.measured_pid
     ticks_before = cpu_ticks(pid)
@@ -455,7 +464,8 @@ def measure(server, name, rnd, conns, mode):
               peak_rss_kib(pid) / 1024)
     log(f"round {rnd} c={conns:<3} {mode:<9} {name:<9} {result.rps:>11,.0f} req/s  "
         f"non2xx={result.non2xx} sockerr={result.socket_errors} "
-        f"p50={result.p50_us}us p99={result.p99_us}us p99.9={result.p999_us}us "
+        f"p50/p99/p99.9={latency_ms(result.p50_us)}/{latency_ms(result.p99_us)}/"
+        f"{latency_ms(result.p999_us)} ms "
         f"cpu={run.cpu_us_per_req:.2f}us/req rss={run.rss_mib:.1f}MiB")
     return run
 
@@ -594,6 +604,25 @@ def clean_backend(db, mysql_url, best_pipelined_rps, backend):
                 backend.backlog_events, backend)
 
 
+def collector_backend(db, mysql_url, collector, runs, backend):
+    """Phases 2 and 3. A failure here is reported, not fatal: the ceiling and the HTTP tables
+    are still worth printing."""
+    try:
+        if not (db.has_table("events") and db.has_table("ingest_cursors")):
+            backend.notes.append("collector back end skipped: the collector created no "
+                                 "`events`/`ingest_cursors` tables (migrations missing?)")
+            return
+        acked = sum(r.wrk.acked for r in runs if r.server == "collector")
+        tail_drain(db, acked, backend)
+        collector.stop()
+        clean_backend(db, mysql_url, best_rps(runs, "collector", "pipelined"), backend)
+    except (RuntimeError, OSError, subprocess.SubprocessError) as e:
+        log(f"collector back end failed: {e}")
+        backend.notes.append(f"collector back end failed: {str(e).splitlines()[0]}")
+    finally:
+        collector.stop()
+
+
 def ceiling_rows_files(rows):
     """SQL (5000-row INSERTs) and CSV texts of the same rows, the shape the collector writes."""
     CEILING_DIR.mkdir(parents=True, exist_ok=True)
@@ -665,6 +694,12 @@ def median_of(runs, server, conns, mode, attr):
     return statistics.median(values) if values else None
 
 
+def median_or_none(values):
+    """Median of the rounds that have a value; None when none has (latency n/a)."""
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
+
+
 def summary_rows(runs):
     rows = []
     for conns in CONNECTIONS:
@@ -678,9 +713,9 @@ def summary_rows(runs):
                     str(conns), mode, server, f"{med(lambda r: r.wrk.rps):,.0f}",
                     str(sum(r.wrk.non2xx for r in sel)),
                     str(sum(r.wrk.socket_errors for r in sel)),
-                    f"{med(lambda r: r.wrk.p50_us) / 1000:.2f}",
-                    f"{med(lambda r: r.wrk.p99_us) / 1000:.2f}",
-                    f"{med(lambda r: r.wrk.p999_us) / 1000:.2f}",
+                    latency_ms(median_or_none([r.wrk.p50_us for r in sel])),
+                    latency_ms(median_or_none([r.wrk.p99_us for r in sel])),
+                    latency_ms(median_or_none([r.wrk.p999_us for r in sel])),
                     f"{med(lambda r: r.cpu_us_per_req):.2f}",
                     f"{max(r.rss_mib for r in sel):.1f}",
                 ])
@@ -802,8 +837,8 @@ def git_head():
 
 def per_run_rows(runs):
     return [[str(r.round), str(r.conns), r.mode, r.server, f"{r.wrk.rps:,.0f}",
-             str(r.wrk.non2xx), str(r.wrk.socket_errors), f"{r.wrk.p50_us / 1000:.2f}",
-             f"{r.wrk.p99_us / 1000:.2f}", f"{r.wrk.p999_us / 1000:.2f}",
+             str(r.wrk.non2xx), str(r.wrk.socket_errors), latency_ms(r.wrk.p50_us),
+             latency_ms(r.wrk.p99_us), latency_ms(r.wrk.p999_us),
              f"{r.cpu_us_per_req:.2f}", f"{r.rss_mib:.1f}"] for r in runs]
 
 
@@ -814,6 +849,9 @@ PER_RUN_HEADER = ["round", "conns", "mode", "server", "req/s", "non-2xx", "socke
 def report(runs, backend, collector_note, started):
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     notes = ([collector_note] if collector_note else []) + backend.notes
+    notes.append(f"load average (1/5/15 min) at start {LOADAVG_AT_START}, at the end "
+                 f"{loadavg()}: anything else running on the 2 CPUs skews req/s more than "
+                 f"CPU-µs/req")
     notes.append(f"{ROUNDS} rounds × {RUN_S} s per run; plain runs use a fixed file_id, "
                  f"pipelined runs cycle 1024 file_ids ({PIPELINE_DEPTH} requests per write); "
                  f"total wall time {time.monotonic() - started:.0f} s")
@@ -846,13 +884,21 @@ def best_rps(runs, server, mode):
     return max(values) if values else None
 
 
+def loadavg():
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+LOADAVG_AT_START = loadavg()
+
+
 def raise_interrupted(signum, _frame):
     raise Interrupted(f"signal {signum}")
 
 
 def main():
     started = time.monotonic()
-    for sig in (signal.SIGTERM, signal.SIGHUP):
+    # SIGINT too: a shell may start us with SIGINT ignored, which Python would keep.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, raise_interrupted)
     VAR.mkdir(exist_ok=True)
     (VAR / "bench-wrk.log").unlink(missing_ok=True)
@@ -878,10 +924,7 @@ def main():
         nginx.stop()
         log(f"HTTP phase done at {time.monotonic() - started:.0f} s")
         if collector:
-            acked = sum(r.wrk.acked for r in runs if r.server == "collector")
-            tail_drain(db, acked, backend)
-            collector.stop()
-            clean_backend(db, mysql_url, best_rps(runs, "collector", "pipelined"), backend)
+            collector_backend(db, mysql_url, collector, runs, backend)
             log(f"collector back end done at {time.monotonic() - started:.0f} s")
         rows = backend.drain_rows or CEILING_ROWS_WITHOUT_COLLECTOR
         mariadb_ceiling(db, rows, backend)
