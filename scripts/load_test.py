@@ -66,9 +66,9 @@ FILL_MAX_S = env_int("PSC_BENCH_FILL_MAX_S", 40)
 CEILING_ROWS_WITHOUT_COLLECTOR = env_int("PSC_BENCH_CEILING_ROWS", 2_000_000)
 INSERT_BATCH_ROWS = 5000
 TAIL_DRAIN_WINDOW_S = 20
-DRAIN_MAX_S = 240
+DRAIN_MAX_S = 150
 DRAIN_STALL_S = 15
-REPLAY_WAIT_S = 60
+REPLAY_WAIT_S = 30
 START_TIMEOUT_S = 20
 STOP_TIMEOUT_S = 30
 POLL_S = 0.2
@@ -532,7 +532,9 @@ def fill_backlog(collector, best_pipelined_rps, backend):
 
 
 REPLAY_LINE = re.compile(r"^.*replay.*events/s.*$", re.M | re.I)
-NUMBER_BEFORE_EVENTS_S = re.compile(r"([0-9][0-9_,.]*)\s*events/s", re.I)
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
+NUMBER_BEFORE_EVENTS_S = re.compile(r"([0-9][0-9_,.]*)\s*([kM]?)\s*events/s")
+UNIT_SUFFIX = {"": 1, "k": 1e3, "M": 1e6}
 
 
 def replay_rate(collector, backend):
@@ -541,10 +543,12 @@ def replay_rate(collector, backend):
     if not found:
         backend.replay_line = "n/a (no log line with 'replay' and 'events/s')"
         return
-    backend.replay_line = found.group(0).strip()
+    # tracing writes ANSI colours even into a file; a '|' would split the Markdown cell.
+    backend.replay_line = ANSI_ESCAPE.sub("", found.group(0)).strip().replace("|", "/")
     number = NUMBER_BEFORE_EVENTS_S.search(backend.replay_line)
     if number:
-        backend.replay_events_s = float(number.group(1).replace(",", "").replace("_", ""))
+        digits = number.group(1).replace(",", "").replace("_", "")
+        backend.replay_events_s = float(digits) * UNIT_SUFFIX[number.group(2)]
 
 
 def timed_drain(db, collector_factory, expected_rows, backend):
