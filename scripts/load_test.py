@@ -25,6 +25,7 @@ binary is missing or does not come up; the rest still runs.
 
 import os
 import re
+import resource
 import signal
 import socket
 import statistics
@@ -346,8 +347,8 @@ class Collector:
         bound = wait_until(bound_port, START_TIMEOUT_S)
         if bound in (None, "exited"):
             why = f"exited with {self.proc.returncode}" if bound else "no port file"
-            log(f"collector skipped: it did not come up ({why}); last log lines:\n"
-                f"{tail(self.log_path)}")
+            log(f"collector skipped: it did not come up ({why}); last lines of "
+                f"{self.log_path.relative_to(REPO)}:\n{tail(self.log_path) or '(empty)'}")
             self.stop()
             return False
         self.port = int(bound.rsplit(":", 1)[1])
@@ -443,6 +444,10 @@ class Run:
     wrk: WrkResult
     cpu_us_per_req: float
     rss_mib: float
+    # Busy share of one CPU over the run: a server near 100 % is the bottleneck; wrk near
+    # 100 % means the client limited the run and its req/s says little about the server.
+    server_cpu_pct: float
+    wrk_cpu_pct: float
 
 
 def latency_ms(us):
@@ -453,20 +458,30 @@ def latency_ms(us):
     return f"{us / 1000:.2f}" if us else "n/a"
 
 
+def children_cpu_s():
+    """CPU seconds of every reaped child; wrk is the only child reaped during a run."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def measure(server, name, rnd, conns, mode):
     pid = server.measured_pid
-    ticks_before = cpu_ticks(pid)
+    ticks_before, wrk_before = cpu_ticks(pid), children_cpu_s()
     result = run_wrk(server.port, conns, mode, RUN_S, VAR / "bench-wrk.log")
-    ticks_after = cpu_ticks(pid)
+    ticks_after, wrk_after = cpu_ticks(pid), children_cpu_s()
     cpu_us = (ticks_after - ticks_before) * 1e6 / CLK_TCK
+    wall_us = result.duration_s * 1e6
     run = Run(rnd, conns, mode, name, result,
               cpu_us / result.requests if result.requests else float("nan"),
-              peak_rss_kib(pid) / 1024)
+              peak_rss_kib(pid) / 1024,
+              100 * cpu_us / wall_us if wall_us else float("nan"),
+              100 * (wrk_after - wrk_before) * 1e6 / wall_us if wall_us else float("nan"))
     log(f"round {rnd} c={conns:<3} {mode:<9} {name:<9} {result.rps:>11,.0f} req/s  "
         f"non2xx={result.non2xx} sockerr={result.socket_errors} "
         f"p50/p99/p99.9={latency_ms(result.p50_us)}/{latency_ms(result.p99_us)}/"
         f"{latency_ms(result.p999_us)} ms "
-        f"cpu={run.cpu_us_per_req:.2f}us/req rss={run.rss_mib:.1f}MiB")
+        f"cpu={run.cpu_us_per_req:.2f}us/req rss={run.rss_mib:.1f}MiB "
+        f"busy server/wrk={run.server_cpu_pct:.0f}%/{run.wrk_cpu_pct:.0f}%")
     return run
 
 
@@ -722,13 +737,15 @@ def summary_rows(runs):
                     latency_ms(median_or_none([r.wrk.p999_us for r in sel])),
                     f"{med(lambda r: r.cpu_us_per_req):.2f}",
                     f"{max(r.rss_mib for r in sel):.1f}",
+                    f"{med(lambda r: r.server_cpu_pct):.0f}",
+                    f"{med(lambda r: r.wrk_cpu_pct):.0f}",
                 ])
     return rows
 
 
 SUMMARY_HEADER = ["conns", "mode", "server", "req/s (median)", "non-2xx (sum)",
                   "socket errors (sum)", "p50 ms", "p99 ms", "p99.9 ms", "CPU-µs/req",
-                  "peak RSS MiB"]
+                  "peak RSS MiB", "server CPU %", "wrk CPU %"]
 
 
 def ratio(a, b):
@@ -843,11 +860,13 @@ def per_run_rows(runs):
     return [[str(r.round), str(r.conns), r.mode, r.server, f"{r.wrk.rps:,.0f}",
              str(r.wrk.non2xx), str(r.wrk.socket_errors), latency_ms(r.wrk.p50_us),
              latency_ms(r.wrk.p99_us), latency_ms(r.wrk.p999_us),
-             f"{r.cpu_us_per_req:.2f}", f"{r.rss_mib:.1f}"] for r in runs]
+             f"{r.cpu_us_per_req:.2f}", f"{r.rss_mib:.1f}", f"{r.server_cpu_pct:.0f}",
+             f"{r.wrk_cpu_pct:.0f}"] for r in runs]
 
 
 PER_RUN_HEADER = ["round", "conns", "mode", "server", "req/s", "non-2xx", "socket errors",
-                  "p50 ms", "p99 ms", "p99.9 ms", "CPU-µs/req", "RSS MiB"]
+                  "p50 ms", "p99 ms", "p99.9 ms", "CPU-µs/req", "RSS MiB", "server CPU %",
+                  "wrk CPU %"]
 
 
 def report(runs, backend, collector_note, started):
