@@ -599,13 +599,15 @@ def timed_drain(db, collector_factory, expected_rows, backend):
 
 
 def clean_backend(db, mysql_url, best_pipelined_rps, backend):
-    """Phases 3: backlog fill, replay rate, drain from 0 to N rows."""
+    """Phase 3: backlog fill, replay rate, drain from 0 to N rows."""
     subprocess.run(["rm", "-rf", str(WAL_DIR)], check=True)
     db.sql("TRUNCATE TABLE events; TRUNCATE TABLE ingest_cursors")
     closed_url = re.sub(r"@127\.0\.0\.1:\d+/", f"@127.0.0.1:{free_port()}/", mysql_url)
 
     filler = Collector(closed_url, WAL_DIR, "fill")
     if not filler.start():
+        backend.notes.append("back end skipped: the collector did not come up with MySQL "
+                             "unreachable (see var/bench-collector/fill.log)")
         return
     try:
         fill_backlog(filler, best_pipelined_rps, backend)
@@ -613,7 +615,9 @@ def clean_backend(db, mysql_url, best_pipelined_rps, backend):
         filler.stop()
 
     replayer = Collector(closed_url, WAL_DIR, "replay")
-    if replayer.start():
+    if not replayer.start():
+        backend.notes.append("replay: the collector did not restart with MySQL unreachable")
+    else:
         try:
             replay_rate(replayer, backend)
         finally:
