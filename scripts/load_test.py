@@ -901,7 +901,9 @@ PER_RUN_HEADER = ["round", "conns", "mode", "server", "req/s", "non-2xx", "socke
 
 def report(runs, backend, collector_note, started):
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    notes = ([collector_note] if collector_note else []) + backend.notes
+    # PSC_BENCH_NOTE: a free-form line for the record, e.g. where a PSC_BENCH_BINARY came from.
+    notes = [n for n in (os.environ.get("PSC_BENCH_NOTE"), collector_note) if n]
+    notes += backend.notes
     notes.append(f"load average (1/5/15 min) at start {LOADAVG_AT_START}, at the end "
                  f"{loadavg()}: anything else running on the 2 CPUs skews req/s more than "
                  f"CPU-µs/req")
@@ -916,6 +918,7 @@ def report(runs, backend, collector_note, started):
     print("\n" + "\n".join(f"note: {n}" for n in notes))
     section = "\n".join([
         "", f"## {stamp} · commit {git_head()}", "", f"Machine: {machine()}.", "",
+        f"Collector binary: `{BINARY}`.", "",
         "### HTTP (medians over rounds)", "", markdown_table(SUMMARY_HEADER, summary_rows(runs)),
         "", "### Back end", "", markdown_table(["measurement", "value"], backend_rows(backend)),
         "", "### Ratios vs targets", "",
