@@ -899,11 +899,33 @@ PER_RUN_HEADER = ["round", "conns", "mode", "server", "req/s", "non-2xx", "socke
                   "wrk CPU %"]
 
 
+SATURATED_CPU_PCT = 80
+
+
+def saturation_notes(runs):
+    """Flags req/s comparisons where no process was CPU-bound: the machine's other load, not
+    the servers, then set the rates."""
+    notes = []
+    for conns in CONNECTIONS:
+        for mode in MODES:
+            medians = [median_of(runs, s, conns, mode, attr)
+                       for s in ("nginx", "collector")
+                       for attr in (lambda r: r.server_cpu_pct, lambda r: r.wrk_cpu_pct)]
+            medians = [m for m in medians if m is not None]
+            busiest = max(medians, default=None)
+            if busiest is not None and busiest < SATURATED_CPU_PCT:
+                notes.append(f"c={conns} {mode}: neither server nor wrk was above "
+                             f"{SATURATED_CPU_PCT} % CPU (max {busiest:.0f} %): its req/s "
+                             f"reflect the machine's other load; compare CPU-µs/req instead")
+    return notes
+
+
 def report(runs, backend, collector_note, started):
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     # PSC_BENCH_NOTE: a free-form line for the record, e.g. where a PSC_BENCH_BINARY came from.
     notes = [n for n in (os.environ.get("PSC_BENCH_NOTE"), collector_note) if n]
     notes += backend.notes
+    notes += saturation_notes(runs)
     notes.append(f"load average (1/5/15 min) at start {LOADAVG_AT_START}, at the end "
                  f"{loadavg()}: anything else running on the 2 CPUs skews req/s more than "
                  f"CPU-µs/req")
