@@ -1,7 +1,7 @@
 # Entry points; each target installs what it needs (scripts/ensure-deps.sh) on a fresh
 # Debian/Ubuntu machine.
 
-.PHONY: run build test lint deps bench
+.PHONY: run build test lint deps bench load-test
 
 # Build the release binary and serve with config.toml, starting a private MariaDB in
 # ./var/mysql when mysql.url is empty.
@@ -24,3 +24,8 @@ deps:
 
 bench: deps
 	cargo bench
+
+# Side by side with nginx and MariaDB's own ceiling (about 7 minutes, needs 2 CPUs); appends
+# the results to docs/BENCHMARKS.md. Not part of `make test`.
+load-test: deps
+	scripts/load-test.sh

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# `make load-test`: the collector side by side with nginx and with MariaDB's own ceiling.
+# Installs what is missing (Rust check, MariaDB, nginx, wrk; no system service is started),
+# builds the release binary, then hands over to scripts/load_test.py, which runs every phase,
+# prints the tables and appends them to docs/BENCHMARKS.md. Takes about 7 minutes.
+#
+# A collector that does not build or start is skipped with a message; nginx and the MariaDB
+# ceiling still run. Smoke run: PSC_BENCH_ROUNDS=1 PSC_BENCH_RUN_S=2 PSC_BENCH_BACKLOG=200000
+set -euo pipefail
+export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+die() { echo "load-test: $*" >&2; exit 1; }
+have() { command -v "$1" >/dev/null 2>&1; }
+
+# Same approach as scripts/ensure-deps.sh: policy-rc.d answering 101 keeps Debian's
+# maintainer scripts from starting the system nginx during the install.
+apt_install() {
+    have apt-get || die "apt-get not found; install these packages by hand: $*"
+    local sudo=""
+    if [ "$(id -u)" -ne 0 ]; then
+        have sudo || die "need root (or sudo) to install: $*"
+        sudo="sudo"
+    fi
+    echo "load-test: installing $*" >&2
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    local policy=/usr/sbin/policy-rc.d added_policy=""
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' | $sudo tee "$policy" >/dev/null
+        $sudo chmod +x "$policy"
+        added_policy=1
+    fi
+    local rc=0
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        -o DPkg::Lock::Timeout=300 "$@" || rc=$?
+    if [ -n "$added_policy" ]; then $sudo rm -f "$policy"; fi
+    [ "$rc" -eq 0 ] || die "apt-get install $* failed"
+}
+
+scripts/ensure-deps.sh rust mariadb
+missing=()
+have nginx || missing+=(nginx)
+have wrk || missing+=(wrk)
+have taskset || missing+=(util-linux)
+have python3 || missing+=(python3)
+[ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
+[ "$(nproc)" -ge 2 ] || die "needs 2 CPUs (servers on CPU 0, wrk on CPU 1); nproc is $(nproc)"
+
+if ! cargo build --release; then
+    echo "load-test: cargo build --release failed; the collector half is skipped" >&2
+    export PSC_BENCH_SKIP_COLLECTOR="cargo build --release failed"
+fi
+
+exec python3 scripts/load_test.py
