@@ -52,7 +52,14 @@ pub struct CoreWalReader {
 struct SealedSegment {
     number: u32,
     map: Mmap,
+    /// Bytes below this were handed back to the kernel ([`MAPPED_BYTES_MAX`]).
+    released: u64,
 }
+
+/// Mapped pages of a sealed segment count towards the process's RSS once touched. Pages more
+/// than this far behind the read position are released (`MADV_DONTNEED`; the page cache
+/// keeps them), so a catch-up over a 64 MiB segment costs at most this much RSS.
+const MAPPED_BYTES_MAX: u64 = 4 * 1024 * 1024;
 
 #[derive(Default)]
 struct OpenSegment {
@@ -136,7 +143,9 @@ impl CoreWalReader {
         on_record: &mut impl FnMut(&Event<'_>, Position),
     ) -> Result<SealedStep, WalReadError> {
         let core_dir = &self.core_dir;
-        let map = &map_sealed(&mut self.sealed, core_dir, pos.segment)?.map;
+        let sealed = map_sealed(&mut self.sealed, core_dir, pos.segment)?;
+        sealed.release_behind(pos.offset);
+        let map = &sealed.map;
         let file_bytes = map.len() as u64;
         if pos.offset > file_bytes {
             let path = segment_path(core_dir, pos.segment);
@@ -195,12 +204,35 @@ enum SealedStep {
     AtEnd,
 }
 
+impl SealedSegment {
+    /// Releases whole pages more than [`MAPPED_BYTES_MAX`] behind `offset`.
+    fn release_behind(&mut self, offset: u64) {
+        const PAGE: u64 = 4096;
+        let upto = offset.saturating_sub(MAPPED_BYTES_MAX) / PAGE * PAGE;
+        if upto <= self.released {
+            return;
+        }
+        // SAFETY: the mapping is shared and read-only; MADV_DONTNEED only drops this process's
+        // page-table entries, and a later access re-reads the pages from the page cache.
+        let dropped = unsafe {
+            self.map.unchecked_advise_range(
+                memmap2::UncheckedAdvice::DontNeed,
+                self.released as usize,
+                (upto - self.released) as usize,
+            )
+        };
+        if dropped.is_ok() {
+            self.released = upto;
+        }
+    }
+}
+
 /// The mapping of sealed segment `number`, mapping it (and dropping the previous one) if needed.
 fn map_sealed<'s>(
     slot: &'s mut Option<SealedSegment>,
     core_dir: &Path,
     number: u32,
-) -> Result<&'s SealedSegment, WalReadError> {
+) -> Result<&'s mut SealedSegment, WalReadError> {
     let seg = match slot.take() {
         Some(seg) if seg.number == number => seg,
         _ => {
@@ -210,7 +242,9 @@ fn map_sealed<'s>(
             // SAFETY: a sealed segment is never written or truncated again; compaction only
             // unlinks whole files, which leaves an existing mapping valid.
             let map = unsafe { Mmap::map(&file) }.map_err(io_err)?;
-            SealedSegment { number, map }
+            // Catch-up reads a segment front to back: ask for aggressive read-ahead.
+            let _ = map.advise(memmap2::Advice::Sequential);
+            SealedSegment { number, map, released: 0 }
         }
     };
     Ok(slot.insert(seg))
