@@ -145,6 +145,52 @@ pub fn metrics_text(observer: &Observer) -> Vec<u8> {
     Scrape::take(observer).render()
 }
 
+/// Content type of `/metrics?format=prometheus` (the classic text format 0.0.4).
+pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// `/metrics` as `(content type, body)`: OpenMetrics by default, the classic Prometheus text
+/// format with `format=prometheus` in the query (for tools that only parse that, such as
+/// `promtool check metrics` of Prometheus 2.x).
+pub fn metrics_reply(observer: &Observer, query: &str) -> (&'static str, Vec<u8>) {
+    let openmetrics = metrics_text(observer);
+    if query.split('&').any(|kv| kv == "format=prometheus") {
+        let text = String::from_utf8_lossy(&openmetrics);
+        (PROMETHEUS_CONTENT_TYPE, to_prometheus_text(&text).into_bytes())
+    } else {
+        (CONTENT_TYPE, openmetrics)
+    }
+}
+
+/// OpenMetrics text → Prometheus text 0.0.4: a counter family's `HELP`/`TYPE` lines name its
+/// `_total` sample, and `# UNIT` and `# EOF` (unknown to the classic format) are dropped.
+/// The `HELP` line precedes its `TYPE` line, so it is held back until the type is known.
+pub fn to_prometheus_text(openmetrics: &str) -> String {
+    let mut out = String::with_capacity(openmetrics.len());
+    let mut help: Option<&str> = None;
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            help = Some(rest);
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, "untyped"));
+            let suffix = if kind == "counter" { "_total" } else { "" };
+            if let Some(h) = help.take() {
+                let text = h.split_once(' ').map_or("", |(_, text)| text);
+                out.push_str(&format!("# HELP {name}{suffix} {text}\n"));
+            }
+            out.push_str(&format!("# TYPE {name}{suffix} {kind}\n"));
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
 type R = Result<(), std::fmt::Error>;
 
 fn counter(e: &mut DescriptorEncoder, name: &str, help: &str, unit: Option<&Unit>, v: u64) -> R {
@@ -358,5 +404,17 @@ mod tests {
             assert!(text.contains(needle), "missing {needle:?} in\n{text}");
         }
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn prometheus_text_names_counter_families_by_their_total_sample() {
+        let om = "# HELP a_b Things.\n# TYPE a_b counter\na_b_total{x=\"1\"} 2\n\
+                  # HELP w_size Bytes.\n# TYPE w_size gauge\n# UNIT w_size bytes\nw_size_bytes 3\n# EOF\n";
+        let text = to_prometheus_text(om);
+        assert_eq!(
+            text,
+            "# HELP a_b_total Things.\n# TYPE a_b_total counter\na_b_total{x=\"1\"} 2\n\
+             # HELP w_size Bytes.\n# TYPE w_size gauge\nw_size_bytes 3\n"
+        );
     }
 }
