@@ -37,6 +37,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if matches!(cli.command, None | Some(Command::Serve)) {
+        // Before any thread starts (the log writer is one): every thread inherits the mask,
+        // so SIGTERM/SIGINT only ever reach the sigwait loop and never kill a thread.
+        if let Err(err) = signals::block_shutdown_signals() {
+            eprintln!("player-stat-collector: blocking shutdown signals: {err}");
+            return ExitCode::FAILURE;
+        }
+    }
     let _log_guard = init_logging(&config);
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(config),
@@ -53,7 +61,6 @@ fn main() -> ExitCode {
 }
 
 fn serve(config: Config) -> anyhow::Result<ExitCode> {
-    signals::block_shutdown_signals().context("blocking shutdown signals")?;
     let running = server::start(config).context("starting the collector")?;
     if let Some(path) = std::env::var_os("PSC_PORT_FILE") {
         write_port_file(Path::new(&path), running.local_addr()).context("writing PSC_PORT_FILE")?;
