@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Installs what building, running and testing need, and only what is missing.
 #
-#   scripts/ensure-deps.sh [rust] [mariadb]     (no argument: both)
+#   scripts/ensure-deps.sh [rust] [mariadb] [prometheus]     (no argument: rust and mariadb)
 #
 # rust:    cargo, rustfmt, clippy and a C compiler. The Rust toolchain cannot be installed from
 #          here (rustup's servers are not reachable), so a missing one is a clear error.
 # mariadb: mariadbd, mariadb-install-db, mariadb and mariadb-admin, from Debian's
 #          mariadb-server-core and mariadb-client: the programs without the system service
 #          (nothing is started; scripts/mariadb.sh runs private servers).
+# prometheus: prometheus and promtool, from Debian's prometheus package, for tests/ops.rs. The
+#          package's system service is never started by us (policy-rc.d keeps apt from starting it).
 set -euo pipefail
 export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 
@@ -43,11 +45,25 @@ ensure_mariadb() {
     [ -z "$missing" ] || apt_install mariadb-server-core mariadb-client
 }
 
+ensure_prometheus() {
+    if have prometheus && have promtool; then
+        return
+    fi
+    # Keep apt's maintainer scripts from starting the system service (exit 101 = "not allowed").
+    local policy=/usr/sbin/policy-rc.d created=""
+    if [ ! -e "$policy" ] && [ "$(id -u)" -eq 0 ]; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && created=1
+    fi
+    apt_install prometheus
+    [ -z "$created" ] || rm -f "$policy"
+}
+
 [ $# -gt 0 ] || set -- rust mariadb
 for what in "$@"; do
     case "$what" in
         rust) ensure_rust ;;
         mariadb) ensure_mariadb ;;
-        *) die "unknown component '$what' (rust, mariadb)" ;;
+        prometheus) ensure_prometheus ;;
+        *) die "unknown component '$what' (rust, mariadb, prometheus)" ;;
     esac
 done

@@ -37,6 +37,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if matches!(cli.command, None | Some(Command::Serve)) {
+        // Before any thread starts (the log writer is one): every thread inherits the mask,
+        // so SIGTERM/SIGINT only ever reach the sigwait loop and never kill a thread.
+        if let Err(err) = signals::block_shutdown_signals() {
+            eprintln!("player-stat-collector: blocking shutdown signals: {err}");
+            return ExitCode::FAILURE;
+        }
+    }
     let _log_guard = init_logging(&config);
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(config),
@@ -53,14 +61,16 @@ fn main() -> ExitCode {
 }
 
 fn serve(config: Config) -> anyhow::Result<ExitCode> {
-    signals::block_shutdown_signals().context("blocking shutdown signals")?;
     let running = server::start(config).context("starting the collector")?;
     if let Some(path) = std::env::var_os("PSC_PORT_FILE") {
         write_port_file(Path::new(&path), running.local_addr()).context("writing PSC_PORT_FILE")?;
     }
+    // WAL recovery ran and every listener is bound: events are accepted from now on.
+    notify_systemd("READY=1");
     loop {
         if let Some(sig) = signals::wait_for_shutdown_signal(Duration::from_millis(500)) {
             tracing::info!(signal = sig, "draining; a second signal exits at once");
+            notify_systemd("STOPPING=1");
             break;
         }
         if running.any_core_finished() {
@@ -79,6 +89,13 @@ fn serve(config: Config) -> anyhow::Result<ExitCode> {
     let clean = running.shutdown();
     tracing::info!(clean, "stopped");
     Ok(if clean { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// Tells systemd about a state change; failing to is logged, never fatal.
+fn notify_systemd(state: &str) {
+    if let Err(err) = server::sd_notify::notify(state) {
+        tracing::warn!(%err, state, "sd_notify failed");
+    }
 }
 
 fn migrate(config: &Config) -> anyhow::Result<ExitCode> {

@@ -68,6 +68,9 @@ pub struct CoreCounters {
     pub heartbeat_unix_ms: AtomicU64,
     /// Bytes cut from torn tails at startup.
     pub wal_truncated_bytes: AtomicU64,
+    /// Gauge, 0 or 1: 1 while this core's WAL refuses new events (disk budget reached, writes
+    /// failing). Written by the core's WAL writer; `/readyz` answers 503 while any core is 1.
+    pub wal_refusing: AtomicU64,
 }
 
 /// Increments a counter owned by the calling core.

@@ -227,7 +227,8 @@ impl Flusher {
 
     /// The last bounded delivery attempt on shutdown, then `commit.meta`.
     async fn finish(&mut self) {
-        let deadline = Instant::now() + Duration::from_millis(self.config.server.shutdown_timeout_ms);
+        // The cores used up to the first half of the drain budget (see server::core).
+        let deadline = Instant::now() + Duration::from_millis(self.config.server.shutdown_timeout_ms / 2);
         while !self.batch.is_empty() && Instant::now() < deadline {
             if !self.deliver(Some(deadline)).await {
                 break;
@@ -614,7 +615,8 @@ impl Flusher {
         for (id, name) in rows.iter().rev() {
             self.domains.insert(name, *id);
         }
-        self.stats.domain_cache_entries.store(self.domains.len() as u64, Ordering::Relaxed);
+        self.stats.domain_cache_loaded_unix_ms.store(unix_ms(), Ordering::Relaxed);
+        self.stats.publish_domain_cache(&self.domains, unix_ms(), 0);
         Ok(())
     }
 
@@ -635,6 +637,7 @@ impl Flusher {
         self.stats.domain_cache_hits.fetch_add(self.batch.len() as u64 - misses, Ordering::Relaxed);
         self.stats.domain_cache_misses.fetch_add(misses, Ordering::Relaxed);
         if missing.is_empty() {
+            self.stats.publish_domain_cache(&self.domains, unix_ms(), self.config.mysql.flush_interval_ms);
             return Ok(());
         }
         let found = self.fetch_domain_ids(db, &missing).await?;
@@ -644,7 +647,8 @@ impl Flusher {
             self.domain_ids[i] = id;
             self.domains.insert(name, id);
         }
-        self.stats.domain_cache_entries.store(self.domains.len() as u64, Ordering::Relaxed);
+        self.stats.domain_cache_refreshed_unix_ms.store(unix_ms(), Ordering::Relaxed);
+        self.stats.publish_domain_cache(&self.domains, unix_ms(), self.config.mysql.flush_interval_ms);
         Ok(())
     }
 

@@ -293,7 +293,29 @@ fn route(
             }
             _ => Reply::MethodNotAllowed { allow: "GET, HEAD" },
         },
+        "/readyz" | "/metrics" | "/stats" | "/debug/domain-cache" => match req.method {
+            Method::Get | Method::Head => observe_reply(req.path, req.query, &ctx.observer),
+            _ => Reply::MethodNotAllowed { allow: "GET, HEAD" },
+        },
         _ => Reply::Error { status: 404, reason: "not found" },
+    }
+}
+
+/// The operator endpoints (see `crate::observe`); they allocate, they are not the hot path.
+fn observe_reply(path: &str, query: &str, observer: &Observer) -> Reply {
+    use crate::observe::{exposition, report};
+    let json = "application/json";
+    match path {
+        "/readyz" => {
+            let (status, body) = observer.readiness();
+            Reply::Body { status, content_type: json, body }
+        }
+        "/metrics" => {
+            let (content_type, body) = exposition::metrics_reply(observer, query);
+            Reply::Body { status: 200, content_type, body }
+        }
+        "/stats" => Reply::Body { status: 200, content_type: json, body: report::stats_json(observer) },
+        _ => Reply::Body { status: 200, content_type: json, body: report::domain_cache_json(observer) },
     }
 }
 

@@ -7,14 +7,26 @@
 //! approximation of LRU without per-entry bookkeeping.
 //!
 //! Ids never change once assigned (domains are never deleted), so a cached id is never stale.
+//!
+//! Each entry counts its hits (lookups answered from the cache) for `/debug/domain-cache`;
+//! the count lives and dies with the entry, so an evicted and reloaded name starts at 0.
 
 use std::collections::HashMap;
+
+use serde::Serialize;
+
+/// One cached name: its id and how many lookups it answered.
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    id: u32,
+    hits: u64,
+}
 
 /// Bounded name → id map (see module doc for the eviction policy).
 #[derive(Debug)]
 pub struct DomainCache {
-    young: HashMap<Box<str>, u32>,
-    old: HashMap<Box<str>, u32>,
+    young: HashMap<Box<str>, Entry>,
+    old: HashMap<Box<str>, Entry>,
     /// Entries per generation; the whole cache holds at most twice this.
     generation_entries: usize,
 }
@@ -39,31 +51,71 @@ impl DomainCache {
         self.len() == 0
     }
 
-    /// The id of `name`, promoting it if it was in the old generation.
+    /// The id of `name`, promoting it if it was in the old generation. Counts a hit.
     pub fn get(&mut self, name: &str) -> Option<u32> {
-        if let Some(&id) = self.young.get(name) {
-            return Some(id);
+        if let Some(entry) = self.young.get_mut(name) {
+            entry.hits += 1;
+            return Some(entry.id);
         }
-        let (key, id) = self.old.remove_entry(name)?;
-        self.insert_young(key, id);
-        Some(id)
+        let (key, mut entry) = self.old.remove_entry(name)?;
+        entry.hits += 1;
+        self.insert_young(key, entry);
+        Some(entry.id)
     }
 
     pub fn insert(&mut self, name: &str, id: u32) {
         if let Some(slot) = self.young.get_mut(name) {
-            *slot = id;
+            slot.id = id;
             return;
         }
-        self.old.remove(name);
-        self.insert_young(name.into(), id);
+        let hits = self.old.remove(name).map_or(0, |e| e.hits);
+        self.insert_young(name.into(), Entry { id, hits });
     }
 
-    fn insert_young(&mut self, name: Box<str>, id: u32) {
+    fn insert_young(&mut self, name: Box<str>, entry: Entry) {
         if self.young.len() >= self.generation_entries {
             self.old = std::mem::take(&mut self.young);
         }
-        self.young.insert(name, id);
+        self.young.insert(name, entry);
     }
+
+    /// The `n` cached names with the most hits, most first (ties by name).
+    pub fn top_by_hits(&self, n: usize) -> Vec<DomainHits> {
+        let mut all: Vec<(&str, &Entry)> =
+            self.young.iter().chain(self.old.iter()).map(|(k, e)| (&**k, e)).collect();
+        let by_hits = |a: &(&str, &Entry), b: &(&str, &Entry)| b.1.hits.cmp(&a.1.hits).then(a.0.cmp(b.0));
+        if all.len() > n && n > 0 {
+            all.select_nth_unstable_by(n - 1, by_hits);
+        }
+        all.truncate(n);
+        all.sort_unstable_by(by_hits);
+        all.into_iter()
+            .map(|(name, e)| DomainHits { name: name.to_owned(), id: e.id, hits: e.hits })
+            .collect()
+    }
+}
+
+/// A cached name and its hit count, as `/debug/domain-cache` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DomainHits {
+    pub name: String,
+    pub id: u32,
+    pub hits: u64,
+}
+
+/// What the flusher last published about its cache, read by `/debug/domain-cache`. The cache
+/// itself lives on the flusher thread; this copy is refreshed at most once per flush interval.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DomainCacheSnapshot {
+    pub size: usize,
+    pub capacity: usize,
+    /// Unix ms of the last preload from MySQL (0: never loaded).
+    pub last_load_unix_ms: u64,
+    /// Unix ms of the last time names missing from the cache were fetched from MySQL.
+    pub last_refresh_unix_ms: u64,
+    /// Unix ms when this snapshot was taken.
+    pub published_unix_ms: u64,
+    pub top: Vec<DomainHits>,
 }
 
 #[cfg(test)]
@@ -81,6 +133,23 @@ mod tests {
         }
         assert_eq!(c.get("d0.org"), None, "cold name evicted");
         assert_eq!(c.get("d99.org"), Some(101));
+    }
+
+    #[test]
+    fn top_by_hits_orders_by_hits_and_keeps_counts_on_promotion() {
+        let mut c = DomainCache::new(100);
+        c.insert("a.org", 1);
+        c.insert("b.org", 2);
+        c.insert("c.org", 3);
+        for _ in 0..3 {
+            c.get("b.org");
+        }
+        c.get("c.org");
+        let top = c.top_by_hits(2);
+        assert_eq!(top.iter().map(|d| d.name.as_str()).collect::<Vec<_>>(), ["b.org", "c.org"]);
+        assert_eq!(top[0].hits, 3);
+        assert_eq!(top[0].id, 2);
+        assert_eq!(c.top_by_hits(10).len(), 3);
     }
 
     #[test]

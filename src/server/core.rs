@@ -10,6 +10,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -158,9 +159,10 @@ async fn serve_core(setup: CoreSetup) -> Result<(), CoreError> {
     }));
     let drain = Rc::new(DrainSignal::default());
     monoio::spawn(housekeeping(ctx.clone(), drain.clone(), setup.shutdown.clone()));
-    accept_until_drain(&listener, &ctx, &drain, cfg.http.max_connections_per_core).await;
+    let open = Rc::new(OpenConnections::default());
+    accept_until_drain(&listener, &ctx, &drain, &open, cfg.http.max_connections_per_core).await;
     drop(listener); // stop taking connections: new ones go to the other nodes
-    wait_for_connections(&ctx, Duration::from_millis(cfg.server.shutdown_timeout_ms / 2)).await;
+    drain_connections(&ctx, &open, Duration::from_millis(cfg.server.shutdown_timeout_ms / 2)).await;
     ctx.group.close();
     writer_task.await;
     tracing::debug!(core, "core drained");
@@ -171,6 +173,7 @@ async fn accept_until_drain(
     listener: &TcpListener,
     ctx: &Rc<ConnContext>,
     drain: &DrainSignal,
+    open_conns: &Rc<OpenConnections>,
     max_conns: usize,
 ) {
     loop {
@@ -197,15 +200,65 @@ async fn accept_until_drain(
         bump(&ctx.counters.connections_accepted, 1);
         bump(open, 1);
         let ctx = ctx.clone();
+        let id = open_conns.insert(stream.as_raw_fd());
+        let open_conns = open_conns.clone();
         monoio::spawn(async move {
             conn::serve(stream, ctx.clone()).await;
+            // No await between the close (end of `serve`) and here: the fd cannot be reused
+            // by this core before it leaves the registry.
+            open_conns.remove(id);
             ctx.counters.connections_open.fetch_sub(1, Ordering::Relaxed);
         });
     }
 }
 
-async fn wait_for_connections(ctx: &ConnContext, grace: Duration) {
-    let deadline = Instant::now() + grace;
+/// Sockets of the connections open on this core, so the drain can end idle ones.
+#[derive(Default)]
+struct OpenConnections {
+    next_id: Cell<u64>,
+    fds: RefCell<std::collections::HashMap<u64, RawFd>>,
+}
+
+impl OpenConnections {
+    fn insert(&self, fd: RawFd) -> u64 {
+        let id = self.next_id.get();
+        self.next_id.set(id + 1);
+        self.fds.borrow_mut().insert(id, fd);
+        id
+    }
+
+    fn remove(&self, id: u64) {
+        self.fds.borrow_mut().remove(&id);
+    }
+
+    /// Shuts the read side of every open connection: a connection waiting for its next
+    /// request reads EOF and closes; answers already being written still go out.
+    fn shut_reads(&self) -> usize {
+        let fds = self.fds.borrow();
+        for &fd in fds.values() {
+            // SAFETY: every fd in the registry belongs to a live connection of this core (it
+            // is removed right after the connection closes, with no await in between).
+            unsafe { libc::shutdown(fd, libc::SHUT_RD) };
+        }
+        fds.len()
+    }
+}
+
+/// The connection half of the drain, within `budget`: during its first quarter connections
+/// finish what they are doing (requests that arrive get their answer with `Connection:
+/// close`); then the read side of the rest (idle keep-alives, unfinished requests) is shut so
+/// they close at once; what is still open when the budget ends is dropped with the runtime.
+async fn drain_connections(ctx: &ConnContext, open: &OpenConnections, budget: Duration) {
+    let start = Instant::now();
+    wait_for_connections(ctx, start + budget / 4).await;
+    let shut = open.shut_reads();
+    if shut > 0 {
+        tracing::debug!(connections = shut, "drain: closing idle connections");
+    }
+    wait_for_connections(ctx, start + budget).await;
+}
+
+async fn wait_for_connections(ctx: &ConnContext, deadline: Instant) {
     while ctx.counters.connections_open.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
         monoio::time::sleep(Duration::from_millis(10)).await;
     }

@@ -10,6 +10,7 @@
 pub mod core;
 pub mod cpus;
 pub mod lock;
+pub mod sd_notify;
 pub mod signals;
 
 use std::net::SocketAddr;
@@ -23,7 +24,7 @@ use crate::config::Config;
 use crate::flush::stats::FlushStats;
 use crate::flush::{self, FlusherHandle};
 use crate::metrics::{bump, CoreCounters};
-use crate::observe::Observer;
+use crate::observe::{Observer, ObserverInputs};
 use crate::queue::{self, CoreProgress};
 use crate::wal::{recovery, segment};
 
@@ -81,8 +82,16 @@ pub fn start(config: Config) -> Result<Running, ServerError> {
 
     let (queue_tx, queue_rx) = queue::bounded(config.queue.capacity);
     let progress: Vec<Arc<CoreProgress>> = tails.iter().map(|&t| Arc::new(CoreProgress::new(t))).collect();
-    let observer = Arc::new(Observer::new(counters.clone()));
     let flush_stats = Arc::new(FlushStats::new(core_count));
+    let observer = Arc::new(Observer::new(ObserverInputs {
+        cores: counters.clone(),
+        progress: progress.clone(),
+        flush: flush_stats.clone(),
+        queue_depth: queue_rx.depth_handle(),
+        queue_capacity: queue_rx.capacity(),
+        wal_dir: wal_dir.clone(),
+        node_id: config.ingest.node_id.clone(),
+    }));
     let flusher_shutdown = Arc::new(AtomicBool::new(false));
     let flusher = flush::spawn(&config, queue_rx, progress.clone(), flush_stats, flusher_shutdown.clone())
         .map_err(|source| ServerError::Thread { name: "flusher".into(), source })?;
