@@ -115,10 +115,12 @@ fn full_disk_answers_503_then_recovers_when_mysql_returns() {
 
     // Now the WAL itself fills the disk up to its budget (MySQL is still down).
     let refused = load.got_503();
+    println!("disk_full: space is back, {} acked, {refused} refused", load.acked_so_far());
     wait_for("503s once the disk budget is used up", Duration::from_secs(120), || {
         load.got_503() > refused + 100
     });
     let acked_when_full = load.acked_so_far();
+    sleep(Duration::from_millis(300)); // housekeeping logs the refusal within 100 ms
     assert!(collector.log().contains("WAL disk budget used up"), "{}", collector.log());
 
     db.restart();
