@@ -82,7 +82,7 @@ fn kill_9_at_random_moments_loses_and_duplicates_nothing() {
     println!("kill loop seed {}", rng.0);
     let mut db = MariaDb::start();
     let dir = tempfile::tempdir().unwrap();
-    let extra = config("[server]\ncores = 2\n[queue]\ncapacity = 2048\n[wal]\nsegment_bytes = 262144\n");
+    let extra = config("[server]\ncores = 2\n[queue]\ncapacity = 2048\n[wal]\nsegment_bytes = 262144\nwrite_buffer_bytes = 65536\n");
     let mut collector = Collector::start(dir.path(), &db.url, &extra);
     let load = Load::start(collector.addr, LoadShape::default());
     let mut peak = 0;
