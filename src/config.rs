@@ -480,5 +480,8 @@ mod tests {
         let mut c = Config::default();
         c.http.max_url_bytes = c.http.max_header_bytes + 1;
         assert!(c.validate().unwrap_err().to_string().contains("http.max_url_bytes"));
+        let mut c = Config::default();
+        c.wal.max_bytes = c.wal.segment_bytes;
+        assert!(c.validate().unwrap_err().to_string().contains("wal.max_bytes"));
     }
 }
