@@ -1,7 +1,7 @@
 # Entry points; each target installs what it needs (scripts/ensure-deps.sh) on a fresh
 # Debian/Ubuntu machine.
 
-.PHONY: run build test lint deps bench load-test
+.PHONY: run build test lint deps bench load-test chaos
 
 # Build the release binary and serve with config.toml, starting a private MariaDB in
 # ./var/mysql when mysql.url is empty.
@@ -29,3 +29,8 @@ bench: deps
 # the results to docs/BENCHMARKS.md. Not part of `make test`.
 load-test: deps
 	scripts/load-test.sh
+
+# The fault and crash suites at full length (a 10 minute MySQL outage, longer loads), release
+# build with the fail points. `make test` runs the same scenarios scaled down.
+chaos: deps
+	PSC_CHAOS=1 cargo test --release --features failpoints --test faults --test crash -- --test-threads=1 --nocapture

@@ -32,36 +32,53 @@ pub fn segments_behind(segments: &[u32], cursor: Position) -> Vec<u32> {
     segments.iter().copied().filter(|&s| s < cursor.segment).collect()
 }
 
+/// What one compaction removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Compacted {
+    pub segments: usize,
+    /// Their size, for the WAL disk-usage gauge (`crate::wal::budget`).
+    pub bytes: u64,
+}
+
 /// Deletes, for every core in the durable `commit.meta` of `wal_dir`, the segments behind
 /// its cursor. Returns how many files were deleted.
 pub fn compact(wal_dir: &Path) -> Result<usize, CompactError> {
+    compact_measured(wal_dir).map(|c| c.segments)
+}
+
+/// [`compact`], also telling how many bytes were freed.
+pub fn compact_measured(wal_dir: &Path) -> Result<Compacted, CompactError> {
     let Some(meta) = read_commit_meta(wal_dir)? else {
-        return Ok(0);
+        return Ok(Compacted::default());
     };
-    let mut deleted = 0;
+    let mut done = Compacted::default();
     for (core, &cursor) in meta.cores.iter().enumerate() {
         let Ok(core) = u16::try_from(core) else { break };
-        deleted += compact_core(&core_dir(wal_dir, core), cursor)?;
+        let one = compact_core(&core_dir(wal_dir, core), cursor)?;
+        done.segments += one.segments;
+        done.bytes += one.bytes;
     }
-    Ok(deleted)
+    Ok(done)
 }
 
 /// Deletes the segments of one core directory behind `durable_cursor`, then fsyncs it.
-fn compact_core(dir: &Path, durable_cursor: Position) -> Result<usize, CompactError> {
+fn compact_core(dir: &Path, durable_cursor: Position) -> Result<Compacted, CompactError> {
     let segments = match list_segments(dir) {
         Ok(s) => s,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Compacted::default()),
         Err(source) => return Err(io_error("listing", dir, source)),
     };
     let doomed = segments_behind(&segments, durable_cursor);
+    let mut bytes = 0;
     for &segment in &doomed {
         let path = segment_path(dir, segment);
+        bytes += fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         fs::remove_file(&path).map_err(|e| io_error("deleting", &path, e))?;
     }
     if !doomed.is_empty() {
         File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io_error("fsyncing", dir, e))?;
     }
-    Ok(doomed.len())
+    Ok(Compacted { segments: doomed.len(), bytes })
 }
 
 fn io_error(what: &'static str, path: &Path, source: io::Error) -> CompactError {
@@ -101,7 +118,7 @@ mod tests {
         let wal = wal_with_segments(2, 4);
         let meta = CommitMeta { node: "n".into(), cores: vec![Position::new(3, 10), Position::new(1, 5)] };
         write_commit_meta(wal.path(), &meta).unwrap();
-        assert_eq!(compact(wal.path()).unwrap(), 2);
+        assert_eq!(compact_measured(wal.path()).unwrap(), Compacted { segments: 2, bytes: 2 });
         assert_eq!(remaining(wal.path(), 0), vec![3, 4]);
         assert_eq!(remaining(wal.path(), 1), vec![1, 2, 3, 4]);
         assert_eq!(compact(wal.path()).unwrap(), 0, "idempotent");

@@ -131,6 +131,13 @@ pub struct WalConfig {
     pub sync_interval_ms: u64,
     /// Most bytes one core buffers for a single WAL write. Default 1 MiB.
     pub write_buffer_bytes: usize,
+    /// Most bytes of WAL segments on disk (all cores); past it `/log` answers 503 +
+    /// `Retry-After` (reason `wal_full`) until compaction frees space. Default 0 = 80 % of
+    /// (free space of `wal.dir` + WAL already there) at start.
+    pub max_bytes: u64,
+    /// Free space `wal.dir`'s filesystem keeps; below it `/log` answers 503 (`wal_full`).
+    /// Default 0 = the smaller of 1 GiB and 5 % of the filesystem's size.
+    pub min_free_bytes: u64,
 }
 
 impl Default for WalConfig {
@@ -141,6 +148,8 @@ impl Default for WalConfig {
             sync: SyncPolicy::None,
             sync_interval_ms: 1000,
             write_buffer_bytes: 1024 * 1024,
+            max_bytes: 0,
+            min_free_bytes: 0,
         }
     }
 }
@@ -359,6 +368,9 @@ impl Config {
         if self.wal.write_buffer_bytes < 4096 {
             return invalid("wal.write_buffer_bytes", "must be at least 4096");
         }
+        if self.wal.max_bytes != 0 && self.wal.max_bytes < 2 * self.wal.segment_bytes {
+            return invalid("wal.max_bytes", "must be 0 (derived) or at least 2 × wal.segment_bytes");
+        }
         if self.wal.sync == SyncPolicy::Interval && self.wal.sync_interval_ms == 0 {
             return invalid("wal.sync_interval_ms", "must be at least 1 with wal.sync = \"interval\"");
         }
@@ -468,5 +480,8 @@ mod tests {
         let mut c = Config::default();
         c.http.max_url_bytes = c.http.max_header_bytes + 1;
         assert!(c.validate().unwrap_err().to_string().contains("http.max_url_bytes"));
+        let mut c = Config::default();
+        c.wal.max_bytes = c.wal.segment_bytes;
+        assert!(c.validate().unwrap_err().to_string().contains("wal.max_bytes"));
     }
 }

@@ -26,6 +26,20 @@ enum Command {
     Serve,
     /// Apply the database migrations (idempotent; serving applies them too) and exit.
     Migrate,
+    /// Read-only WAL tools; safe while the collector runs.
+    Wal {
+        #[command(subcommand)]
+        action: WalAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum WalAction {
+    /// Per core: segments with record counts, committed cursor, backlog, corrupt records.
+    Inspect,
+    /// Like inspect, but exits with status 1 if a record is corrupt (a torn tail of the
+    /// newest segment is reported, not counted: recovery cuts it).
+    Verify,
 }
 
 fn main() -> ExitCode {
@@ -49,6 +63,7 @@ fn main() -> ExitCode {
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(config),
         Command::Migrate => migrate(&config),
+        Command::Wal { action } => wal_tool(&config, action),
     };
     match result {
         Ok(code) => code,
@@ -107,6 +122,14 @@ fn migrate(config: &Config) -> anyhow::Result<ExitCode> {
         println!("applied {name}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn wal_tool(config: &Config, action: WalAction) -> anyhow::Result<ExitCode> {
+    let dir = &config.wal.dir;
+    let found = psc::wal::inspect::inspect(dir).with_context(|| format!("inspecting {}", dir.display()))?;
+    print!("{}", psc::wal::inspect::render(&found, dir));
+    let corrupt = found.corrupt_segments() > 0;
+    Ok(if matches!(action, WalAction::Verify) && corrupt { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
 /// Writes `addr` to `path` atomically (tests start the server on port 0 and read it back).

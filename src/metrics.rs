@@ -5,7 +5,7 @@
 //! Label values are fixed tables (status codes, reject reasons, limits) so a counter is an
 //! array slot, never a map lookup or an allocation.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// Status codes the collector answers with, the `code` label of `ingest_requests_total`.
 pub const STATUS_CODES: [u16; 15] = [200, 204, 400, 404, 405, 408, 411, 413, 414, 431, 500, 501, 503, 505, 0];
@@ -68,9 +68,10 @@ pub struct CoreCounters {
     pub heartbeat_unix_ms: AtomicU64,
     /// Bytes cut from torn tails at startup.
     pub wal_truncated_bytes: AtomicU64,
-    /// Gauge, 0 or 1: 1 while this core's WAL refuses new events (disk budget reached, writes
-    /// failing). Written by the core's WAL writer; `/readyz` answers 503 while any core is 1.
-    pub wal_refusing: AtomicU64,
+    /// 1 while this core's WAL refuses new events (disk budget used up, or writes failing).
+    /// Written by the core's WAL writer and housekeeping; `/readyz` answers 503 while any
+    /// core has it set.
+    pub wal_refusing: AtomicBool,
 }
 
 /// Increments a counter owned by the calling core.

@@ -104,7 +104,7 @@ impl Observer {
         if self.draining.load(Ordering::Acquire) {
             return Some(NotReady::Draining);
         }
-        if let Some(core) = self.cores.iter().position(|c| c.wal_refusing.load(Ordering::Relaxed) != 0) {
+        if let Some(core) = self.cores.iter().position(|c| c.wal_refusing.load(Ordering::Relaxed)) {
             return Some(NotReady::WalRefusing { core });
         }
         self.wedged_core().map(|core| NotReady::CoreWedged { core })
@@ -184,7 +184,7 @@ pub(crate) mod tests {
         assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
         assert!(body.ends_with(b"}\n"));
 
-        obs.cores[1].wal_refusing.store(1, Ordering::Relaxed);
+        obs.cores[1].wal_refusing.store(true, Ordering::Relaxed);
         let (status, body) = obs.readiness();
         assert_eq!(status, 503);
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();

@@ -4,8 +4,8 @@
 //! ## Per-core state ([`Lane`])
 //! - `committed`: everything before it is durable in MySQL (`ingest_cursors`).
 //! - `read`: everything before it is in the current batch or committed.
-//! - `mode`: taking chunks from the queue, catching up from the WAL, or stalled on a corrupt
-//!   record.
+//! - `mode`: taking chunks from the queue, catching up from the WAL, or waiting on a corrupt
+//!   record in the open segment.
 //!
 //! ## Flow
 //! 1. Start: `committed = read = max(commit.meta, MySQL)` per core (MySQL if reachable now;
@@ -21,6 +21,17 @@
 //!    row. Deliver it in ONE transaction: event rows, then this node's cursors, then COMMIT.
 //! 4. After COMMIT: `committed = batch ends`, then `commit.meta` (atomic replace), then
 //!    compaction (which only trusts the cursor it reads back from `commit.meta`).
+//!
+//! ## Corruption policy
+//! A record that fails its CRC (or does not decode) is never delivered and never skipped
+//! silently. Records before it are delivered. Then:
+//! - in a sealed segment: the whole segment is moved to `<wal.dir>/quarantine/` (error log,
+//!   `corrupt_records` and `quarantined_segments` counted) and the core continues with the
+//!   next segment. The records after the bad one stay readable in the quarantined file
+//!   (`wal inspect` shows where); nothing is deleted;
+//! - in the open segment (still appended to): the core waits until the writer seals it, then
+//!   quarantines it the same way; a restart cuts it at the bad record instead (recovery);
+//! - in a queue chunk: the chunk is ignored and the core catches up from the WAL, the truth.
 //!
 //! ## Failure handling
 //! Any MySQL error drops the connection; the flusher backs off (`retry_min_ms` doubling to
@@ -47,8 +58,9 @@ use crate::cursor::{read_commit_meta, write_commit_meta, CommitMeta};
 use crate::mysql::domains::DomainCache;
 use crate::mysql::{Db, MysqlError};
 use crate::queue::{CoreProgress, QueueReceiver, WalChunk};
+use crate::wal::quarantine::quarantine_segment;
 use crate::wal::reader::{CoreWalReader, WalReadError};
-use crate::wal::record::decode;
+use crate::wal::record::{decode, RecordError};
 use crate::wal::segment::core_dir;
 use crate::wal::Position;
 use batch::{Batch, SqlBuffer};
@@ -94,8 +106,11 @@ enum Mode {
     Queue,
     /// Reading the WAL from `read` up to the core's `written_end`.
     CatchingUp,
-    /// A corrupt record at `read`: this core does not advance (quarantine is future work).
-    Stalled,
+    /// A corrupt record at `read` in the open segment `segment`: wait until the writer seals
+    /// it, then catch up (which quarantines it).
+    Stalled { segment: u32 },
+    /// A corrupt segment could not be moved to quarantine: this core waits for an operator.
+    Blocked,
 }
 
 /// The flusher's state for one core.
@@ -363,7 +378,7 @@ impl Flusher {
     }
 
     /// Decodes the chunk's records after `read` into the batch. If the batch fills up, the
-    /// rest is left to catch-up; a bad record stalls the core.
+    /// rest is left to catch-up; so is everything from a bad record on (the WAL decides).
     fn take_chunk_records(&mut self, c: usize, chunk: &WalChunk) {
         let mut offset = 0usize;
         while offset < chunk.bytes.len() {
@@ -371,7 +386,8 @@ impl Flusher {
                 Ok(decoded) => decoded,
                 Err(reason) => {
                     let at = Position::new(chunk.start.segment, chunk.start.offset + offset as u64);
-                    self.stall(c, &format!("corrupt record in queue chunk at {at:?}: {reason}"));
+                    warn!(core = c, ?at, %reason, "corrupt record in a queue chunk; reading the WAL instead");
+                    self.lanes[c].mode = Mode::CatchingUp;
                     return;
                 }
             };
@@ -397,6 +413,11 @@ impl Flusher {
             let room = self.config.mysql.batch_rows.saturating_sub(self.batch.len());
             if room == 0 {
                 break;
+            }
+            if let Mode::Stalled { segment } = self.lanes[c].mode {
+                if self.cores[c].written_end().segment > segment {
+                    self.lanes[c].mode = Mode::CatchingUp; // sealed now: quarantine it
+                }
             }
             if self.lanes[c].mode == Mode::CatchingUp {
                 self.catch_up_core(c, room);
@@ -426,13 +447,12 @@ impl Flusher {
                     lane.mode = Mode::Queue;
                 }
             }
-            Err(WalReadError::Corrupt { path, offset, reason, .. }) => {
-                let at = format!("corrupt record in {} at offset {offset}: {reason}", path.display());
+            Err(WalReadError::Corrupt { segment, offset, reason, .. }) => {
                 // Records before the bad one were delivered to the batch; `read` follows them.
                 if let Some(end) = batch.ends()[c] {
                     lane.read = lane.read.max(end);
                 }
-                self.stall(c, &at);
+                self.on_corrupt(c, Position::new(segment, offset), reason, until);
             }
             Err(e @ (WalReadError::Io { .. } | WalReadError::OutOfRange { .. })) => {
                 if !lane.io_error_logged {
@@ -468,11 +488,34 @@ impl Flusher {
         }
     }
 
-    /// Stops advancing core `c`: never skip a record silently.
-    fn stall(&mut self, c: usize, what: &str) {
-        error!(core = c, read = ?self.lanes[c].read, "{what}; this core stops advancing");
+    /// Applies the corruption policy (module doc) to a bad record of core `c` at `at`.
+    fn on_corrupt(&mut self, c: usize, at: Position, reason: RecordError, until: Position) {
+        if at.segment >= until.segment {
+            if self.lanes[c].mode != (Mode::Stalled { segment: at.segment }) {
+                self.stats.corrupt_records.fetch_add(1, Ordering::Relaxed);
+                error!(core = c, ?at, %reason, "corrupt record in the open WAL segment; \
+                       delivering again once it is sealed (or cut at restart)");
+            }
+            self.lanes[c].mode = Mode::Stalled { segment: at.segment };
+            return;
+        }
         self.stats.corrupt_records.fetch_add(1, Ordering::Relaxed);
-        self.lanes[c].mode = Mode::Stalled;
+        match quarantine_segment(&self.config.wal.dir, c as u16, at.segment) {
+            Ok((moved_to, bytes)) => {
+                error!(core = c, ?at, %reason, to = %moved_to.display(),
+                       "corrupt record in a sealed WAL segment; segment quarantined, going on with the next");
+                self.stats.quarantined_segments.fetch_add(1, Ordering::Relaxed);
+                self.stats.wal_disk_bytes.fetch_sub(bytes, Ordering::Relaxed);
+                let lane = &mut self.lanes[c];
+                lane.read = lane.read.max(Position::new(at.segment + 1, 0));
+                lane.mode = Mode::CatchingUp;
+            }
+            Err(e) => {
+                error!(core = c, ?at, %reason, error = %e,
+                       "corrupt record in a sealed WAL segment that cannot be quarantined; core stopped");
+                self.lanes[c].mode = Mode::Blocked;
+            }
+        }
     }
 
     fn publish_positions(&self) {
@@ -721,9 +764,12 @@ impl Flusher {
             return;
         }
         self.meta_dirty = false;
-        match crate::compact::compact(&self.config.wal.dir) {
-            Ok(0) => {}
-            Ok(deleted) => debug!(deleted, "compacted WAL segments"),
+        match crate::compact::compact_measured(&self.config.wal.dir) {
+            Ok(done) if done.segments == 0 => {}
+            Ok(done) => {
+                self.stats.wal_disk_bytes.fetch_sub(done.bytes, Ordering::Relaxed);
+                debug!(deleted = done.segments, bytes = done.bytes, "compacted WAL segments");
+            }
             Err(e) => warn!(error = %e, "WAL compaction failed"),
         }
     }
@@ -852,7 +898,7 @@ mod tests {
     }
 
     #[test]
-    fn corrupt_chunk_stalls_the_core() {
+    fn corrupt_chunk_hands_the_core_to_the_wal() {
         let (mut f, _wal) = flusher(100);
         on_queue(&mut f, Position::new(1, 0));
         let mut c = chunk(Position::new(1, 0), 3);
@@ -860,8 +906,63 @@ mod tests {
         c.bytes[second + 12] ^= 1;
         f.take_chunk(c);
         assert_eq!(f.batch.len(), 1, "the record before the bad one is kept");
-        assert_eq!(f.lanes[0].mode, Mode::Stalled);
+        assert_eq!(f.lanes[0].read, Position::new(1, second as u64));
+        assert_eq!(f.lanes[0].mode, Mode::CatchingUp);
+    }
+
+    /// Writes segments 1..=3 of core 0 (4 records each) with a bad CRC in record 2 of `bad`.
+    fn wal_with_bad_segment(wal: &std::path::Path, bad: u32) -> Vec<u64> {
+        let dir = core_dir(wal, 0);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut ends = Vec::new();
+        for n in 1..=3u32 {
+            let mut bytes: Vec<u8> = (0..4).flat_map(|i| record(u64::from(n) * 10 + i)).collect();
+            if n == bad {
+                bytes[record(u64::from(n) * 10).len()] ^= 0x01;
+            }
+            ends.push(bytes.len() as u64);
+            std::fs::write(crate::wal::segment::segment_path(&dir, n), bytes).unwrap();
+        }
+        ends
+    }
+
+    #[test]
+    fn corrupt_sealed_segment_is_quarantined_and_delivery_goes_on() {
+        let (mut f, wal) = flusher(100);
+        let ends = wal_with_bad_segment(wal.path(), 2);
+        f.cores[0].publish_written(Position::new(3, ends[2]));
+        f.catch_up();
+        let ids: Vec<u64> = f.batch.rows().iter().map(|r| r.file_id).collect();
+        assert_eq!(ids, vec![10, 11, 12, 13, 20], "records before the bad one, nothing after");
+        f.catch_up();
+        let ids: Vec<u64> = f.batch.rows().iter().map(|r| r.file_id).collect();
+        assert_eq!(&ids[5..], &[30, 31, 32, 33], "the next segment follows");
         assert_eq!(f.stats.corrupt_records.load(Ordering::Relaxed), 1);
+        assert_eq!(f.stats.quarantined_segments.load(Ordering::Relaxed), 1);
+        assert!(wal.path().join("quarantine").join("core-0.000002.log").is_file());
+        assert!(!core_dir(wal.path(), 0).join("000002.log").exists());
+        assert_eq!(f.lanes[0].read, Position::new(3, ends[2]));
+    }
+
+    #[test]
+    fn corrupt_open_segment_waits_until_it_is_sealed() {
+        let (mut f, wal) = flusher(100);
+        let ends = wal_with_bad_segment(wal.path(), 3);
+        f.cores[0].publish_written(Position::new(3, ends[2]));
+        f.catch_up();
+        f.catch_up();
+        assert_eq!(f.batch.len(), 9);
+        assert_eq!(f.lanes[0].mode, Mode::Stalled { segment: 3 });
+        assert_eq!(f.stats.corrupt_records.load(Ordering::Relaxed), 1, "counted once");
+        let dir = core_dir(wal.path(), 0);
+        std::fs::write(crate::wal::segment::segment_path(&dir, 4), record(40)).unwrap();
+        f.cores[0].publish_written(Position::new(4, record(40).len() as u64));
+        f.catch_up();
+        f.catch_up();
+        let ids: Vec<u64> = f.batch.rows().iter().map(|r| r.file_id).collect();
+        assert_eq!(ids.last(), Some(&40));
+        assert_eq!(f.stats.quarantined_segments.load(Ordering::Relaxed), 1);
+        assert_eq!(f.lanes[0].mode, Mode::Queue);
     }
 
     #[test]

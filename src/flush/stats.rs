@@ -37,8 +37,13 @@ pub struct FlushStats {
     pub replay_done: AtomicBool,
     /// Events read back from the WAL after the replay (queue was full or idle gap).
     pub wal_catchup_total: AtomicU64,
-    /// Records that failed to decode; their core stops advancing.
+    /// Corrupt records found while delivering (`ingest_wal_corrupt_records_total`).
     pub corrupt_records: AtomicU64,
+    /// Sealed segments moved to `<wal.dir>/quarantine/` because of a corrupt record.
+    pub quarantined_segments: AtomicU64,
+    /// Gauge: bytes of WAL segments on disk, all cores. Core writers add what they write,
+    /// compaction and quarantine subtract what they remove (see `crate::wal::budget`).
+    pub wal_disk_bytes: AtomicU64,
     /// Entries in the domain name → id cache.
     pub domain_cache_entries: AtomicU64,
     pub domain_cache_hits: AtomicU64,
@@ -74,6 +79,8 @@ impl FlushStats {
             replay_done: AtomicBool::new(false),
             wal_catchup_total: AtomicU64::new(0),
             corrupt_records: AtomicU64::new(0),
+            quarantined_segments: AtomicU64::new(0),
+            wal_disk_bytes: AtomicU64::new(0),
             domain_cache_entries: AtomicU64::new(0),
             domain_cache_hits: AtomicU64::new(0),
             domain_cache_misses: AtomicU64::new(0),

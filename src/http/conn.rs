@@ -42,6 +42,8 @@ pub struct ConnContext {
     pub observer: Arc<Observer>,
     /// Set when the process drains for shutdown: answer with `Connection: close`, take no more.
     pub draining: Cell<bool>,
+    /// Set while the WAL disk budget is used up (`crate::wal::budget`): `/log` answers 503.
+    pub wal_full: Cell<bool>,
 }
 
 /// The answer to one request, rendered once the WAL outcome of its tick is known.
@@ -329,6 +331,10 @@ fn beacon(
     if ctx.draining.get() {
         ctx.counters.count_rejection("shutting_down");
         return Reply::Unavailable { reason: "shutting down, retry on another node" };
+    }
+    if ctx.wal_full.get() {
+        ctx.counters.count_rejection("wal_full");
+        return Reply::Unavailable { reason: "event not stored: WAL disk budget used up, retry" };
     }
     match ingest::parse_beacon(query, now_ms, &ctx.allow, scratch) {
         Ok(event) => {

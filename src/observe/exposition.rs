@@ -40,6 +40,7 @@ pub struct Scrape {
     wal_replay: u64,
     wal_catchup: u64,
     corrupt_records: u64,
+    quarantined_segments: u64,
     commit_lag_bytes: u64,
     commit_lag_events: u64,
     domain_entries: u64,
@@ -114,6 +115,7 @@ impl Scrape {
             wal_replay: load(&f.wal_replay_total),
             wal_catchup: load(&f.wal_catchup_total),
             corrupt_records: load(&f.corrupt_records),
+            quarantined_segments: load(&f.quarantined_segments),
             commit_lag_bytes,
             commit_lag_events,
             domain_entries: load(&f.domain_cache_entries),
@@ -273,6 +275,13 @@ impl Collector for Scrape {
             "WAL records that failed to decode",
             None,
             self.corrupt_records,
+        )?;
+        counter(
+            e,
+            "ingest_wal_quarantined_segments",
+            "Sealed WAL segments moved to quarantine/ because a record in them was corrupt",
+            None,
+            self.quarantined_segments,
         )?;
         counter(e, "ingest_wal_write_errors", "Failed WAL writes", None, t.wal_write_errors)?;
         counter(e, "ingest_wal_written", "Bytes written to the WAL", bytes, t.wal_bytes_written)?;

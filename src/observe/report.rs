@@ -74,7 +74,7 @@ pub fn stats_value(observer: &Observer) -> Value {
                 "backlog_bytes": backlog,
                 "backlog_events_estimate": events,
                 "backlog_segments": usage.uncommitted_segments(c, committed, written),
-                "wal_refusing": load(&counters.wal_refusing) != 0,
+                "wal_refusing": counters.wal_refusing.load(Ordering::Relaxed),
                 "connections_open": load(&counters.connections_open),
             })
         })
@@ -106,6 +106,7 @@ pub fn stats_value(observer: &Observer) -> Value {
             "bytes": usage.total_bytes(),
             "segments": usage.total_segments(),
             "corrupt_records": load(&f.corrupt_records),
+            "quarantined_segments": load(&f.quarantined_segments),
             "write_errors": totals.wal_write_errors,
         },
         "mysql": {

@@ -6,7 +6,9 @@
 //! - the accept loop, spawning one task per connection (`http::conn::serve`);
 //! - the WAL writer: takes the open tick, writes it with one io_uring write, publishes the new
 //!   end of the WAL, offers the chunk to the flusher's queue, completes the tick's ticket;
-//! - housekeeping (every 100 ms): heartbeat for /healthz, and noticing the shutdown flag.
+//! - housekeeping (every 100 ms): heartbeat for /healthz, noticing the shutdown flag, and
+//!   re-checking the WAL disk budget (`crate::wal::budget`): `statvfs` of the WAL directory and
+//!   the global WAL-bytes gauge set this core's `wal_full` flag, which `/log` reads.
 
 use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
@@ -21,12 +23,14 @@ use std::time::{Duration, Instant};
 use monoio::net::TcpListener;
 
 use crate::config::{Config, SyncPolicy};
+use crate::flush::stats::FlushStats;
 use crate::http::conn::{self, ConnContext};
 use crate::http::request;
 use crate::ingest::EventAllowlist;
 use crate::metrics::{bump, CoreCounters};
 use crate::observe::Observer;
 use crate::queue::{CoreProgress, Offer, QueueSender, WalChunk};
+use crate::wal::budget::{fs_space, DiskBudget, Refusal};
 use crate::wal::group::{GroupCommit, TickOutcome};
 use crate::wal::writer::SegmentWriter;
 use crate::wal::Position;
@@ -47,6 +51,10 @@ pub struct CoreSetup {
     pub observer: Arc<Observer>,
     /// Set by the server to start the drain.
     pub shutdown: Arc<AtomicBool>,
+    /// The resolved WAL disk budget, the same for every core.
+    pub budget: DiskBudget,
+    /// Shared with the flusher: its `wal_disk_bytes` gauge is the budget's WAL size.
+    pub flush_stats: Arc<FlushStats>,
 }
 
 /// Why a core could not start.
@@ -146,7 +154,15 @@ async fn serve_core(setup: CoreSetup) -> Result<(), CoreError> {
         counters: setup.counters.clone(),
         observer: setup.observer.clone(),
         draining: Cell::new(false),
+        wal_full: Cell::new(false),
     });
+    let watch = BudgetWatch {
+        core,
+        budget: setup.budget,
+        dir: setup.core_dir.clone(),
+        stats: setup.flush_stats.clone(),
+        refusal: Cell::new(None),
+    };
     let writer_task = monoio::spawn(write_ticks(WriterTask {
         core,
         ctx: ctx.clone(),
@@ -156,9 +172,11 @@ async fn serve_core(setup: CoreSetup) -> Result<(), CoreError> {
         sync: cfg.wal.sync,
         sync_interval: Duration::from_millis(cfg.wal.sync_interval_ms.max(1)),
         tick_bytes: cfg.wal.write_buffer_bytes,
+        budget: setup.budget,
+        flush_stats: setup.flush_stats.clone(),
     }));
     let drain = Rc::new(DrainSignal::default());
-    monoio::spawn(housekeeping(ctx.clone(), drain.clone(), setup.shutdown.clone()));
+    monoio::spawn(housekeeping(ctx.clone(), drain.clone(), setup.shutdown.clone(), watch));
     let open = Rc::new(OpenConnections::default());
     accept_until_drain(&listener, &ctx, &drain, &open, cfg.http.max_connections_per_core).await;
     drop(listener); // stop taking connections: new ones go to the other nodes
@@ -264,14 +282,68 @@ async fn wait_for_connections(ctx: &ConnContext, deadline: Instant) {
     }
 }
 
-async fn housekeeping(ctx: Rc<ConnContext>, drain: Rc<DrainSignal>, shutdown: Arc<AtomicBool>) {
+async fn housekeeping(
+    ctx: Rc<ConnContext>,
+    drain: Rc<DrainSignal>,
+    shutdown: Arc<AtomicBool>,
+    watch: BudgetWatch,
+) {
     loop {
         ctx.counters.heartbeat_unix_ms.store(conn::unix_ms(), Ordering::Relaxed);
+        watch.evaluate(&ctx);
         if shutdown.load(Ordering::Acquire) && !ctx.draining.get() {
             ctx.draining.set(true);
             drain.start();
         }
         monoio::time::sleep(HOUSEKEEPING_PERIOD).await;
+    }
+}
+
+/// The housekeeping side of the disk budget (module doc of `crate::wal::budget`).
+struct BudgetWatch {
+    core: u16,
+    budget: DiskBudget,
+    /// This core's WAL directory; `statvfs` of it gives the filesystem's free space.
+    dir: PathBuf,
+    stats: Arc<FlushStats>,
+    /// The refusal last logged, so only changes are logged.
+    refusal: Cell<Option<Refusal>>,
+}
+
+impl BudgetWatch {
+    /// Sets or clears the core's `wal_full` flag from the WAL gauge and the free space now.
+    fn evaluate(&self, ctx: &ConnContext) {
+        let available = match fs_space(&self.dir) {
+            Ok(space) => Some(space.available_bytes),
+            Err(err) => {
+                tracing::debug!(core = self.core, %err, "statvfs of the WAL directory failed");
+                None
+            }
+        };
+        let wal_bytes = self.stats.wal_disk_bytes.load(Ordering::Relaxed);
+        let refusal = self.budget.check(wal_bytes, available);
+        set_wal_full(ctx, refusal.is_some());
+        if refusal != self.refusal.replace(refusal) {
+            match refusal {
+                Some(why) => tracing::warn!(
+                    core = self.core,
+                    ?why,
+                    wal_bytes,
+                    ?available,
+                    max_bytes = self.budget.max_bytes,
+                    min_free_bytes = self.budget.min_free_bytes,
+                    "WAL disk budget used up; answering 503 to /log until space is freed"
+                ),
+                None => tracing::info!(core = self.core, wal_bytes, ?available, "WAL disk budget ok again"),
+            }
+        }
+    }
+}
+
+/// Raises or lowers the core's refusal flag (and its readiness mirror, on change only).
+fn set_wal_full(ctx: &ConnContext, full: bool) {
+    if ctx.wal_full.replace(full) != full {
+        ctx.counters.wal_refusing.store(full, Ordering::Relaxed);
     }
 }
 
@@ -284,6 +356,8 @@ struct WriterTask {
     sync: SyncPolicy,
     sync_interval: Duration,
     tick_bytes: usize,
+    budget: DiskBudget,
+    flush_stats: Arc<FlushStats>,
 }
 
 /// The core's single WAL writer: one write per tick, in tick order.
@@ -317,6 +391,7 @@ async fn write_ticks(mut w: WriterTask) {
                 w.progress.publish_written(end);
                 bump(&w.ctx.counters.wal_writes, 1);
                 bump(&w.ctx.counters.wal_bytes_written, bytes.len() as u64);
+                note_wal_growth(&w, bytes.len() as u64);
                 offer_chunk(&w, start, end, tick.records, &bytes);
                 tick.complete(TickOutcome::Written);
                 unsynced = true;
@@ -331,6 +406,8 @@ async fn write_ticks(mut w: WriterTask) {
                 }
                 bump(&w.ctx.counters.wal_write_errors, 1);
                 tick.complete(TickOutcome::Failed);
+                // Refuse at once; housekeeping lifts it within 100 ms if the budget allows.
+                set_wal_full(&w.ctx, true);
             }
         }
         bytes.clear();
@@ -338,6 +415,14 @@ async fn write_ticks(mut w: WriterTask) {
     }
     if let Err(err) = w.writer.sync_data().await {
         tracing::error!(core = w.core, %err, "final WAL fdatasync failed");
+    }
+}
+
+/// Adds a write to the WAL gauge; refuses further events at once if it crossed the budget.
+fn note_wal_growth(w: &WriterTask, written: u64) {
+    let wal_bytes = w.flush_stats.wal_disk_bytes.fetch_add(written, Ordering::Relaxed) + written;
+    if w.budget.check(wal_bytes, None).is_some() {
+        set_wal_full(&w.ctx, true);
     }
 }
 

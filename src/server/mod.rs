@@ -26,6 +26,7 @@ use crate::flush::{self, FlusherHandle};
 use crate::metrics::{bump, CoreCounters};
 use crate::observe::{Observer, ObserverInputs};
 use crate::queue::{self, CoreProgress};
+use crate::wal::budget::{fs_space, DiskBudget};
 use crate::wal::{recovery, segment};
 
 /// Listen backlog of each core's socket.
@@ -43,6 +44,8 @@ pub enum ServerError {
     Listen { addr: SocketAddr, source: std::io::Error },
     #[error("cannot start thread {name}: {source}")]
     Thread { name: String, source: std::io::Error },
+    #[error("WAL disk budget: {0}")]
+    Budget(String),
 }
 
 /// A started collector.
@@ -69,12 +72,15 @@ pub fn start(config: Config) -> Result<Running, ServerError> {
     let counters: Vec<Arc<CoreCounters>> = (0..core_count).map(|_| Arc::default()).collect();
 
     let mut tails = Vec::with_capacity(core_count);
+    let mut wal_bytes = 0;
     for core in 0..core_count as u16 {
         let recovered = recovery::recover_core(&wal_dir, core)
             .map_err(|source| ServerError::Recovery { core, source })?;
         bump(&counters[core as usize].wal_truncated_bytes, recovered.truncated_bytes);
+        wal_bytes += recovered.segments.iter().map(|s| s.bytes).sum::<u64>();
         tails.push(recovered.tail);
     }
+    let budget = resolve_budget(&config, &wal_dir, wal_bytes, core_count)?;
     let listeners = bind_listeners(config.server.listen, core_count)?;
     let local_addr = listeners[0]
         .local_addr()
@@ -83,6 +89,7 @@ pub fn start(config: Config) -> Result<Running, ServerError> {
     let (queue_tx, queue_rx) = queue::bounded(config.queue.capacity);
     let progress: Vec<Arc<CoreProgress>> = tails.iter().map(|&t| Arc::new(CoreProgress::new(t))).collect();
     let flush_stats = Arc::new(FlushStats::new(core_count));
+    flush_stats.wal_disk_bytes.store(wal_bytes, Ordering::Relaxed);
     let observer = Arc::new(Observer::new(ObserverInputs {
         cores: counters.clone(),
         progress: progress.clone(),
@@ -93,8 +100,9 @@ pub fn start(config: Config) -> Result<Running, ServerError> {
         node_id: config.ingest.node_id.clone(),
     }));
     let flusher_shutdown = Arc::new(AtomicBool::new(false));
-    let flusher = flush::spawn(&config, queue_rx, progress.clone(), flush_stats, flusher_shutdown.clone())
-        .map_err(|source| ServerError::Thread { name: "flusher".into(), source })?;
+    let flusher =
+        flush::spawn(&config, queue_rx, progress.clone(), flush_stats.clone(), flusher_shutdown.clone())
+            .map_err(|source| ServerError::Thread { name: "flusher".into(), source })?;
 
     let shutdown = Arc::new(AtomicBool::new(false));
     let pin = config.server.pin_cores;
@@ -112,6 +120,8 @@ pub fn start(config: Config) -> Result<Running, ServerError> {
             queue: queue_tx.clone(),
             observer: observer.clone(),
             shutdown: shutdown.clone(),
+            budget,
+            flush_stats: flush_stats.clone(),
         };
         let name = format!("core-{i}");
         let handle = std::thread::Builder::new()
@@ -154,6 +164,36 @@ impl Running {
     pub fn any_core_finished(&self) -> bool {
         self.cores.iter().any(|h| h.is_finished())
     }
+}
+
+/// The disk budget with its derived defaults filled in. The open segment of every core is
+/// never compacted, so the budget must hold one per core plus one sealed segment, or the
+/// 503s could never stop once MySQL caught up.
+fn resolve_budget(
+    config: &Config,
+    wal_dir: &std::path::Path,
+    wal_bytes: u64,
+    cores: usize,
+) -> Result<DiskBudget, ServerError> {
+    let space =
+        fs_space(wal_dir).map_err(|source| ServerError::WalDir { path: wal_dir.to_owned(), source })?;
+    let budget = DiskBudget::resolve(&config.wal, space, wal_bytes, cores);
+    let floor = (cores as u64 + 1) * config.wal.segment_bytes + budget.margin_bytes;
+    if budget.max_bytes < floor {
+        return Err(ServerError::Budget(format!(
+            "wal.max_bytes resolves to {} bytes, below (cores + 1) × wal.segment_bytes + cores × \
+             wal.write_buffer_bytes = {floor}; raise it (or free disk space) or lower wal.segment_bytes",
+            budget.max_bytes
+        )));
+    }
+    tracing::info!(
+        max_bytes = budget.max_bytes,
+        min_free_bytes = budget.min_free_bytes,
+        wal_bytes,
+        available_bytes = space.available_bytes,
+        "WAL disk budget"
+    );
+    Ok(budget)
 }
 
 /// One SO_REUSEPORT listener per core. With port 0 the first socket picks the port and the

@@ -32,13 +32,19 @@
 //!   (`repair_torn_tail` is the tail policy); `verify_core` for tools.
 //! - [`writer`]: the per-core io_uring appender (one write per tick buffer, rolling, repair).
 //! - [`reader`]: the flusher's catch-up reader (mmap for sealed segments, `pread` for the open one).
+//! - [`inspect`]: the read-only `wal inspect|verify` report.
+//! - [`quarantine`]: moving damaged segments aside; [`budget`]: the disk budget (`wal.max_bytes`,
+//!   `wal.min_free_bytes`) that turns a filling disk into 503s instead of failed writes.
 //!
 //! ## Lifecycle of a segment
 //! created empty by the writer (directory fsynced unless `sync = none`) → appended at its end
 //! only → sealed when the writer rolls (file fdatasynced first unless `sync = none`) → never
 //! modified again → deleted whole by compaction once behind the durable cursor. Only the
 //! newest segment of a core can have a torn tail; recovery truncates it before the writer opens.
+pub mod budget;
 pub mod group;
+pub mod inspect;
+pub mod quarantine;
 pub mod reader;
 pub mod record;
 pub mod recovery;

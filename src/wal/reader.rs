@@ -7,7 +7,8 @@
 //! those never change again.
 //!
 //! Invariants: records are delivered in WAL order, each exactly once per call, and a record
-//! that fails to decode inside the readable range is an error, never skipped.
+//! that fails to decode inside the readable range is an error, never skipped. A sealed
+//! segment that is missing (compacted or quarantined) counts as read to its end.
 
 use std::fs::File;
 use std::io;
@@ -143,7 +144,15 @@ impl CoreWalReader {
         on_record: &mut impl FnMut(&Event<'_>, Position),
     ) -> Result<SealedStep, WalReadError> {
         let core_dir = &self.core_dir;
-        let sealed = map_sealed(&mut self.sealed, core_dir, pos.segment)?;
+        let sealed = match map_sealed(&mut self.sealed, core_dir, pos.segment) {
+            Ok(seg) => seg,
+            // Quarantined (moved aside as corrupt) after a cursor was taken inside it: what
+            // was readable in it is delivered; go on with the next segment.
+            Err(WalReadError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                return Ok(SealedStep::AtEnd)
+            }
+            Err(e) => return Err(e),
+        };
         sealed.release_behind(pos.offset);
         let map = &sealed.map;
         let file_bytes = map.len() as u64;
@@ -491,5 +500,18 @@ mod tests {
         assert!(matches!(beyond_open, Err(WalReadError::OutOfRange { segment: 2, .. })));
         let missing = reader.read(Position::new(2, 0), Position::new(3, 10), 5, |_, _| {});
         assert!(matches!(missing, Err(WalReadError::Io { .. })));
+    }
+
+    #[test]
+    fn a_missing_sealed_segment_at_the_start_continues_with_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let ends = write_segments(dir.path(), 1, &[3, 2, 2]);
+        std::fs::remove_file(segment_path(dir.path(), 2)).unwrap(); // quarantined
+        let mut reader = CoreWalReader::new(dir.path());
+        let mut ids = Vec::new();
+        let until = Position::new(3, ends[2]);
+        let end = reader.read(Position::new(2, 7), until, 10, |ev, _| ids.push(ev.file_id)).unwrap();
+        assert_eq!(ids, vec![6, 7], "segment 3's records, nothing of the missing one");
+        assert_eq!(end, until);
     }
 }

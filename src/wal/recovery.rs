@@ -17,11 +17,10 @@
 use std::fs::{self, OpenOptions};
 use std::path::{Path, PathBuf};
 
+use super::quarantine::quarantine_dir;
 use super::record::{self, RecordError};
 use super::segment::{core_dir, list_segments, segment_file_name, segment_path};
 use super::{Position, WalError};
-
-const QUARANTINE_DIR: &str = "quarantine";
 
 /// One segment file as found at startup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,7 +120,7 @@ fn quarantine_tail(
     offset: usize,
     cut: &[u8],
 ) -> Result<PathBuf, WalError> {
-    let dir = wal_dir.join(QUARANTINE_DIR);
+    let dir = quarantine_dir(wal_dir);
     fs::create_dir_all(&dir).map_err(WalError::io(&dir))?;
     let path = dir.join(format!("core-{core}.{}.at-{offset}", segment_file_name(segment)));
     fs::write(&path, cut).map_err(WalError::io(&path))?;
@@ -273,7 +272,7 @@ mod tests {
         assert_eq!(rec.truncated_bytes, (damaged.len() - good.len()) as u64);
         assert_eq!(rec.tail_records, 4);
         assert_eq!(fs::read(&path).unwrap(), good);
-        assert!(!wal.path().join(QUARANTINE_DIR).exists(), "a torn tail is not quarantined");
+        assert!(!quarantine_dir(wal.path()).exists(), "a torn tail is not quarantined");
         assert_eq!(recover_core(wal.path(), 1).unwrap().truncated_bytes, 0, "idempotent");
     }
 
@@ -287,7 +286,7 @@ mod tests {
         let rec = recover_core(wal.path(), 0).unwrap();
         assert_eq!(rec.tail, Position::new(1, second as u64));
         assert_eq!(fs::read(&path).unwrap(), &bytes[..second]);
-        let saved = fs::read_dir(wal.path().join(QUARANTINE_DIR)).unwrap().next().unwrap();
+        let saved = fs::read_dir(quarantine_dir(wal.path())).unwrap().next().unwrap();
         assert_eq!(fs::read(saved.unwrap().path()).unwrap(), &bytes[second..]);
     }
 

@@ -11,6 +11,7 @@
 //! process is stopped by its own PID (never by name), also when a test panics (`Drop`).
 #![allow(dead_code)]
 
+pub mod load;
 pub mod wal;
 
 use std::fs;
