@@ -104,6 +104,15 @@ pub struct Request<'a> {
     pub origin: Option<&'a [u8]>,
     /// `Content-Type` header value, for POST bodies.
     pub content_type: Option<&'a [u8]>,
+    /// `User-Agent` header value (first one), for the client context.
+    pub user_agent: Option<&'a [u8]>,
+    /// `Referer` header value (first one), for the client context.
+    pub referer: Option<&'a [u8]>,
+    /// `X-Forwarded-For` values; several header lines are one list (RFC 9110 §5.3), and only
+    /// the last line is kept: the right-most entries are the ones a trusted proxy wrote.
+    pub forwarded_for: Option<&'a [u8]>,
+    /// `Access-Control-Request-Method`: present only on a CORS preflight.
+    pub cors_request_method: Option<&'a [u8]>,
 }
 
 /// Outcome of [`parse`].
@@ -273,6 +282,10 @@ fn build<'a>(
         body: body_framing(minor_version, &h, limits)?,
         origin: h.origin,
         content_type: h.content_type,
+        user_agent: h.user_agent,
+        referer: h.referer,
+        forwarded_for: h.forwarded_for,
+        cors_request_method: h.cors_request_method,
     })
 }
 
@@ -284,6 +297,10 @@ struct Interesting<'a> {
     connection: ConnectionTokens,
     origin: Option<&'a [u8]>,
     content_type: Option<&'a [u8]>,
+    user_agent: Option<&'a [u8]>,
+    referer: Option<&'a [u8]>,
+    forwarded_for: Option<&'a [u8]>,
+    cors_request_method: Option<&'a [u8]>,
 }
 
 #[derive(Default, Clone, Copy)]
@@ -313,6 +330,14 @@ fn scan_headers<'a>(headers: &[httparse::Header<'a>]) -> Result<Interesting<'a>,
             h.origin = h.origin.or(Some(header.value));
         } else if name.eq_ignore_ascii_case("content-type") {
             h.content_type = h.content_type.or(Some(header.value));
+        } else if name.eq_ignore_ascii_case("user-agent") {
+            h.user_agent = h.user_agent.or(Some(header.value));
+        } else if name.eq_ignore_ascii_case("referer") {
+            h.referer = h.referer.or(Some(header.value));
+        } else if name.eq_ignore_ascii_case("x-forwarded-for") {
+            h.forwarded_for = Some(header.value);
+        } else if name.eq_ignore_ascii_case("access-control-request-method") {
+            h.cors_request_method = h.cors_request_method.or(Some(header.value));
         }
     }
     Ok(h)
@@ -486,6 +511,24 @@ mod tests {
         assert_eq!(r.origin, Some(b"https://a.example".as_slice()));
         assert_eq!(r.content_type, Some(b"text/plain".as_slice()));
         assert_eq!(r.body, Body::Length(5));
+    }
+
+    #[test]
+    fn client_context_headers_are_exposed() {
+        let r = complete(
+            b"OPTIONS /log HTTP/1.1\r\nuser-agent: UA/1\r\nREFERER: https://a.b/x\r\n\
+              X-Forwarded-For: 1.1.1.1\r\nX-Forwarded-For: 2.2.2.2, 3.3.3.3\r\n\
+              Access-Control-Request-Method: POST\r\nUser-Agent: second\r\n\r\n",
+        );
+        assert_eq!(r.user_agent, Some(&b"UA/1"[..]));
+        assert_eq!(r.referer, Some(&b"https://a.b/x"[..]));
+        assert_eq!(r.forwarded_for, Some(&b"2.2.2.2, 3.3.3.3"[..]));
+        assert_eq!(r.cors_request_method, Some(&b"POST"[..]));
+        let r = complete(BEACON);
+        assert_eq!(
+            (r.user_agent, r.referer, r.forwarded_for, r.cors_request_method),
+            (None, None, None, None)
+        );
     }
 
     #[test]

@@ -145,6 +145,7 @@ async fn serve_core(setup: CoreSetup) -> Result<(), CoreError> {
         counters: setup.counters.clone(),
         observer: setup.observer.clone(),
         draining: Cell::new(false),
+        dialects: crate::http::dialect::Dialects::from_config(cfg),
     });
     let writer_task = monoio::spawn(write_ticks(WriterTask {
         core,
@@ -178,8 +179,8 @@ async fn accept_until_drain(
             accepted = listener.accept() => accepted,
             _ = drain.wait() => return,
         };
-        let stream = match accepted {
-            Ok((stream, _peer)) => stream,
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
             Err(err) => {
                 // EMFILE and friends: back off briefly instead of spinning.
                 tracing::warn!(%err, "accept failed");
@@ -198,7 +199,7 @@ async fn accept_until_drain(
         bump(open, 1);
         let ctx = ctx.clone();
         monoio::spawn(async move {
-            conn::serve(stream, ctx.clone()).await;
+            conn::serve(stream, peer, ctx.clone()).await;
             ctx.counters.connections_open.fetch_sub(1, Ordering::Relaxed);
         });
     }
