@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Installs what building, running and testing need, and only what is missing.
 #
-#   scripts/ensure-deps.sh [rust] [mariadb]     (no argument: both)
+#   scripts/ensure-deps.sh [rust] [mariadb] [chromium]     (no argument: rust and mariadb)
 #
 # rust:    cargo, rustfmt, clippy and a C compiler. The Rust toolchain cannot be installed from
 #          here (rustup's servers are not reachable), so a missing one is a clear error.
 # mariadb: mariadbd, mariadb-install-db, mariadb and mariadb-admin, from Debian's
 #          mariadb-server-core and mariadb-client: the programs without the system service
 #          (nothing is started; scripts/mariadb.sh runs private servers).
+# chromium: Debian's chromium, for the real-browser test (tests/browser.rs). A browser is
+#          never downloaded from anywhere else.
 set -euo pipefail
 export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 
@@ -43,11 +45,16 @@ ensure_mariadb() {
     [ -z "$missing" ] || apt_install mariadb-server-core mariadb-client
 }
 
+ensure_chromium() {
+    have chromium || apt_install chromium
+}
+
 [ $# -gt 0 ] || set -- rust mariadb
 for what in "$@"; do
     case "$what" in
         rust) ensure_rust ;;
         mariadb) ensure_mariadb ;;
-        *) die "unknown component '$what' (rust, mariadb)" ;;
+        chromium) ensure_chromium ;;
+        *) die "unknown component '$what' (rust, mariadb, chromium)" ;;
     esac
 done
