@@ -499,6 +499,21 @@ mod tests {
     }
 
     #[test]
+    fn labels_are_metric_reasons() {
+        let errors = [
+            BodyError::UnsupportedType,
+            BodyError::Malformed("x"),
+            BodyError::Empty,
+            BodyError::TooManyEvents { max: 1 },
+            BodyError::Item { index: 0, rejection: Rejection::BadDomain },
+        ];
+        for e in errors {
+            assert!(crate::metrics::REJECT_REASONS.contains(&e.label()), "{}", e.label());
+            assert!(crate::metrics::STATUS_CODES.contains(&e.status()), "{}", e.status());
+        }
+    }
+
+    #[test]
     fn scratch_is_reused_and_cleared() {
         let allow = EventAllowlist::new(&[]);
         let rules = BodyRules { allow: &allow, max_events: 10, parser: JsonParser::Simd };
