@@ -170,6 +170,7 @@ fn every_dialect_lands_once_with_its_client_context() {
     let announced = "POST /log HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: 65537";
     assert_eq!(send(a.addr, announced, b"").status, 413);
     assert_eq!(send(a.addr, head, b"10001\r\n").status, 413);
+    assert_eq!(send(a.addr, head, b"zz\r\n").status, 400, "malformed chunked framing");
     assert_eq!(post(a.addr, "multipart/form-data; boundary=x", "", "--x--").status, 415);
 
     // CORS with the default "*": preflight and the answer to the POST.

@@ -183,8 +183,8 @@ impl Connection {
                     match chunked::dechunk(&self.read_buf[after_head..], max, &mut self.dialect.body) {
                         Dechunk::Complete { wire_len } => wire_len,
                         Dechunk::Partial => break,
-                        Dechunk::TooLarge | Dechunk::Malformed => {
-                            let (status, reason) = chunk_error(&ctx.counters);
+                        failed @ (Dechunk::TooLarge | Dechunk::Malformed) => {
+                            let (status, reason) = chunk_error(&ctx.counters, failed);
                             self.pending.push(Pending {
                                 reply: Reply::Error { status, reason },
                                 close: true,
@@ -437,9 +437,14 @@ fn dialect_reply(outcome: Outcome, counters: &CoreCounters) -> Reply {
 }
 
 /// Status and reason for a chunked body that cannot be read, counting the limit hit.
-fn chunk_error(counters: &CoreCounters) -> (u16, &'static str) {
-    counters.count_limit_hit("body_bytes");
-    (413, "chunked body exceeds http.max_body_bytes or is malformed")
+fn chunk_error(counters: &CoreCounters, failed: Dechunk) -> (u16, &'static str) {
+    if failed == Dechunk::TooLarge {
+        counters.count_limit_hit("body_bytes");
+        (413, "chunked body exceeds http.max_body_bytes")
+    } else {
+        counters.count_limit_hit("malformed");
+        (400, "malformed chunked body")
+    }
 }
 
 /// Milliseconds since the Unix epoch; the receive time stamped on events.
