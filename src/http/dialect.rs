@@ -244,6 +244,51 @@ User-Agent: UA \"1\"\r\nReferer: https://Site.example/p\r\nX-Forwarded-For: 9.9.
         with_request(GET, |req| assert_eq!(client_context(req, &off, &mut s).ip, None));
     }
 
+    fn take_tick(group: &GroupCommit) -> (Vec<u8>, u32) {
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new().build().expect("runtime");
+        let (bytes, tick) = rt.block_on(group.next_tick(Vec::new())).expect("a tick");
+        let records = tick.records;
+        tick.complete(crate::wal::group::TickOutcome::Written);
+        (bytes, records)
+    }
+
+    #[test]
+    fn a_batch_is_one_tick_and_a_bad_batch_appends_nothing() {
+        let d = dialects(|_| {});
+        let allow = EventAllowlist::new(&[]);
+        let group = GroupCommit::new(1 << 20);
+        let mut s = DialectScratch::new("127.0.0.1".parse().unwrap());
+        let head = b"POST /log HTTP/1.1\r\nContent-Type: application/json\r\nUser-Agent: T\r\n\r\n";
+        s.body = br#"[{"event":"a","domain":"a.org","file_id":1},{"event":"b","domain":"a.org","file_id":2},
+            {"event":"c","domain":"a.org","file_id":3}]"#
+            .to_vec();
+        let outcome = with_request(head, |req| post_beacon(req, 5, &allow, &group, &d, &mut s));
+        assert!(matches!(outcome, Outcome::Accepted { events: 3, .. }), "{outcome:?}");
+        let (bytes, records) = take_tick(&group);
+        assert_eq!(records, 3, "the whole batch in one tick, so one WAL write");
+        let scan = crate::wal::record::scan(&bytes);
+        assert_eq!((scan.records, scan.valid_len), (3, bytes.len()));
+        let (ev, ctx, _) = crate::wal::record::decode_with_context(&bytes).unwrap();
+        assert_eq!((ev.event, ev.ts_ms, ctx.ip, ctx.ua.as_deref()), ("a", 5, Some("127.0.0.1"), Some("T")));
+
+        s.body = br#"[{"event":"a","domain":"a.org","file_id":1},{"event":"b"}]"#.to_vec();
+        let outcome = with_request(head, |req| post_beacon(req, 5, &allow, &group, &d, &mut s));
+        match outcome {
+            Outcome::Rejected { status: 400, message, .. } => {
+                assert!(message.starts_with("item 1:"), "{message}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(!group.is_full());
+        s.body = b"event=z&domain=a.org&file_id=9".to_vec();
+        let form = b"POST /log HTTP/1.1\r\nContent-Type: text/plain\r\n\r\n";
+        let outcome = with_request(form, |req| post_beacon(req, 6, &allow, &group, &d, &mut s));
+        assert!(matches!(outcome, Outcome::Accepted { events: 1, .. }));
+        let (bytes, records) = take_tick(&group);
+        assert_eq!(records, 1, "nothing of the rejected batch was appended");
+        assert_eq!(crate::wal::record::decode(&bytes).unwrap().0.event, "z");
+    }
+
     #[test]
     fn preflight_rules() {
         let d = dialects(|c| c.http.cors_origins = vec!["http://ok.example".into()]);
