@@ -5,10 +5,11 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use psc::config::HttpConfig;
+use psc::config::{Config, HttpConfig};
+use psc::http::dialect::{client_context, DialectScratch, Dialects};
 use psc::http::request::{parse, Limits, Parsed};
 use psc::ingest::{parse_beacon, EventAllowlist, QueryScratch};
-use psc::wal::record::encode;
+use psc::wal::record::{encode, encode_with_context};
 
 const REQUEST: &[u8] = b"GET /log?event=play&domain=piratka.biz&file_id=109454 HTTP/1.1\r\n\
 Host: localhost:34201\r\nUser-Agent: wrk\r\n\r\n";
@@ -64,6 +65,25 @@ fn bench_hot_path(c: &mut Criterion) {
             }
             records += 1;
             handle_one(black_box(REQUEST), &limits, &allow, &mut scratch, &mut out)
+        })
+    });
+
+    // What `/log` does since the dialects: the default config stores IP and User-Agent too.
+    let dialects = Dialects::from_config(&Config::default());
+    let mut dialect = DialectScratch::new("127.0.0.1".parse().expect("ip"));
+    group.bench_function("parse_validate_encode_context", |b| {
+        b.iter(|| {
+            if records % RECORDS_PER_FLUSH == 0 {
+                out.clear();
+            }
+            records += 1;
+            let Parsed::Complete(req) = parse(black_box(REQUEST), &limits) else {
+                panic!("benchmark request must parse");
+            };
+            let event = parse_beacon(req.query, TS_MS, &allow, &mut scratch).expect("valid");
+            let context = client_context(&req, &dialects, &mut dialect);
+            encode_with_context(&event, &context, &mut out);
+            req.head_len
         })
     });
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building, running and testing need, and only what is missing.
 #
-#   scripts/ensure-deps.sh [rust] [mariadb] [prometheus]     (no argument: rust and mariadb)
+#   scripts/ensure-deps.sh [rust] [mariadb] [prometheus] [chromium]     (no argument: rust and mariadb)
 #
 # rust:    cargo, rustfmt, clippy and a C compiler. The Rust toolchain cannot be installed from
 #          here (rustup's servers are not reachable), so a missing one is a clear error.
@@ -10,6 +10,8 @@
 #          (nothing is started; scripts/mariadb.sh runs private servers).
 # prometheus: prometheus and promtool, from Debian's prometheus package, for tests/ops.rs. The
 #          package's system service is never started by us (policy-rc.d keeps apt from starting it).
+# chromium: Debian's chromium, for the real-browser test (tests/browser.rs). A browser is
+#          never downloaded from anywhere else.
 set -euo pipefail
 export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 
@@ -58,12 +60,17 @@ ensure_prometheus() {
     [ -z "$created" ] || rm -f "$policy"
 }
 
+ensure_chromium() {
+    have chromium || apt_install chromium
+}
+
 [ $# -gt 0 ] || set -- rust mariadb
 for what in "$@"; do
     case "$what" in
         rust) ensure_rust ;;
         mariadb) ensure_mariadb ;;
         prometheus) ensure_prometheus ;;
-        *) die "unknown component '$what' (rust, mariadb, prometheus)" ;;
+        chromium) ensure_chromium ;;
+        *) die "unknown component '$what' (rust, mariadb, prometheus, chromium)" ;;
     esac
 done

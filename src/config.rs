@@ -83,6 +83,14 @@ pub struct HttpConfig {
     pub idle_timeout_ms: u64,
     /// Most pipelined requests answered per read; the rest wait for the next turn. Default 256.
     pub max_pipelined_requests: usize,
+    /// Origins allowed to send beacons cross-origin (CORS): `"*"` for any (answered with
+    /// `Access-Control-Allow-Origin: *`), or exact origins like `"https://player.example"`
+    /// (echoed, with credentials). Empty allows none. Default `["*"]`.
+    pub cors_origins: Vec<String>,
+    /// Peers (CIDR blocks or addresses) whose `X-Forwarded-For` is believed; the client IP is
+    /// then the right-most address in it that is not one of these. Default `[]`: the socket
+    /// peer is the client and `X-Forwarded-For` is ignored.
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for HttpConfig {
@@ -95,17 +103,44 @@ impl Default for HttpConfig {
             max_connections_per_core: 10_000,
             idle_timeout_ms: 30_000,
             max_pipelined_requests: 256,
+            cors_origins: vec!["*".into()],
+            trusted_proxies: Vec::new(),
         }
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct IngestConfig {
     /// Optional allowlist of event names. Default: empty = any name matching `[a-z0-9_]{1,32}`.
     pub events: Vec<String>,
     /// Identity of this collector in `ingest_cursors.node`. Default: the hostname.
     pub node_id: String,
+    /// Most events in one `POST /log` body; past it: 413. Default 100.
+    pub max_batch_events: usize,
+    /// Extra query parameters kept in the `extra` JSON column (at most 1 KiB per event).
+    /// Default `[]`: extra parameters are ignored.
+    pub keep_params: Vec<String>,
+    /// Store the client IP (socket peer or trusted `X-Forwarded-For`). Default true.
+    pub client_ip: bool,
+    /// Store the User-Agent (hash in `events`, text once in `user_agents`). Default true.
+    pub user_agent: bool,
+    /// Store the host of the Referer. Default true.
+    pub referer: bool,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            events: Vec::new(),
+            node_id: String::new(),
+            max_batch_events: 100,
+            keep_params: Vec::new(),
+            client_ip: true,
+            user_agent: true,
+            referer: true,
+        }
+    }
 }
 
 /// When the WAL is fdatasynced. `None` still survives `kill -9` (the page cache holds the
@@ -398,9 +433,45 @@ impl Config {
         if self.ingest.node_id.len() > 64 {
             return invalid("ingest.node_id", "must be at most 64 bytes");
         }
+        self.validate_dialects()?;
         for name in &self.ingest.events {
             if !crate::ingest::is_valid_event_name(name) {
                 return invalid("ingest.events", format!("`{name}` does not match [a-z0-9_]{{1,32}}"));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// The keys of the beacon dialects: POST batches, CORS, client context.
+    fn validate_dialects(&self) -> Result<(), ConfigError> {
+        fn invalid(key: &'static str, message: impl Into<String>) -> Result<(), ConfigError> {
+            Err(ConfigError::Invalid { key, message: message.into() })
+        }
+        if self.ingest.max_batch_events == 0 {
+            return invalid("ingest.max_batch_events", "must be at least 1");
+        }
+        for origin in &self.http.cors_origins {
+            let well_formed = origin == "*"
+                || ((origin.starts_with("http://") || origin.starts_with("https://"))
+                    && origin.bytes().all(|b| b.is_ascii_graphic()));
+            if !well_formed {
+                return invalid(
+                    "http.cors_origins",
+                    format!("`{origin}` is neither \"*\" nor an origin like https://player.example"),
+                );
+            }
+        }
+        if let Err(e) = crate::ingest::client::TrustedProxies::parse(&self.http.trusted_proxies) {
+            return invalid("http.trusted_proxies", e.to_string());
+        }
+        for name in &self.ingest.keep_params {
+            if name.is_empty() || name.len() > 64 || ["event", "domain", "file_id"].contains(&name.as_str()) {
+                return invalid(
+                    "ingest.keep_params",
+                    format!("`{name}` must be 1..=64 bytes and not event, domain or file_id"),
+                );
             }
         }
         Ok(())
@@ -483,5 +554,29 @@ mod tests {
         let mut c = Config::default();
         c.wal.max_bytes = c.wal.segment_bytes;
         assert!(c.validate().unwrap_err().to_string().contains("wal.max_bytes"));
+    }
+
+    #[test]
+    fn dialect_keys_default_and_validate() {
+        let c = Config::default();
+        assert_eq!(c.http.cors_origins, vec!["*".to_string()]);
+        assert!(c.http.trusted_proxies.is_empty());
+        assert_eq!(c.ingest.max_batch_events, 100);
+        assert!(c.ingest.keep_params.is_empty());
+        assert!(c.ingest.client_ip && c.ingest.user_agent && c.ingest.referer);
+        let with = |edit: fn(&mut Config)| {
+            let mut c = Config::default();
+            edit(&mut c);
+            c.validate().err().map(|e| e.to_string())
+        };
+        let named = |err: Option<String>, key: &str| {
+            assert!(err.as_deref().is_some_and(|e| e.contains(key)), "{err:?}")
+        };
+        named(with(|c| c.ingest.max_batch_events = 0), "ingest.max_batch_events");
+        named(with(|c| c.http.trusted_proxies = vec!["10.0.0.0/40".into()]), "http.trusted_proxies");
+        named(with(|c| c.http.cors_origins = vec!["player.example".into()]), "http.cors_origins");
+        named(with(|c| c.ingest.keep_params = vec!["domain".into()]), "ingest.keep_params");
+        assert_eq!(with(|c| c.http.trusted_proxies = vec!["10.0.0.0/8".into(), "::1".into()]), None);
+        assert_eq!(with(|c| c.http.cors_origins = vec!["https://a.example".into(), "*".into()]), None);
     }
 }

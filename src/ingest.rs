@@ -22,6 +22,10 @@
 //! Decoding writes into a caller-owned [`QueryScratch`] with fixed capacities, so validation
 //! allocates nothing.
 
+pub mod body;
+pub mod client;
+pub mod extra;
+
 use crate::wal::record::Event;
 
 /// Longest event name, bytes.
@@ -189,6 +193,40 @@ pub fn parse_beacon<'s>(
     })
 }
 
+/// A `file_id` as it arrives in a JSON body: a number or a decimal string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileIdField<'a> {
+    Number(u64),
+    Text(&'a str),
+}
+
+/// Validates values that are already decoded (a JSON item) with the rules of
+/// [`parse_beacon`]. The caller rejects `%` and `+` in them first, so the percent-decoding
+/// the validators apply is the identity here. `None` is a missing parameter.
+pub fn validate_fields<'s>(
+    event: Option<&str>,
+    domain: Option<&str>,
+    file_id: Option<FileIdField<'_>>,
+    ts_ms: u64,
+    allow: &EventAllowlist,
+    scratch: &'s mut QueryScratch,
+) -> Result<Event<'s>, Rejection> {
+    let event = event.ok_or(Rejection::Missing(Param::Event))?;
+    let domain = domain.ok_or(Rejection::Missing(Param::Domain))?;
+    let file_id = match file_id.ok_or(Rejection::Missing(Param::FileId))? {
+        FileIdField::Number(0) => return Err(Rejection::BadFileId),
+        FileIdField::Number(n) => n,
+        FileIdField::Text(text) => validate_file_id(text)?,
+    };
+    let QueryScratch { event: event_buf, domain: domain_buf } = scratch;
+    Ok(Event {
+        ts_ms,
+        event: validate_event(event, allow, event_buf)?,
+        domain: validate_domain(domain, domain_buf)?,
+        file_id,
+    })
+}
+
 /// Still-encoded values of the parameters we use, each seen at most once.
 #[derive(Default)]
 struct RawParams<'q> {
@@ -226,7 +264,7 @@ fn find_params(query: &str) -> Result<RawParams<'_>, Rejection> {
 }
 
 /// `str::split_once` for an ASCII separator, without the UTF-8 char searcher (hot path).
-fn split_once_byte(s: &str, sep: u8) -> Option<(&str, &str)> {
+pub(crate) fn split_once_byte(s: &str, sep: u8) -> Option<(&str, &str)> {
     debug_assert!(sep.is_ascii());
     let at = s.bytes().position(|b| b == sep)?;
     Some((s.get(..at)?, s.get(at + 1..)?))
@@ -361,12 +399,12 @@ fn decode_value(raw: &str, max_bytes: usize, too_long: Rejection, buf: &mut Stri
 }
 
 /// Form-encoding decoder: `%XX` is a byte, `+` a space, anything else itself.
-struct PercentDecode<'a> {
+pub(crate) struct PercentDecode<'a> {
     rest: &'a [u8],
 }
 
 impl<'a> PercentDecode<'a> {
-    fn new(raw: &'a str) -> Self {
+    pub(crate) fn new(raw: &'a str) -> Self {
         PercentDecode { rest: raw.as_bytes() }
     }
 }

@@ -8,11 +8,12 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// Status codes the collector answers with, the `code` label of `ingest_requests_total`.
-pub const STATUS_CODES: [u16; 15] = [200, 204, 400, 404, 405, 408, 411, 413, 414, 431, 500, 501, 503, 505, 0];
+pub const STATUS_CODES: [u16; 17] =
+    [200, 204, 400, 403, 404, 405, 408, 411, 413, 414, 415, 431, 500, 501, 503, 505, 0];
 
 /// `reason` label values of `ingest_events_rejected_total`: validation failures (see
 /// `crate::ingest::Rejection::label`), then server-side ones.
-pub const REJECT_REASONS: [&str; 12] = [
+pub const REJECT_REASONS: [&str; 18] = [
     "missing_param",
     "duplicate_param",
     "empty_param",
@@ -21,6 +22,13 @@ pub const REJECT_REASONS: [&str; 12] = [
     "bad_file_id",
     "bad_encoding",
     "event_not_allowed",
+    // POST bodies and CORS (`crate::ingest::body::BodyError::label`, `crate::http::dialect`).
+    "content_type",
+    "bad_body",
+    "empty_body",
+    "batch_events",
+    "cors_origin",
+    "bad_preflight",
     "wal_full",
     "wal_error",
     "shutting_down",

@@ -380,13 +380,26 @@ fn migrate_blocking_applies_each_migration_once() {
     let db = MariaDb::start();
     let wal = tempfile::tempdir().unwrap();
     let config = config(wal.path(), &db.url, 5000);
-    assert_eq!(psc::mysql::migrate_blocking(&config).unwrap(), vec!["001_init".to_owned()]);
+    assert_eq!(
+        psc::mysql::migrate_blocking(&config).unwrap(),
+        vec!["001_init".to_owned(), "002_client_context".to_owned()]
+    );
     assert!(psc::mysql::migrate_blocking(&config).unwrap().is_empty());
-    assert_eq!(db.query_count("SELECT COUNT(*) FROM schema_migrations"), 1);
+    assert_eq!(db.query_count("SELECT COUNT(*) FROM schema_migrations"), 2);
     let tables = db.query_rows("SHOW TABLES");
     let mut names: Vec<&str> = tables.iter().map(|r| r[0].as_str()).collect();
     names.sort_unstable();
-    assert_eq!(names, ["domains", "events", "ingest_cursors", "schema_migrations"]);
+    assert_eq!(names, ["domains", "events", "ingest_cursors", "schema_migrations", "user_agents"]);
+    // 002 re-applied statement by statement (a crash half-way) is harmless.
+    for statement in psc::mysql::split_statements(psc::mysql::MIGRATIONS[1].1) {
+        db.query_rows(&statement);
+    }
+    let nullable = db.query_count(
+        "SELECT COUNT(*) FROM information_schema.columns WHERE table_schema = DATABASE() \
+         AND table_name = 'events' AND is_nullable = 'YES' AND column_comment <> '' \
+         AND column_name IN ('client_ip', 'ua_hash', 'referer_host', 'extra')",
+    );
+    assert_eq!(nullable, 4, "the context columns are nullable and commented");
 }
 
 #[test]

@@ -9,9 +9,11 @@
 //! - no statement built here exceeds `max_statement_bytes` unless a single row alone does
 //!   (impossible with validated events and the ≥ 64 KiB minimum the config enforces).
 
+use std::net::IpAddr;
 use std::ops::Range;
 
-use crate::wal::record::Event;
+use crate::ingest::client::ua_hash;
+use crate::wal::record::{DecodedContext, Event};
 use crate::wal::Position;
 
 /// One event of a batch; its strings live in the batch arena.
@@ -21,6 +23,11 @@ pub struct Row {
     pub file_id: u64,
     event: Span,
     domain: Span,
+    /// Client context (each absent in old records or when switched off).
+    ip: Option<Span>,
+    ua: Option<Span>,
+    referer_host: Option<Span>,
+    extra: Option<Span>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -44,10 +51,34 @@ impl Batch {
 
     /// Appends the record of `core` that ends at `end`.
     pub fn push(&mut self, core: usize, ev: &Event<'_>, end: Position) {
+        self.push_with_context(core, ev, &DecodedContext::default(), end);
+    }
+
+    /// [`Self::push`] with the record's client context.
+    pub fn push_with_context(
+        &mut self,
+        core: usize,
+        ev: &Event<'_>,
+        ctx: &DecodedContext<'_>,
+        end: Position,
+    ) {
         debug_assert!(self.ends[core].is_none_or(|last| last < end), "rows out of WAL order");
         let event = self.intern(ev.event);
         let domain = self.intern(ev.domain);
-        self.rows.push(Row { ts_ms: ev.ts_ms, file_id: ev.file_id, event, domain });
+        let ip = ctx.ip.map(|s| self.intern(s));
+        let ua = ctx.ua.as_deref().map(|s| self.intern(s));
+        let referer_host = ctx.referer_host.map(|s| self.intern(s));
+        let extra = ctx.extra.as_deref().map(|s| self.intern(s));
+        self.rows.push(Row {
+            ts_ms: ev.ts_ms,
+            file_id: ev.file_id,
+            event,
+            domain,
+            ip,
+            ua,
+            referer_host,
+            extra,
+        });
         self.ends[core] = Some(end);
     }
 
@@ -75,6 +106,11 @@ impl Batch {
 
     pub fn domain(&self, row: &Row) -> &str {
         self.span(row.domain)
+    }
+
+    /// The row's User-Agent text, if stored.
+    pub fn user_agent(&self, row: &Row) -> Option<&str> {
+        row.ua.map(|s| self.span(s))
     }
 
     fn span(&self, s: Span) -> &str {
@@ -159,7 +195,8 @@ impl SqlBuffer {
 }
 
 /// Statement prefix of the event rows.
-pub const EVENTS_PREFIX: &str = "INSERT INTO events (received_at, event, domain_id, file_id) VALUES ";
+pub const EVENTS_PREFIX: &str = "INSERT INTO events \
+(received_at, event, domain_id, file_id, client_ip, ua_hash, referer_host, extra) VALUES ";
 
 /// Builds `INSERT INTO events … VALUES (…),(…)` statements for `batch` into `sql`, each at
 /// most `max_bytes` long. `domain_ids[i]` is the id of the domain of row `i`.
@@ -176,8 +213,63 @@ pub fn build_event_inserts(batch: &Batch, domain_ids: &[u32], max_bytes: usize, 
             out.extend_from_slice(num.format(domain_id).as_bytes());
             out.push(b',');
             out.extend_from_slice(num.format(row.file_id).as_bytes());
+            push_context(batch, row, out);
             out.push(b')');
         });
+    }
+    sql.finish_statement("");
+}
+
+/// `,client_ip,ua_hash,referer_host,extra` of one row; `NULL` for what it lacks. An IP text
+/// that does not parse (never written by the collector) is stored as `NULL`.
+fn push_context(batch: &Batch, row: &Row, out: &mut Vec<u8>) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    out.push(b',');
+    match row.ip.and_then(|s| batch.span(s).parse::<IpAddr>().ok()) {
+        Some(ip) => {
+            let octets: Vec<u8> = match ip {
+                IpAddr::V4(v4) => v4.octets().to_vec(),
+                IpAddr::V6(v6) => v6.octets().to_vec(),
+            };
+            out.extend_from_slice(b"X'");
+            for b in octets {
+                out.extend_from_slice(&[HEX[usize::from(b >> 4)], HEX[usize::from(b & 0xf)]]);
+            }
+            out.push(b'\'');
+        }
+        None => out.extend_from_slice(b"NULL"),
+    }
+    out.push(b',');
+    match batch.user_agent(row) {
+        Some(ua) => out.extend_from_slice(itoa::Buffer::new().format(ua_hash(ua)).as_bytes()),
+        None => out.extend_from_slice(b"NULL"),
+    }
+    for text in [row.referer_host, row.extra] {
+        out.push(b',');
+        match text {
+            Some(s) => push_quoted(batch.span(s), out),
+            None => out.extend_from_slice(b"NULL"),
+        }
+    }
+}
+
+/// Builds `INSERT IGNORE INTO user_agents (hash, ua) VALUES …` for the distinct User-Agents
+/// of `batch` (the first text wins for a hash, in MySQL as here).
+pub fn build_user_agent_inserts(batch: &Batch, max_bytes: usize, sql: &mut SqlBuffer) {
+    let mut seen: Vec<u64> = Vec::new();
+    let mut num = itoa::Buffer::new();
+    for ua in batch.rows().iter().filter_map(|row| batch.user_agent(row)) {
+        let hash = ua_hash(ua);
+        if let Err(at) = seen.binary_search(&hash) {
+            seen.insert(at, hash);
+            sql.push_tuple("INSERT IGNORE INTO user_agents (hash, ua) VALUES ", "", max_bytes, |out| {
+                out.push(b'(');
+                out.extend_from_slice(num.format(hash).as_bytes());
+                out.push(b',');
+                push_quoted(ua, out);
+                out.push(b')');
+            });
+        }
     }
     sql.finish_statement("");
 }
@@ -336,10 +428,44 @@ mod tests {
         assert_eq!(
             stmts,
             vec![format!(
-                "{EVENTS_PREFIX}('1970-01-01 00:00:00.000','play',7,1),('1970-01-01 00:00:01.000','play',8,2)"
+                "{EVENTS_PREFIX}('1970-01-01 00:00:00.000','play',7,1,NULL,NULL,NULL,NULL),\
+                 ('1970-01-01 00:00:01.000','play',8,2,NULL,NULL,NULL,NULL)"
             )]
         );
         assert_eq!(b.ends(), &[Some(Position::new(1, 100)), Some(Position::new(1, 200))]);
+    }
+
+    #[test]
+    fn context_columns_and_user_agents() {
+        let mut b = Batch::new(1, 3);
+        let ev = Event { ts_ms: 0, event: "play", domain: "x.org", file_id: 1 };
+        let ctx = DecodedContext {
+            ip: Some("127.0.0.1"),
+            ua: Some("Bot 'q'".into()),
+            referer_host: Some("r.org"),
+            extra: Some(r#"{"q":"1"}"#.into()),
+        };
+        b.push_with_context(0, &ev, &ctx, Position::new(1, 10));
+        let v6 = DecodedContext { ip: Some("::1"), ua: Some("Bot 'q'".into()), ..DecodedContext::default() };
+        b.push_with_context(0, &ev, &v6, Position::new(1, 20));
+        let mut sql = SqlBuffer::default();
+        build_event_inserts(&b, &[3, 3], 1 << 20, &mut sql);
+        let text = String::from_utf8(sql.statements().next().unwrap().to_vec()).unwrap();
+        let hash = ua_hash("Bot 'q'");
+        assert!(
+            text.ends_with(&format!(
+                "1,X'7F000001',{hash},'r.org','{{\"q\":\"1\"}}'),\
+                 ('1970-01-01 00:00:00.000','play',3,1,X'00000000000000000000000000000001',{hash},NULL,NULL)"
+            )),
+            "{text}"
+        );
+        let mut ua_sql = SqlBuffer::default();
+        build_user_agent_inserts(&b, 1 << 20, &mut ua_sql);
+        let stmts: Vec<_> = ua_sql.statements().map(|s| String::from_utf8(s.to_vec()).unwrap()).collect();
+        assert_eq!(
+            stmts,
+            vec![format!("INSERT IGNORE INTO user_agents (hash, ua) VALUES ({hash},'Bot \\'q\\'')")]
+        );
     }
 
     #[test]

@@ -60,7 +60,7 @@ use crate::mysql::{Db, MysqlError};
 use crate::queue::{CoreProgress, QueueReceiver, WalChunk};
 use crate::wal::quarantine::quarantine_segment;
 use crate::wal::reader::{CoreWalReader, WalReadError};
-use crate::wal::record::{decode, RecordError};
+use crate::wal::record::{decode_with_context, RecordError};
 use crate::wal::segment::core_dir;
 use crate::wal::Position;
 use batch::{Batch, SqlBuffer};
@@ -382,7 +382,7 @@ impl Flusher {
     fn take_chunk_records(&mut self, c: usize, chunk: &WalChunk) {
         let mut offset = 0usize;
         while offset < chunk.bytes.len() {
-            let (ev, len) = match decode(&chunk.bytes[offset..]) {
+            let (ev, context, len) = match decode_with_context(&chunk.bytes[offset..]) {
                 Ok(decoded) => decoded,
                 Err(reason) => {
                     let at = Position::new(chunk.start.segment, chunk.start.offset + offset as u64);
@@ -401,7 +401,7 @@ impl Flusher {
                 lane.mode = Mode::CatchingUp;
                 return;
             }
-            self.batch.push(c, &ev, end);
+            self.batch.push_with_context(c, &ev, &context, end);
             lane.read = end;
         }
         debug_assert_eq!(self.lanes[c].read, chunk.end, "chunk bytes and positions disagree");
@@ -435,8 +435,8 @@ impl Flusher {
             return;
         }
         let mut events = 0u64;
-        let result = lane.reader.read(lane.read, until, room, |ev, end| {
-            batch.push(c, ev, end);
+        let result = lane.reader.read_with_context(lane.read, until, room, |ev, context, end| {
+            batch.push_with_context(c, ev, context, end);
             events += 1;
         });
         match result {
@@ -572,6 +572,7 @@ impl Flusher {
             self.config.mysql.max_statement_bytes,
             &mut self.sql,
         );
+        batch::build_user_agent_inserts(&self.batch, self.config.mysql.max_statement_bytes, &mut self.sql);
         let ends = self.batch_ends();
         batch::build_cursor_upsert(&self.config.ingest.node_id, &ends, &mut self.sql);
         db.execute("start transaction", b"START TRANSACTION").await?;

@@ -19,6 +19,10 @@ use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
+use super::answer::{self, BeaconKind};
+use super::chunked::{self, Dechunk};
+use super::cors::Grant;
+use super::dialect::{self, DialectScratch, Dialects, Outcome};
 use super::request::{self, Body, Method, Parsed, Request};
 use super::response;
 use crate::ingest::{self, EventAllowlist, QueryScratch};
@@ -44,6 +48,8 @@ pub struct ConnContext {
     pub draining: Cell<bool>,
     /// Set while the WAL disk budget is used up (`crate::wal::budget`): `/log` answers 503.
     pub wal_full: Cell<bool>,
+    /// Pixels, POST bodies, CORS and client context.
+    pub dialects: Dialects,
 }
 
 /// The answer to one request, rendered once the WAL outcome of its tick is known.
@@ -65,6 +71,13 @@ enum Reply {
         content_type: &'static str,
         body: Vec<u8>,
     },
+    /// `events` records in the open tick, answered in `kind` with CORS headers for `grant`.
+    Dialect {
+        kind: BeaconKind,
+        events: u32,
+        grant: Option<Grant>,
+    },
+    Preflight(Grant),
 }
 
 struct Pending {
@@ -79,17 +92,19 @@ struct Connection {
     write_buf: Vec<u8>,
     pending: Vec<Pending>,
     scratch: QueryScratch,
+    dialect: DialectScratch,
     /// When the first byte of the request now buffered arrived.
     partial_since: Option<Instant>,
 }
 
 /// Serves one accepted connection until it closes.
-pub async fn serve(mut stream: TcpStream, ctx: Rc<ConnContext>) {
+pub async fn serve(mut stream: TcpStream, peer: std::net::SocketAddr, ctx: Rc<ConnContext>) {
     let mut conn = Connection {
         read_buf: Vec::with_capacity(INITIAL_READ_BYTES),
         write_buf: Vec::with_capacity(1024),
         pending: Vec::with_capacity(16),
         scratch: QueryScratch::default(),
+        dialect: DialectScratch::new(peer.ip()),
         partial_since: None,
     };
     loop {
@@ -154,24 +169,39 @@ impl Connection {
                 }
                 Parsed::Complete(req) => req,
             };
+            let after_head = consumed + req.head_len;
             let body_len = match req.body {
                 Body::None => 0,
-                Body::Length(n) => n,
+                Body::Length(n) => {
+                    let Some(body) = self.read_buf.get(after_head..after_head + n) else {
+                        break; // the body is still on its way
+                    };
+                    self.dialect.body.clear();
+                    self.dialect.body.extend_from_slice(body);
+                    n
+                }
                 Body::Chunked => {
-                    let reply =
-                        Reply::Error { status: 501, reason: "chunked request bodies are not supported here" };
-                    self.pending.push(Pending { reply, close: true, minor_version: 1 });
-                    close = true;
-                    consumed = self.read_buf.len();
-                    break;
+                    let max = ctx.limits.max_body_bytes;
+                    match chunked::dechunk(&self.read_buf[after_head..], max, &mut self.dialect.body) {
+                        Dechunk::Complete { wire_len } => wire_len,
+                        Dechunk::Partial => break,
+                        failed @ (Dechunk::TooLarge | Dechunk::Malformed) => {
+                            let (status, reason) = chunk_error(&ctx.counters, failed);
+                            self.pending.push(Pending {
+                                reply: Reply::Error { status, reason },
+                                close: true,
+                                minor_version: 1,
+                            });
+                            close = true;
+                            consumed = self.read_buf.len();
+                            break;
+                        }
+                    }
                 }
             };
             let request_len = req.head_len + body_len;
-            if self.read_buf.len() - consumed < request_len {
-                break; // the body is still on its way
-            }
             let keep_alive = req.keep_alive && !ctx.draining.get();
-            let reply = route(&req, now_ms, ctx, &mut self.scratch, &mut appended);
+            let reply = route(&req, now_ms, ctx, &mut self.scratch, &mut self.dialect, &mut appended);
             self.pending.push(Pending { reply, close: !keep_alive, minor_version: req.minor_version });
             consumed += request_len;
             if !keep_alive {
@@ -183,11 +213,11 @@ impl Connection {
         self.partial_since =
             (!self.read_buf.is_empty()).then(|| self.partial_since.unwrap_or_else(Instant::now));
         let outcome = if appended { ctx.group.ticket().wait().await } else { TickOutcome::Written };
-        self.render(outcome, &ctx.counters);
+        self.render(outcome, &ctx.counters, &ctx.dialects);
         close
     }
 
-    fn render(&mut self, outcome: TickOutcome, counters: &CoreCounters) {
+    fn render(&mut self, outcome: TickOutcome, counters: &CoreCounters, dialects: &Dialects) {
         for p in self.pending.drain(..) {
             let out = &mut self.write_buf;
             let status = match p.reply {
@@ -222,13 +252,52 @@ impl Connection {
                     response::write_body(out, status, content_type, &body, p.close);
                     status
                 }
+                Reply::Dialect { kind, events, grant } if outcome == TickOutcome::Written => {
+                    bump(&counters.events_accepted, u64::from(events));
+                    let cors = grant.map(|g| (&dialects.cors, g));
+                    answer::write_beacon(out, kind, p.minor_version, !p.close, cors);
+                    if kind == BeaconKind::Gif {
+                        200
+                    } else {
+                        204
+                    }
+                }
+                Reply::Dialect { .. } => {
+                    counters.count_rejection("wal_error");
+                    response::write_503_retry(
+                        out,
+                        RETRY_AFTER_S,
+                        "event not stored: WAL write failed, retry",
+                        p.close,
+                    );
+                    503
+                }
+                Reply::Preflight(grant) => {
+                    dialects.cors.write_preflight(grant, p.close, out);
+                    204
+                }
             };
             counters.count_response(status);
         }
     }
 
-    fn has_complete_request(&self, limits: &request::Limits) -> bool {
-        !self.read_buf.is_empty() && !matches!(request::parse(&self.read_buf, limits), Parsed::Partial)
+    /// Whether the buffer starts with a whole request, body included (or a framing error).
+    fn has_complete_request(&mut self, limits: &request::Limits) -> bool {
+        let req = match request::parse(&self.read_buf, limits) {
+            _ if self.read_buf.is_empty() => return false,
+            Parsed::Partial => return false,
+            Parsed::Invalid(_) => return true,
+            Parsed::Complete(req) => req,
+        };
+        let rest = &self.read_buf[req.head_len..];
+        match req.body {
+            Body::None => true,
+            Body::Length(n) => rest.len() >= n,
+            Body::Chunked => !matches!(
+                chunked::dechunk(rest, limits.max_body_bytes, &mut self.dialect.body),
+                Dechunk::Partial
+            ),
+        }
     }
 
     async fn flush(&mut self, stream: &mut TcpStream) -> bool {
@@ -275,18 +344,27 @@ impl Connection {
     }
 }
 
-/// Dispatches one complete request. Beacons are appended to the open WAL tick here.
+/// Dispatches one complete request (its body, if any, in `dialect.body`). Beacons are
+/// appended to the open WAL tick here.
 fn route(
     req: &Request<'_>,
     now_ms: u64,
     ctx: &ConnContext,
     scratch: &mut QueryScratch,
+    dialect: &mut DialectScratch,
     appended: &mut bool,
 ) -> Reply {
     match req.path {
         "/log" => match req.method {
-            Method::Get => beacon(req.query, now_ms, ctx, scratch, appended),
-            _ => Reply::MethodNotAllowed { allow: "GET" },
+            Method::Get => beacon(req, now_ms, ctx, scratch, dialect, appended, BeaconKind::NoContent),
+            Method::Post => post_beacon(req, now_ms, ctx, dialect, appended),
+            Method::Options => dialect_reply(dialect::preflight(req, &ctx.dialects), &ctx.counters),
+            _ => Reply::MethodNotAllowed { allow: "GET, POST, OPTIONS" },
+        },
+        "/log.gif" | "/pixel.gif" => match req.method {
+            Method::Get => beacon(req, now_ms, ctx, scratch, dialect, appended, BeaconKind::Gif),
+            Method::Options => dialect_reply(dialect::preflight(req, &ctx.dialects), &ctx.counters),
+            _ => Reply::MethodNotAllowed { allow: "GET, OPTIONS" },
         },
         "/healthz" | "/livez" => match req.method {
             Method::Get | Method::Head => {
@@ -322,30 +400,86 @@ fn observe_reply(path: &str, query: &str, observer: &Observer) -> Reply {
 }
 
 fn beacon(
-    query: &str,
+    req: &Request<'_>,
     now_ms: u64,
     ctx: &ConnContext,
     scratch: &mut QueryScratch,
+    dialect: &mut DialectScratch,
     appended: &mut bool,
+    kind: BeaconKind,
 ) -> Reply {
-    if ctx.draining.get() {
-        ctx.counters.count_rejection("shutting_down");
-        return Reply::Unavailable { reason: "shutting down, retry on another node" };
+    if let Some(refusal) = refuse_events(ctx) {
+        return refusal;
     }
-    if ctx.wal_full.get() {
-        ctx.counters.count_rejection("wal_full");
-        return Reply::Unavailable { reason: "event not stored: WAL disk budget used up, retry" };
-    }
-    match ingest::parse_beacon(query, now_ms, &ctx.allow, scratch) {
+    match ingest::parse_beacon(req.query, now_ms, &ctx.allow, scratch) {
         Ok(event) => {
-            ctx.group.append(&event);
+            let context = dialect::client_context(req, &ctx.dialects, dialect);
+            ctx.group.append_with_context(&event, &context);
             *appended = true;
-            Reply::Beacon
+            // Fast path: a plain `/log` without `Origin` is the static 204.
+            match (kind, req.origin) {
+                (BeaconKind::NoContent, None) => Reply::Beacon,
+                _ => Reply::Dialect { kind, events: 1, grant: dialect::grant(req, &ctx.dialects) },
+            }
         }
         Err(rejection) => {
             ctx.counters.count_rejection(rejection.label());
             Reply::Error { status: 400, reason: rejection.reason() }
         }
+    }
+}
+
+/// 503 (with `Retry-After`) when this core cannot take events now: draining for shutdown, or
+/// the WAL disk budget is used up. Checked before validation, so a refused event costs little.
+fn refuse_events(ctx: &ConnContext) -> Option<Reply> {
+    if ctx.draining.get() {
+        ctx.counters.count_rejection("shutting_down");
+        return Some(Reply::Unavailable { reason: "shutting down, retry on another node" });
+    }
+    if ctx.wal_full.get() {
+        ctx.counters.count_rejection("wal_full");
+        return Some(Reply::Unavailable { reason: "event not stored: WAL disk budget used up, retry" });
+    }
+    None
+}
+
+fn post_beacon(
+    req: &Request<'_>,
+    now_ms: u64,
+    ctx: &ConnContext,
+    dialect: &mut DialectScratch,
+    appended: &mut bool,
+) -> Reply {
+    if let Some(refusal) = refuse_events(ctx) {
+        return refusal;
+    }
+    let outcome = dialect::post_beacon(req, now_ms, &ctx.allow, &ctx.group, &ctx.dialects, dialect);
+    if matches!(outcome, Outcome::Accepted { .. }) {
+        *appended = true;
+    }
+    dialect_reply(outcome, &ctx.counters)
+}
+
+fn dialect_reply(outcome: Outcome, counters: &CoreCounters) -> Reply {
+    match outcome {
+        Outcome::Accepted { kind, events, grant } => Reply::Dialect { kind, events, grant },
+        Outcome::Preflight(grant) => Reply::Preflight(grant),
+        Outcome::Rejected { status, mut message, label } => {
+            counters.count_rejection(label);
+            message.push('\n');
+            Reply::Body { status, content_type: "text/plain; charset=utf-8", body: message.into_bytes() }
+        }
+    }
+}
+
+/// Status and reason for a chunked body that cannot be read, counting the limit hit.
+fn chunk_error(counters: &CoreCounters, failed: Dechunk) -> (u16, &'static str) {
+    if failed == Dechunk::TooLarge {
+        counters.count_limit_hit("body_bytes");
+        (413, "chunked body exceeds http.max_body_bytes")
+    } else {
+        counters.count_limit_hit("malformed");
+        (400, "malformed chunked body")
     }
 }
 

@@ -1,6 +1,11 @@
 //! HTTP/1.x for beacons: `request` turns bytes into a request (no IO), `response` holds the
-//! pre-rendered answers, `conn` runs one connection.
+//! pre-rendered answers, `conn` runs one connection;
+//! `dialect` (with `answer`, `cors`, `chunked`) speaks pixels, POST bodies and CORS.
 
+pub mod answer;
+pub mod chunked;
 pub mod conn;
+pub mod cors;
+pub mod dialect;
 pub mod request;
 pub mod response;

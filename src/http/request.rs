@@ -63,11 +63,13 @@ pub enum Method {
 
 impl Method {
     fn from_token(token: &str) -> Method {
-        match token {
-            "GET" => Method::Get,
-            "HEAD" => Method::Head,
-            "POST" => Method::Post,
-            "OPTIONS" => Method::Options,
+        // Byte patterns rather than string literals: they compile to inline compares, never a
+        // call to memcmp (which the optimiser sometimes picks for `&str` patterns).
+        match token.as_bytes() {
+            [b'G', b'E', b'T'] => Method::Get,
+            [b'H', b'E', b'A', b'D'] => Method::Head,
+            [b'P', b'O', b'S', b'T'] => Method::Post,
+            [b'O', b'P', b'T', b'I', b'O', b'N', b'S'] => Method::Options,
             _ => Method::Other,
         }
     }
@@ -104,6 +106,15 @@ pub struct Request<'a> {
     pub origin: Option<&'a [u8]>,
     /// `Content-Type` header value, for POST bodies.
     pub content_type: Option<&'a [u8]>,
+    /// `User-Agent` header value (first one), for the client context.
+    pub user_agent: Option<&'a [u8]>,
+    /// `Referer` header value (first one), for the client context.
+    pub referer: Option<&'a [u8]>,
+    /// `X-Forwarded-For` values; several header lines are one list (RFC 9110 §5.3), and only
+    /// the last line is kept: the right-most entries are the ones a trusted proxy wrote.
+    pub forwarded_for: Option<&'a [u8]>,
+    /// `Access-Control-Request-Method`: present only on a CORS preflight.
+    pub cors_request_method: Option<&'a [u8]>,
 }
 
 /// Outcome of [`parse`].
@@ -261,7 +272,11 @@ fn build<'a>(
     if target.len() > limits.max_url_bytes {
         return Err(HttpError::UrlTooLong);
     }
-    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    // A byte search: `split_once('?')` goes through the generic char searcher.
+    let (path, query) = match target.bytes().position(|b| b == b'?') {
+        Some(at) => (&target[..at], &target[at + 1..]),
+        None => (target, ""),
+    };
     let h = scan_headers(req.headers)?;
     Ok(Request {
         method: Method::from_token(method),
@@ -273,6 +288,10 @@ fn build<'a>(
         body: body_framing(minor_version, &h, limits)?,
         origin: h.origin,
         content_type: h.content_type,
+        user_agent: h.user_agent,
+        referer: h.referer,
+        forwarded_for: h.forwarded_for,
+        cors_request_method: h.cors_request_method,
     })
 }
 
@@ -284,6 +303,10 @@ struct Interesting<'a> {
     connection: ConnectionTokens,
     origin: Option<&'a [u8]>,
     content_type: Option<&'a [u8]>,
+    user_agent: Option<&'a [u8]>,
+    referer: Option<&'a [u8]>,
+    forwarded_for: Option<&'a [u8]>,
+    cors_request_method: Option<&'a [u8]>,
 }
 
 #[derive(Default, Clone, Copy)]
@@ -295,24 +318,39 @@ struct ConnectionTokens {
 fn scan_headers<'a>(headers: &[httparse::Header<'a>]) -> Result<Interesting<'a>, HttpError> {
     let mut h = Interesting::default();
     for header in headers {
-        let name = header.name;
-        if name.eq_ignore_ascii_case("content-length") {
-            let value = parse_content_length(header.value)?;
-            if h.content_length.is_some_and(|seen| seen != value) {
-                return Err(HttpError::BadContentLength);
+        let name = header.name.as_bytes();
+        // Dispatch on the length first: most headers (Host, Accept, ...) then cost one compare
+        // of a length, and the rest one or two name compares, however many names we know.
+        match name.len() {
+            6 if name.eq_ignore_ascii_case(b"origin") => h.origin = h.origin.or(Some(header.value)),
+            7 if name.eq_ignore_ascii_case(b"referer") => h.referer = h.referer.or(Some(header.value)),
+            10 if name.eq_ignore_ascii_case(b"connection") => {
+                add_connection_tokens(&mut h.connection, header.value)
             }
-            h.content_length = Some(value);
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            if h.transfer_encoding.is_some() {
-                return Err(HttpError::Malformed);
+            10 if name.eq_ignore_ascii_case(b"user-agent") => {
+                h.user_agent = h.user_agent.or(Some(header.value))
             }
-            h.transfer_encoding = Some(header.value);
-        } else if name.eq_ignore_ascii_case("connection") {
-            add_connection_tokens(&mut h.connection, header.value);
-        } else if name.eq_ignore_ascii_case("origin") {
-            h.origin = h.origin.or(Some(header.value));
-        } else if name.eq_ignore_ascii_case("content-type") {
-            h.content_type = h.content_type.or(Some(header.value));
+            12 if name.eq_ignore_ascii_case(b"content-type") => {
+                h.content_type = h.content_type.or(Some(header.value))
+            }
+            14 if name.eq_ignore_ascii_case(b"content-length") => {
+                let value = parse_content_length(header.value)?;
+                if h.content_length.is_some_and(|seen| seen != value) {
+                    return Err(HttpError::BadContentLength);
+                }
+                h.content_length = Some(value);
+            }
+            15 if name.eq_ignore_ascii_case(b"x-forwarded-for") => h.forwarded_for = Some(header.value),
+            17 if name.eq_ignore_ascii_case(b"transfer-encoding") => {
+                if h.transfer_encoding.is_some() {
+                    return Err(HttpError::Malformed);
+                }
+                h.transfer_encoding = Some(header.value);
+            }
+            29 if name.eq_ignore_ascii_case(b"access-control-request-method") => {
+                h.cors_request_method = h.cors_request_method.or(Some(header.value))
+            }
+            _ => {}
         }
     }
     Ok(h)
@@ -486,6 +524,24 @@ mod tests {
         assert_eq!(r.origin, Some(b"https://a.example".as_slice()));
         assert_eq!(r.content_type, Some(b"text/plain".as_slice()));
         assert_eq!(r.body, Body::Length(5));
+    }
+
+    #[test]
+    fn client_context_headers_are_exposed() {
+        let r = complete(
+            b"OPTIONS /log HTTP/1.1\r\nuser-agent: UA/1\r\nREFERER: https://a.b/x\r\n\
+              X-Forwarded-For: 1.1.1.1\r\nX-Forwarded-For: 2.2.2.2, 3.3.3.3\r\n\
+              Access-Control-Request-Method: POST\r\nUser-Agent: second\r\n\r\n",
+        );
+        assert_eq!(r.user_agent, Some(&b"UA/1"[..]));
+        assert_eq!(r.referer, Some(&b"https://a.b/x"[..]));
+        assert_eq!(r.forwarded_for, Some(&b"2.2.2.2, 3.3.3.3"[..]));
+        assert_eq!(r.cors_request_method, Some(&b"POST"[..]));
+        let r = complete(BEACON);
+        assert_eq!(
+            (r.user_agent, r.referer, r.forwarded_for, r.cors_request_method),
+            (None, None, None, None)
+        );
     }
 
     #[test]

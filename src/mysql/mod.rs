@@ -19,7 +19,10 @@ use crate::config::{Config, MysqlConfig};
 use crate::wal::Position;
 
 /// The embedded migrations, applied in order; the name is recorded in `schema_migrations`.
-pub const MIGRATIONS: &[(&str, &str)] = &[("001_init", include_str!("../../migrations/001_init.sql"))];
+pub const MIGRATIONS: &[(&str, &str)] = &[
+    ("001_init", include_str!("../../migrations/001_init.sql")),
+    ("002_client_context", include_str!("../../migrations/002_client_context.sql")),
+];
 
 const SESSION_SETUP: &str = "SET time_zone = '+00:00', sql_mode = \
     'STRICT_TRANS_TABLES,NO_ZERO_IN_DATE,NO_ZERO_DATE,ERROR_FOR_DIVISION_BY_ZERO,NO_ENGINE_SUBSTITUTION'";

@@ -155,6 +155,7 @@ async fn serve_core(setup: CoreSetup) -> Result<(), CoreError> {
         observer: setup.observer.clone(),
         draining: Cell::new(false),
         wal_full: Cell::new(false),
+        dialects: crate::http::dialect::Dialects::from_config(cfg),
     });
     let watch = BudgetWatch {
         core,
@@ -199,8 +200,8 @@ async fn accept_until_drain(
             accepted = listener.accept() => accepted,
             _ = drain.wait() => return,
         };
-        let stream = match accepted {
-            Ok((stream, _peer)) => stream,
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
             Err(err) => {
                 // EMFILE and friends: back off briefly instead of spinning.
                 tracing::warn!(%err, "accept failed");
@@ -221,7 +222,7 @@ async fn accept_until_drain(
         let id = open_conns.insert(stream.as_raw_fd());
         let open_conns = open_conns.clone();
         monoio::spawn(async move {
-            conn::serve(stream, ctx.clone()).await;
+            conn::serve(stream, peer, ctx.clone()).await;
             // No await between the close (end of `serve`) and here: the fd cannot be reused
             // by this core before it leaves the registry.
             open_conns.remove(id);

@@ -128,6 +128,16 @@ impl GroupCommit {
         }
     }
 
+    /// [`Self::append`] with the event's client context (`crate::wal::record::Context`).
+    pub fn append_with_context(&self, event: &Event<'_>, context: &record::Context<'_>) {
+        debug_assert!(!self.closing.get(), "append after close");
+        record::encode_with_context(event, context, &mut self.open.borrow_mut());
+        self.open_records.set(self.open_records.get() + 1);
+        if let Some(waker) = self.writer_waker.borrow_mut().take() {
+            waker.wake();
+        }
+    }
+
     /// Encodes several events so that they land in the same write (all-or-nothing batches).
     pub fn append_all<'a>(&self, events: impl IntoIterator<Item = &'a Event<'a>>) {
         for event in events {

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
 
-use super::record::{self, Event, RecordError, MAX_RECORD_BYTES};
+use super::record::{self, DecodedContext, Event, RecordError, MAX_RECORD_BYTES};
 use super::segment::{list_segments, segment_path};
 use super::Position;
 
@@ -90,6 +90,17 @@ impl CoreWalReader {
         max_records: usize,
         mut on_record: impl FnMut(&Event<'_>, Position),
     ) -> Result<Position, WalReadError> {
+        self.read_with_context(from, until, max_records, |ev, _, end| on_record(ev, end))
+    }
+
+    /// [`Self::read`] that also hands over each record's client context.
+    pub fn read_with_context(
+        &mut self,
+        from: Position,
+        until: Position,
+        max_records: usize,
+        mut on_record: impl FnMut(&Event<'_>, &DecodedContext<'_>, Position),
+    ) -> Result<Position, WalReadError> {
         let Some(mut pos) = self.resolve_start(from)? else {
             return Ok(from);
         };
@@ -141,7 +152,7 @@ impl CoreWalReader {
         &mut self,
         pos: Position,
         left: &mut usize,
-        on_record: &mut impl FnMut(&Event<'_>, Position),
+        on_record: &mut impl FnMut(&Event<'_>, &DecodedContext<'_>, Position),
     ) -> Result<SealedStep, WalReadError> {
         let core_dir = &self.core_dir;
         let sealed = match map_sealed(&mut self.sealed, core_dir, pos.segment) {
@@ -181,7 +192,7 @@ impl CoreWalReader {
         mut pos: Position,
         limit: u64,
         left: &mut usize,
-        on_record: &mut impl FnMut(&Event<'_>, Position),
+        on_record: &mut impl FnMut(&Event<'_>, &DecodedContext<'_>, Position),
     ) -> Result<Position, WalReadError> {
         let mut refilled_at = None;
         while *left > 0 && pos.offset < limit {
@@ -314,15 +325,15 @@ fn deliver_records(
     bytes: &[u8],
     base: Position,
     left: &mut usize,
-    on_record: &mut impl FnMut(&Event<'_>, Position),
+    on_record: &mut impl FnMut(&Event<'_>, &DecodedContext<'_>, Position),
 ) -> (Position, Option<RecordError>) {
     let mut used = 0;
     while *left > 0 && used < bytes.len() {
-        match record::decode(&bytes[used..]) {
-            Ok((event, len)) => {
+        match record::decode_with_context(&bytes[used..]) {
+            Ok((event, context, len)) => {
                 used += len;
                 *left -= 1;
-                on_record(&event, Position::new(base.segment, base.offset + used as u64));
+                on_record(&event, &context, Position::new(base.segment, base.offset + used as u64));
             }
             Err(reason) => return (Position::new(base.segment, base.offset + used as u64), Some(reason)),
         }

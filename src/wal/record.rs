@@ -2,6 +2,13 @@
 //! The encoder is on the hot path: it appends to a reused buffer and allocates nothing.
 //! The decoder is its pair: it checks every property the encoder guarantees (header, length,
 //! CRC, payload shape) and borrows the strings from the input, so it allocates nothing either.
+//!
+//! Client context (IP, User-Agent, Referer host, kept extra parameters) rides in optional
+//! payload keys `ip`, `ua`, `ref` and `extra`, written only when present: a plain event's
+//! record is byte for byte what it was before they existed, and old records decode with an
+//! empty [`Context`]. `ua` and `extra` are client-controlled text and are JSON-escaped.
+
+use std::borrow::Cow;
 
 /// Longest record line accepted, newline included.
 pub const MAX_RECORD_BYTES: usize = 16 * 1024;
@@ -36,6 +43,34 @@ pub enum RecordError {
     BadPayload,
 }
 
+/// Optional client context stored with an event; `None` keys are not written at all.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Context<'a> {
+    /// Client IP in canonical text form (no escaping needed).
+    pub ip: Option<&'a str>,
+    /// User-Agent text, any UTF-8 (escaped when encoded).
+    pub ua: Option<&'a str>,
+    /// Lower-case Referer host (hostname or IP-literal characters only).
+    pub referer_host: Option<&'a str>,
+    /// Kept extra parameters as a JSON object text (escaped as a JSON string when encoded).
+    pub extra: Option<&'a str>,
+}
+
+impl Context<'_> {
+    pub fn is_empty(&self) -> bool {
+        self.ip.is_none() && self.ua.is_none() && self.referer_host.is_none() && self.extra.is_none()
+    }
+}
+
+/// [`Context`] as decoded: escaped strings come back owned, the rest borrowed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DecodedContext<'a> {
+    pub ip: Option<&'a str>,
+    pub ua: Option<Cow<'a, str>>,
+    pub referer_host: Option<&'a str>,
+    pub extra: Option<Cow<'a, str>>,
+}
+
 const HEADER_BYTES: usize = 9; // 8 hex digits + space
 
 /// Appends one record line for `ev` to `out`. Allocates only if `out` must grow.
@@ -61,6 +96,65 @@ pub fn encode(ev: &Event<'_>, out: &mut Vec<u8>) {
     debug_assert!(out.len() - start <= MAX_RECORD_BYTES);
 }
 
+/// Appends one record line for `ev` with its client context. With an empty `ctx` the line
+/// is exactly what [`encode`] writes.
+pub fn encode_with_context(ev: &Event<'_>, ctx: &Context<'_>, out: &mut Vec<u8>) {
+    if ctx.is_empty() {
+        return encode(ev, out);
+    }
+    debug_assert!(ev.event.bytes().all(is_plain_json_byte) && ev.domain.bytes().all(is_plain_json_byte));
+    debug_assert!(ctx.ip.is_none_or(|s| s.bytes().all(is_plain_json_byte)));
+    debug_assert!(ctx.referer_host.is_none_or(|s| s.bytes().all(is_plain_json_byte)));
+    let start = out.len();
+    out.extend_from_slice(b"00000000 {\"ts\":");
+    let mut num = itoa::Buffer::new();
+    out.extend_from_slice(num.format(ev.ts_ms).as_bytes());
+    out.extend_from_slice(b",\"event\":\"");
+    out.extend_from_slice(ev.event.as_bytes());
+    out.extend_from_slice(b"\",\"domain\":\"");
+    out.extend_from_slice(ev.domain.as_bytes());
+    out.extend_from_slice(b"\",\"file_id\":");
+    out.extend_from_slice(num.format(ev.file_id).as_bytes());
+    for (key, value) in [
+        (&b",\"ip\":"[..], ctx.ip),
+        (b",\"ua\":", ctx.ua),
+        (b",\"ref\":", ctx.referer_host),
+        (b",\"extra\":", ctx.extra),
+    ] {
+        if let Some(value) = value {
+            out.extend_from_slice(key);
+            push_json_string(value, out);
+        }
+    }
+    out.push(b'}');
+    let crc = crc32c::crc32c(&out[start + HEADER_BYTES..]);
+    out.push(b'\n');
+    write_hex_u32(crc, &mut out[start..start + 8]);
+    debug_assert!(out.len() - start <= MAX_RECORD_BYTES);
+}
+
+/// Appends `s` as a JSON string literal: `"` and `\\` escaped, control bytes as `\u00XX`.
+fn push_json_string(s: &str, out: &mut Vec<u8>) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.push(b'"');
+    for &b in s.as_bytes() {
+        match b {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            0..=0x1f => out.extend_from_slice(&[
+                b'\\',
+                b'u',
+                b'0',
+                b'0',
+                HEX[usize::from(b >> 4)],
+                HEX[usize::from(b & 0xf)],
+            ]),
+            _ => out.push(b),
+        }
+    }
+    out.push(b'"');
+}
+
 fn is_plain_json_byte(b: u8) -> bool {
     b.is_ascii_graphic() && b != b'"' && b != b'\\'
 }
@@ -82,19 +176,32 @@ struct Payload<'a> {
     #[serde(borrow)]
     domain: &'a str,
     file_id: u64,
+    #[serde(default, borrow)]
+    ip: Option<&'a str>,
+    #[serde(default, borrow)]
+    ua: Option<Cow<'a, str>>,
+    #[serde(default, borrow, rename = "ref")]
+    referer_host: Option<&'a str>,
+    #[serde(default, borrow)]
+    extra: Option<Cow<'a, str>>,
 }
 
 /// Decodes the record at the start of `buf`. Returns the event and the bytes it occupies,
 /// newline included.
 pub fn decode(buf: &[u8]) -> Result<(Event<'_>, usize), RecordError> {
+    decode_with_context(buf).map(|(event, _, len)| (event, len))
+}
+
+/// [`decode`] that also returns the record's client context (empty for old records).
+pub fn decode_with_context(buf: &[u8]) -> Result<(Event<'_>, DecodedContext<'_>, usize), RecordError> {
     let crc = parse_header(buf)?;
     let line_len = find_line_len(buf)?;
     let payload = &buf[HEADER_BYTES..line_len - 1];
     if crc32c::crc32c(payload) != crc {
         return Err(RecordError::BadChecksum);
     }
-    let event = parse_payload(payload)?;
-    Ok((event, line_len))
+    let (event, context) = parse_payload(payload)?;
+    Ok((event, context, line_len))
 }
 
 /// Checks the 8 hex digits and the space; bytes not yet present make the record `Incomplete`
@@ -130,12 +237,14 @@ fn find_line_len(buf: &[u8]) -> Result<usize, RecordError> {
     }
 }
 
-fn parse_payload(payload: &[u8]) -> Result<Event<'_>, RecordError> {
+fn parse_payload(payload: &[u8]) -> Result<(Event<'_>, DecodedContext<'_>), RecordError> {
     let p: Payload<'_> = serde_json::from_slice(payload).map_err(|_| RecordError::BadPayload)?;
     if p.event.is_empty() || p.domain.is_empty() {
         return Err(RecordError::BadPayload);
     }
-    Ok(Event { ts_ms: p.ts, event: p.event, domain: p.domain, file_id: p.file_id })
+    let event = Event { ts_ms: p.ts, event: p.event, domain: p.domain, file_id: p.file_id };
+    let context = DecodedContext { ip: p.ip, ua: p.ua, referer_host: p.referer_host, extra: p.extra };
+    Ok((event, context))
 }
 
 /// Result of walking records from the start of a buffer.
@@ -219,6 +328,44 @@ mod tests {
         let (ev, used) = decode(&line).unwrap();
         assert_eq!(ev, Event { ts_ms: 5, event: "play", domain: "a.b", file_id: 7 });
         assert_eq!(used, line.len());
+    }
+
+    #[test]
+    fn context_round_trips_with_escapes() {
+        let ev = sample(9);
+        let ctx = Context {
+            ip: Some("2001:db8::1"),
+            ua: Some("Mozilla/5.0 \"quoted\" back\\slash\u{1}ctl é"),
+            referer_host: Some("piratka.biz"),
+            extra: Some(r#"{"quality":"720p"}"#),
+        };
+        let mut buf = Vec::new();
+        encode_with_context(&ev, &ctx, &mut buf);
+        assert_eq!(buf.iter().filter(|&&b| b == b'\n').count(), 1, "one line");
+        let (back, decoded, used) = decode_with_context(&buf).unwrap();
+        assert_eq!((back, used), (ev, buf.len()));
+        assert_eq!(decoded.ip, ctx.ip);
+        assert_eq!(decoded.ua.as_deref(), ctx.ua);
+        assert_eq!(decoded.referer_host, ctx.referer_host);
+        assert_eq!(decoded.extra.as_deref(), ctx.extra);
+        assert_eq!(decode(&buf).unwrap(), (ev, buf.len()), "plain decode ignores the context");
+        assert_eq!(scan(&buf).records, 1);
+    }
+
+    #[test]
+    fn empty_context_encodes_exactly_like_encode() {
+        let mut plain = Vec::new();
+        encode(&sample(4), &mut plain);
+        let mut with = Vec::new();
+        encode_with_context(&sample(4), &Context::default(), &mut with);
+        assert_eq!(plain, with);
+        let (_, ctx, _) = decode_with_context(&plain).unwrap();
+        assert_eq!(ctx, DecodedContext::default(), "old records have no context");
+        let partial = Context { ua: Some("wrk"), ..Context::default() };
+        let mut buf = Vec::new();
+        encode_with_context(&sample(4), &partial, &mut buf);
+        assert!(!buf.windows(5).any(|w| w == b"\"ip\":"), "absent keys are not written");
+        assert_eq!(decode_with_context(&buf).unwrap().1.ua.as_deref(), Some("wrk"));
     }
 
     #[test]

@@ -1,0 +1,530 @@
+//! `POST /log` bodies into a validated batch of events. Pure: no IO.
+//!
+//! Bodies browsers actually send:
+//! - `application/x-www-form-urlencoded`: `event=…&domain=…&file_id=…`, one event, the same
+//!   rules as a GET query (it *is* [`super::parse_beacon`]);
+//! - `application/json`: one object or an array of objects with `event`, `domain` and
+//!   `file_id` (a number or a decimal string); other keys are ignored;
+//! - `text/plain` (what `navigator.sendBeacon(url, string)` sends) and no content type: the
+//!   body is sniffed, JSON if its first non-blank byte is `{` or `[`, else form-encoded.
+//!
+//! Invariants:
+//! - a batch is all-or-nothing: the first invalid item rejects the whole body with its
+//!   index and reason, and [`BatchScratch`] then holds no events;
+//! - at most `max_events` events per body (413 past it), and never an empty batch;
+//! - JSON strings are taken as they are (no percent-decoding): a `%` or `+` in `event`,
+//!   `domain` or `file_id` is invalid, as neither can appear in a valid value;
+//! - events are stamped with the server's receive time, never a client clock.
+
+use std::fmt;
+use std::ops::Range;
+
+use super::{validate_fields, EventAllowlist, FileIdField, QueryScratch, Rejection};
+use crate::wal::record::Event;
+
+/// Which JSON parser reads JSON bodies. simd-json is the production choice (see
+/// `benches/post_batch.rs`); serde_json stays for the comparison.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JsonParser {
+    Simd,
+    Serde,
+}
+
+/// How a body is encoded, from its `Content-Type` and, for `text/plain`, its first byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyKind {
+    Form,
+    Json,
+}
+
+/// Why a body is refused. Maps to a status and a one-line message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyError {
+    /// A content type we do not read (415).
+    UnsupportedType,
+    /// Not UTF-8, not JSON, or JSON of the wrong shape (400).
+    Malformed(&'static str),
+    /// An empty body or an empty array (400).
+    Empty,
+    /// More than `ingest.max_batch_events` events (413).
+    TooManyEvents { max: usize },
+    /// Item `index` (0-based; 0 for a single object or a form body) is invalid (400).
+    Item { index: usize, rejection: Rejection },
+}
+
+impl BodyError {
+    pub fn status(self) -> u16 {
+        match self {
+            BodyError::UnsupportedType => 415,
+            BodyError::TooManyEvents { .. } => 413,
+            BodyError::Malformed(_) | BodyError::Empty | BodyError::Item { .. } => 400,
+        }
+    }
+
+    /// Label for the rejected-events metric.
+    pub fn label(self) -> &'static str {
+        match self {
+            BodyError::UnsupportedType => "content_type",
+            BodyError::Malformed(_) => "bad_body",
+            BodyError::Empty => "empty_body",
+            BodyError::TooManyEvents { .. } => "batch_events",
+            BodyError::Item { rejection, .. } => rejection.label(),
+        }
+    }
+}
+
+impl fmt::Display for BodyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BodyError::UnsupportedType => f.write_str(
+                "Content-Type must be application/json, application/x-www-form-urlencoded or text/plain",
+            ),
+            BodyError::Malformed(what) => write!(f, "malformed body: {what}"),
+            BodyError::Empty => f.write_str("body holds no event"),
+            BodyError::TooManyEvents { max } => {
+                write!(f, "batch exceeds ingest.max_batch_events ({max} events)")
+            }
+            BodyError::Item { index, rejection } => write!(f, "item {index}: {}", rejection.reason()),
+        }
+    }
+}
+
+/// Decides how to read a body with `content_type` (the raw header value, if any).
+pub fn body_kind(content_type: Option<&[u8]>, body: &[u8]) -> Result<BodyKind, BodyError> {
+    let essence = content_type.map(|ct| {
+        let end = ct.iter().position(|&b| b == b';').unwrap_or(ct.len());
+        ct[..end].trim_ascii()
+    });
+    match essence {
+        Some(t) if t.eq_ignore_ascii_case(b"application/json") => Ok(BodyKind::Json),
+        Some(t) if t.eq_ignore_ascii_case(b"application/x-www-form-urlencoded") => Ok(BodyKind::Form),
+        Some(t) if t.eq_ignore_ascii_case(b"text/plain") => Ok(sniff(body)),
+        None => Ok(sniff(body)),
+        Some(_) => Err(BodyError::UnsupportedType),
+    }
+}
+
+fn sniff(body: &[u8]) -> BodyKind {
+    match body.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{' | b'[') => BodyKind::Json,
+        _ => BodyKind::Form,
+    }
+}
+
+/// A validated batch: the events' strings in one reused arena.
+#[derive(Default)]
+pub struct BatchScratch {
+    text: String,
+    items: Vec<Item>,
+    query: QueryScratch,
+    /// simd-json's parse buffers, kept between bodies.
+    json_buffers: Option<Box<simd_json::Buffers>>,
+}
+
+impl fmt::Debug for BatchScratch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BatchScratch").field("events", &self.items.len()).finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Item {
+    file_id: u64,
+    event: Range<usize>,
+    domain: Range<usize>,
+}
+
+impl BatchScratch {
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// The events of the batch, in body order, stamped `ts_ms`.
+    pub fn events(&self, ts_ms: u64) -> impl Iterator<Item = Event<'_>> + '_ {
+        self.items.iter().map(move |item| Event {
+            ts_ms,
+            event: &self.text[item.event.clone()],
+            domain: &self.text[item.domain.clone()],
+            file_id: item.file_id,
+        })
+    }
+
+    fn clear(&mut self) {
+        self.text.clear();
+        self.items.clear();
+    }
+
+    fn push(&mut self, event: &Event<'_>) {
+        let start = self.text.len();
+        self.text.push_str(event.event);
+        let mid = self.text.len();
+        self.text.push_str(event.domain);
+        self.items.push(Item { file_id: event.file_id, event: start..mid, domain: mid..self.text.len() });
+    }
+}
+
+/// The rules a body is checked against.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyRules<'a> {
+    pub allow: &'a EventAllowlist,
+    /// `ingest.max_batch_events`.
+    pub max_events: usize,
+    pub parser: JsonParser,
+}
+
+/// Parses and validates `body` (modified in place by simd-json) into `out`. On error `out`
+/// is empty: nothing of an invalid batch can be stored.
+pub fn parse_body(
+    kind: BodyKind,
+    body: &mut [u8],
+    rules: &BodyRules<'_>,
+    out: &mut BatchScratch,
+) -> Result<(), BodyError> {
+    out.clear();
+    let result = match kind {
+        BodyKind::Form => parse_form(body, rules, out),
+        BodyKind::Json => parse_json(body, rules, out),
+    };
+    if result.is_err() {
+        out.clear();
+    }
+    result
+}
+
+fn parse_form(body: &[u8], rules: &BodyRules<'_>, out: &mut BatchScratch) -> Result<(), BodyError> {
+    let text = std::str::from_utf8(body).map_err(|_| BodyError::Malformed("form body is not UTF-8"))?;
+    let text = text.trim_ascii();
+    if text.is_empty() {
+        return Err(BodyError::Empty);
+    }
+    let mut query = std::mem::take(&mut out.query);
+    let parsed = super::parse_beacon(text, 0, rules.allow, &mut query)
+        .map(|event| out.push(&event))
+        .map_err(|rejection| BodyError::Item { index: 0, rejection });
+    out.query = query;
+    parsed
+}
+
+/// One JSON field as the validator sees it, whichever parser produced it.
+#[derive(Debug, Clone, Copy)]
+enum Field<'v> {
+    Missing,
+    Str(&'v str),
+    UInt(u64),
+    Other,
+}
+
+struct Fields<'v> {
+    event: Field<'v>,
+    domain: Field<'v>,
+    file_id: Field<'v>,
+}
+
+fn parse_json(body: &mut [u8], rules: &BodyRules<'_>, out: &mut BatchScratch) -> Result<(), BodyError> {
+    match rules.parser {
+        JsonParser::Simd => parse_json_simd(body, rules, out),
+        JsonParser::Serde => parse_json_serde(body, rules, out),
+    }
+}
+
+fn parse_json_simd(body: &mut [u8], rules: &BodyRules<'_>, out: &mut BatchScratch) -> Result<(), BodyError> {
+    use simd_json::prelude::*;
+    use simd_json::BorrowedValue;
+
+    fn field<'v>(obj: &'v simd_json::borrowed::Object<'_>, key: &str) -> Field<'v> {
+        match obj.get(key) {
+            None => Field::Missing,
+            Some(BorrowedValue::String(s)) => Field::Str(s),
+            Some(v) => v.as_u64().map_or(Field::Other, Field::UInt),
+        }
+    }
+    fn fields<'v>(item: &'v BorrowedValue<'_>) -> Option<Fields<'v>> {
+        let obj = item.as_object()?;
+        Some(Fields {
+            event: field(obj, "event"),
+            domain: field(obj, "domain"),
+            file_id: field(obj, "file_id"),
+        })
+    }
+
+    let mut buffers = out.json_buffers.take().unwrap_or_default();
+    let parsed = simd_json::to_borrowed_value_with_buffers(body, &mut buffers);
+    let result = match &parsed {
+        Err(_) => Err(BodyError::Malformed("invalid JSON")),
+        Ok(BorrowedValue::Array(items)) => validate_items(items.len(), items.iter().map(fields), rules, out),
+        Ok(single) => validate_items(1, std::iter::once(fields(single)), rules, out),
+    };
+    out.json_buffers = Some(buffers);
+    result
+}
+
+fn parse_json_serde(body: &[u8], rules: &BodyRules<'_>, out: &mut BatchScratch) -> Result<(), BodyError> {
+    use serde_json::Value;
+
+    fn field<'v>(obj: &'v serde_json::Map<String, Value>, key: &str) -> Field<'v> {
+        match obj.get(key) {
+            None => Field::Missing,
+            Some(Value::String(s)) => Field::Str(s),
+            Some(v) => v.as_u64().map_or(Field::Other, Field::UInt),
+        }
+    }
+    fn fields(item: &Value) -> Option<Fields<'_>> {
+        let obj = item.as_object()?;
+        Some(Fields {
+            event: field(obj, "event"),
+            domain: field(obj, "domain"),
+            file_id: field(obj, "file_id"),
+        })
+    }
+
+    match serde_json::from_slice::<Value>(body) {
+        Err(_) => Err(BodyError::Malformed("invalid JSON")),
+        Ok(Value::Array(items)) => validate_items(items.len(), items.iter().map(fields), rules, out),
+        Ok(single) => validate_items(1, std::iter::once(fields(&single)), rules, out),
+    }
+}
+
+/// Validates every item (`None`: not a JSON object) into `out`, stopping at the first bad one.
+fn validate_items<'v>(
+    count: usize,
+    items: impl Iterator<Item = Option<Fields<'v>>>,
+    rules: &BodyRules<'_>,
+    out: &mut BatchScratch,
+) -> Result<(), BodyError> {
+    if count == 0 {
+        return Err(BodyError::Empty);
+    }
+    if count > rules.max_events {
+        return Err(BodyError::TooManyEvents { max: rules.max_events });
+    }
+    let mut query = std::mem::take(&mut out.query);
+    let mut result = Ok(());
+    for (index, item) in items.enumerate() {
+        let Some(f) = item else {
+            result = Err(BodyError::Malformed("items must be JSON objects"));
+            break;
+        };
+        match validate_json_item(&f, rules.allow, &mut query) {
+            Ok(event) => out.push(&event),
+            Err(rejection) => {
+                result = Err(BodyError::Item { index, rejection });
+                break;
+            }
+        }
+    }
+    out.query = query;
+    result
+}
+
+fn validate_json_item<'s>(
+    f: &Fields<'_>,
+    allow: &EventAllowlist,
+    scratch: &'s mut QueryScratch,
+) -> Result<Event<'s>, Rejection> {
+    let event = match f.event {
+        Field::Missing => None,
+        Field::Str(s) if !has_form_escapes(s) => Some(s),
+        _ => return Err(Rejection::BadEvent),
+    };
+    let domain = match f.domain {
+        Field::Missing => None,
+        Field::Str(s) if !has_form_escapes(s) => Some(s),
+        _ => return Err(Rejection::BadDomain),
+    };
+    let file_id = match f.file_id {
+        Field::Missing => None,
+        Field::UInt(n) => Some(FileIdField::Number(n)),
+        Field::Str(s) if !has_form_escapes(s) => Some(FileIdField::Text(s)),
+        _ => return Err(Rejection::BadFileId),
+    };
+    validate_fields(event, domain, file_id, 0, allow, scratch)
+}
+
+/// `%` and `+` mean something in form encoding; in a JSON value they are just invalid.
+fn has_form_escapes(s: &str) -> bool {
+    s.bytes().any(|b| b == b'%' || b == b'+')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ingest::Param;
+
+    const PARSERS: [JsonParser; 2] = [JsonParser::Simd, JsonParser::Serde];
+
+    fn run(
+        ct: Option<&str>,
+        body: &str,
+        max_events: usize,
+        parser: JsonParser,
+    ) -> Result<Vec<(String, String, u64)>, BodyError> {
+        let allow = EventAllowlist::new(&[]);
+        let rules = BodyRules { allow: &allow, max_events, parser };
+        let mut out = BatchScratch::default();
+        let mut bytes = body.as_bytes().to_vec();
+        let kind = body_kind(ct.map(str::as_bytes), &bytes)?;
+        let result = parse_body(kind, &mut bytes, &rules, &mut out);
+        let events: Vec<_> =
+            out.events(7).map(|e| (e.event.to_owned(), e.domain.to_owned(), e.file_id)).collect();
+        assert_eq!(events.len(), out.len());
+        match result {
+            Ok(()) => Ok(events),
+            Err(e) => {
+                assert!(events.is_empty(), "a rejected batch keeps no events");
+                Err(e)
+            }
+        }
+    }
+
+    fn ok(ct: Option<&str>, body: &str) -> Vec<(String, String, u64)> {
+        let simd = run(ct, body, 100, JsonParser::Simd).expect(body);
+        assert_eq!(run(ct, body, 100, JsonParser::Serde).expect(body), simd, "parsers agree");
+        simd
+    }
+
+    fn err(ct: Option<&str>, body: &str) -> BodyError {
+        let simd = run(ct, body, 100, JsonParser::Simd).unwrap_err();
+        assert_eq!(run(ct, body, 100, JsonParser::Serde).unwrap_err(), simd, "parsers agree");
+        simd
+    }
+
+    fn ev(event: &str, domain: &str, file_id: u64) -> (String, String, u64) {
+        (event.into(), domain.into(), file_id)
+    }
+
+    #[test]
+    fn content_types_and_sniffing() {
+        assert_eq!(body_kind(Some(b"application/json; charset=UTF-8"), b"x"), Ok(BodyKind::Json));
+        assert_eq!(body_kind(Some(b"Application/X-WWW-Form-Urlencoded"), b"{"), Ok(BodyKind::Form));
+        assert_eq!(body_kind(Some(b"text/plain;charset=UTF-8"), b" \n[{}]"), Ok(BodyKind::Json));
+        assert_eq!(body_kind(Some(b"text/plain"), b"{}"), Ok(BodyKind::Json));
+        assert_eq!(body_kind(Some(b"text/plain"), b"event=play"), Ok(BodyKind::Form));
+        assert_eq!(body_kind(None, b"[1]"), Ok(BodyKind::Json));
+        assert_eq!(
+            body_kind(Some(b"multipart/form-data; boundary=x"), b"x"),
+            Err(BodyError::UnsupportedType)
+        );
+        assert_eq!(BodyError::UnsupportedType.status(), 415);
+    }
+
+    #[test]
+    fn form_and_text_bodies() {
+        let want = vec![ev("play", "piratka.biz", 109_454)];
+        let body = "event=play&domain=Piratka.biz&file_id=109454";
+        assert_eq!(ok(Some("application/x-www-form-urlencoded"), body), want);
+        assert_eq!(ok(Some("text/plain;charset=UTF-8"), body), want);
+        assert_eq!(ok(None, &format!("{body}\n")), want);
+        assert_eq!(
+            err(None, "event=play&file_id=1"),
+            BodyError::Item { index: 0, rejection: Rejection::Missing(Param::Domain) }
+        );
+        assert_eq!(err(None, "  "), BodyError::Empty);
+        assert!(matches!(
+            run(None, "event=\u{0}", 100, JsonParser::Simd),
+            Err(BodyError::Item { index: 0, .. })
+        ));
+    }
+
+    #[test]
+    fn json_object_and_array() {
+        let ct = Some("application/json");
+        assert_eq!(
+            ok(ct, r#"{"event":"play","domain":"a.org","file_id":5,"quality":"720p"}"#),
+            vec![ev("play", "a.org", 5)]
+        );
+        assert_eq!(
+            ok(
+                ct,
+                r#"[{"event":"play","domain":"a.org","file_id":"5"},{"event":"pause","domain":"B.org","file_id":6}]"#
+            ),
+            vec![ev("play", "a.org", 5), ev("pause", "b.org", 6)]
+        );
+        // Escaped JSON strings decode before validation.
+        assert_eq!(
+            ok(ct, r#"{"event":"pl\u0061y","domain":"a.org","file_id":1}"#),
+            vec![ev("play", "a.org", 1)]
+        );
+    }
+
+    #[test]
+    fn one_bad_item_rejects_the_batch_and_names_it() {
+        let ct = Some("application/json");
+        let body = r#"[{"event":"play","domain":"a.org","file_id":1},{"event":"play","domain":"a.org","file_id":1},
+            {"event":"play","domain":"a..org","file_id":1}]"#;
+        let e = err(ct, body);
+        assert_eq!(e, BodyError::Item { index: 2, rejection: Rejection::BadDomain });
+        assert_eq!(e.to_string(), "item 2: domain is not a valid hostname");
+        assert_eq!(e.status(), 400);
+        let cases = [
+            (r#"[{"domain":"a.org","file_id":1}]"#, Rejection::Missing(Param::Event)),
+            (r#"[{"event":"play","domain":"a.org","file_id":0}]"#, Rejection::BadFileId),
+            (r#"[{"event":"play","domain":"a.org","file_id":-3}]"#, Rejection::BadFileId),
+            (r#"[{"event":"play","domain":"a.org","file_id":1.5}]"#, Rejection::BadFileId),
+            (r#"[{"event":"play","domain":"a.org","file_id":"1%30"}]"#, Rejection::BadFileId),
+            (r#"[{"event":"Play","domain":"a.org","file_id":1}]"#, Rejection::BadEvent),
+            (r#"[{"event":7,"domain":"a.org","file_id":1}]"#, Rejection::BadEvent),
+            (r#"[{"event":"play","domain":"a%2eorg","file_id":1}]"#, Rejection::BadDomain),
+            (r#"[{"event":"play","domain":null,"file_id":1}]"#, Rejection::BadDomain),
+            (r#"[{"event":"play","domain":"a.org","file_id":""}]"#, Rejection::Empty(Param::FileId)),
+        ];
+        for (body, rejection) in cases {
+            assert_eq!(err(ct, body), BodyError::Item { index: 0, rejection }, "{body}");
+        }
+    }
+
+    #[test]
+    fn malformed_and_empty_json() {
+        let ct = Some("application/json");
+        assert_eq!(err(ct, "[]"), BodyError::Empty);
+        assert_eq!(err(ct, r#"{"event":"play""#), BodyError::Malformed("invalid JSON"));
+        assert_eq!(err(ct, "[1,2]"), BodyError::Malformed("items must be JSON objects"));
+        assert_eq!(err(ct, "\"x\""), BodyError::Malformed("items must be JSON objects"));
+        assert_eq!(err(ct, "event=play"), BodyError::Malformed("invalid JSON"));
+    }
+
+    #[test]
+    fn batch_size_cap_exact_and_one_past() {
+        let item = r#"{"event":"play","domain":"a.org","file_id":1}"#;
+        let body = |n: usize| format!("[{}]", vec![item; n].join(","));
+        for parser in PARSERS {
+            assert_eq!(run(Some("application/json"), &body(3), 3, parser).map(|v| v.len()), Ok(3));
+            let e = run(Some("application/json"), &body(4), 3, parser).unwrap_err();
+            assert_eq!(e, BodyError::TooManyEvents { max: 3 });
+            assert_eq!(e.status(), 413);
+        }
+    }
+
+    #[test]
+    fn labels_are_metric_reasons() {
+        let errors = [
+            BodyError::UnsupportedType,
+            BodyError::Malformed("x"),
+            BodyError::Empty,
+            BodyError::TooManyEvents { max: 1 },
+            BodyError::Item { index: 0, rejection: Rejection::BadDomain },
+        ];
+        for e in errors {
+            assert!(crate::metrics::REJECT_REASONS.contains(&e.label()), "{}", e.label());
+            assert!(crate::metrics::STATUS_CODES.contains(&e.status()), "{}", e.status());
+        }
+    }
+
+    #[test]
+    fn scratch_is_reused_and_cleared() {
+        let allow = EventAllowlist::new(&[]);
+        let rules = BodyRules { allow: &allow, max_events: 10, parser: JsonParser::Simd };
+        let mut out = BatchScratch::default();
+        let mut good =
+            br#"[{"event":"a","domain":"a.org","file_id":1},{"event":"b","domain":"b.org","file_id":2}]"#
+                .to_vec();
+        parse_body(BodyKind::Json, &mut good, &rules, &mut out).unwrap();
+        assert_eq!(out.len(), 2);
+        let mut bad = br#"[{"event":"a","domain":"a.org","file_id":1},{"event":"b"}]"#.to_vec();
+        assert!(parse_body(BodyKind::Json, &mut bad, &rules, &mut out).is_err());
+        assert!(out.is_empty());
+    }
+}
