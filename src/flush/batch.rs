@@ -227,12 +227,19 @@ fn push_context(batch: &Batch, row: &Row, out: &mut Vec<u8>) {
     out.push(b',');
     match row.ip.and_then(|s| batch.span(s).parse::<IpAddr>().ok()) {
         Some(ip) => {
-            let octets: Vec<u8> = match ip {
-                IpAddr::V4(v4) => v4.octets().to_vec(),
-                IpAddr::V6(v6) => v6.octets().to_vec(),
+            let (v4, v6);
+            let octets: &[u8] = match ip {
+                IpAddr::V4(a) => {
+                    v4 = a.octets();
+                    &v4
+                }
+                IpAddr::V6(a) => {
+                    v6 = a.octets();
+                    &v6
+                }
             };
             out.extend_from_slice(b"X'");
-            for b in octets {
+            for &b in octets {
                 out.extend_from_slice(&[HEX[usize::from(b >> 4)], HEX[usize::from(b & 0xf)]]);
             }
             out.push(b'\'');
