@@ -596,7 +596,8 @@ def replay_rate_from_drain(backend):
         backend.replay_line = f"{line} (logged by the drain run, MySQL reachable)"
         backend.replay_events_s = rate
         backend.notes.append(f"no replay line within {REPLAY_WAIT_S} s with MySQL unreachable; "
-                             "the replay rate shown is from the drain run and includes delivery")
+                             "the replay line shown is the drain run's (its read_events_per_sec "
+                             "counts time in the WAL reader only; events_per_sec includes delivery)")
     else:
         backend.replay_line = "n/a (no log line with 'replay' and 'events/s')"
 
