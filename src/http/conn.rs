@@ -226,16 +226,6 @@ impl Connection {
                     out.extend_from_slice(response::no_content(p.minor_version, !p.close));
                     204
                 }
-                Reply::Beacon => {
-                    counters.count_rejection("wal_error");
-                    response::write_503_retry(
-                        out,
-                        RETRY_AFTER_S,
-                        "event not stored: WAL write failed, retry",
-                        p.close,
-                    );
-                    503
-                }
                 Reply::Unavailable { reason } => {
                     response::write_503_retry(out, RETRY_AFTER_S, reason, p.close);
                     503
@@ -262,7 +252,8 @@ impl Connection {
                         204
                     }
                 }
-                Reply::Dialect { .. } => {
+                // The tick's WAL write failed: nothing of it is stored.
+                Reply::Beacon | Reply::Dialect { .. } => {
                     counters.count_rejection("wal_error");
                     response::write_503_retry(
                         out,

@@ -78,6 +78,13 @@ const HEADER_BYTES: usize = 9; // 8 hex digits + space
 /// The caller guarantees `event` and `domain` need no JSON escaping (the validator only lets
 /// through `[a-z0-9_]` and hostname characters); debug builds assert it.
 pub fn encode(ev: &Event<'_>, out: &mut Vec<u8>) {
+    let start = open_record(ev, out);
+    close_record(start, out);
+}
+
+/// Writes the placeholder header and the payload up to `file_id`, leaving the object open.
+/// Returns where the record starts, for [`close_record`].
+fn open_record(ev: &Event<'_>, out: &mut Vec<u8>) -> usize {
     debug_assert!(ev.event.bytes().all(is_plain_json_byte) && ev.domain.bytes().all(is_plain_json_byte));
     let start = out.len();
     out.extend_from_slice(b"00000000 {\"ts\":");
@@ -89,6 +96,11 @@ pub fn encode(ev: &Event<'_>, out: &mut Vec<u8>) {
     out.extend_from_slice(ev.domain.as_bytes());
     out.extend_from_slice(b"\",\"file_id\":");
     out.extend_from_slice(num.format(ev.file_id).as_bytes());
+    start
+}
+
+/// Closes the payload object, ends the line and fills in the CRC of the payload.
+fn close_record(start: usize, out: &mut Vec<u8>) {
     out.push(b'}');
     let crc = crc32c::crc32c(&out[start + HEADER_BYTES..]);
     out.push(b'\n');
@@ -102,19 +114,9 @@ pub fn encode_with_context(ev: &Event<'_>, ctx: &Context<'_>, out: &mut Vec<u8>)
     if ctx.is_empty() {
         return encode(ev, out);
     }
-    debug_assert!(ev.event.bytes().all(is_plain_json_byte) && ev.domain.bytes().all(is_plain_json_byte));
     debug_assert!(ctx.ip.is_none_or(|s| s.bytes().all(is_plain_json_byte)));
     debug_assert!(ctx.referer_host.is_none_or(|s| s.bytes().all(is_plain_json_byte)));
-    let start = out.len();
-    out.extend_from_slice(b"00000000 {\"ts\":");
-    let mut num = itoa::Buffer::new();
-    out.extend_from_slice(num.format(ev.ts_ms).as_bytes());
-    out.extend_from_slice(b",\"event\":\"");
-    out.extend_from_slice(ev.event.as_bytes());
-    out.extend_from_slice(b"\",\"domain\":\"");
-    out.extend_from_slice(ev.domain.as_bytes());
-    out.extend_from_slice(b"\",\"file_id\":");
-    out.extend_from_slice(num.format(ev.file_id).as_bytes());
+    let start = open_record(ev, out);
     for (key, value) in [
         (&b",\"ip\":"[..], ctx.ip),
         (b",\"ua\":", ctx.ua),
@@ -126,11 +128,7 @@ pub fn encode_with_context(ev: &Event<'_>, ctx: &Context<'_>, out: &mut Vec<u8>)
             push_json_string(value, out);
         }
     }
-    out.push(b'}');
-    let crc = crc32c::crc32c(&out[start + HEADER_BYTES..]);
-    out.push(b'\n');
-    write_hex_u32(crc, &mut out[start..start + 8]);
-    debug_assert!(out.len() - start <= MAX_RECORD_BYTES);
+    close_record(start, out);
 }
 
 /// Appends `s` as a JSON string literal: `"` and `\\` escaped, control bytes as `\u00XX`.
