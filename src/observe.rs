@@ -92,7 +92,7 @@ impl Observer {
     }
 
     fn wedged_core(&self) -> Option<usize> {
-        let now = crate::http::conn::unix_ms();
+        let now = crate::clock::unix_ms();
         self.cores.iter().position(|c| {
             now.saturating_sub(c.heartbeat_unix_ms.load(Ordering::Relaxed)) > HEARTBEAT_STALE_MS
         })
@@ -160,7 +160,7 @@ pub(crate) mod tests {
     /// An observer over `cores` fresh cores and an empty WAL directory.
     pub(crate) fn observer(cores: usize, wal_dir: PathBuf) -> Observer {
         let counters: Vec<Arc<CoreCounters>> = (0..cores).map(|_| Arc::default()).collect();
-        let now = crate::http::conn::unix_ms();
+        let now = crate::clock::unix_ms();
         for c in &counters {
             c.heartbeat_unix_ms.store(now, Ordering::Relaxed);
         }

@@ -72,16 +72,24 @@ pub fn bounded(capacity_events: usize) -> (QueueSender, QueueReceiver) {
 }
 
 impl QueueSender {
-    /// Offers a chunk without blocking. Reserving the events first keeps the bound exact
-    /// under concurrent senders.
+    /// Offers a chunk without blocking.
     pub fn offer(&self, chunk: WalChunk) -> Offer {
-        let n = chunk.records as usize;
+        self.offer_with(chunk.records, || chunk)
+    }
+
+    /// Offers a chunk of `records` events without blocking, building it only once room for
+    /// them is reserved: a full queue (MySQL down, WAL-only mode) costs no allocation or copy.
+    /// Reserving the events first keeps the bound exact under concurrent senders.
+    pub fn offer_with(&self, records: u32, build: impl FnOnce() -> WalChunk) -> Offer {
+        let n = records as usize;
         debug_assert!(n > 0, "empty chunk");
         let reserved = self.depth.fetch_add(n, Ordering::Relaxed);
         if reserved + n > self.capacity {
             self.depth.fetch_sub(n, Ordering::Relaxed);
             return Offer::Full;
         }
+        let chunk = build();
+        debug_assert_eq!(chunk.records, records, "reserved for a different number of events");
         match self.tx.try_send(chunk) {
             Ok(()) => Offer::Queued,
             Err(TrySendError::Full(_)) => {
@@ -175,6 +183,14 @@ mod tests {
         assert_eq!(rx.depth(), 10);
         assert!(rx.try_recv().is_some());
         assert_eq!(rx.depth(), 4);
+    }
+
+    #[test]
+    fn a_full_queue_never_builds_the_chunk() {
+        let (tx, _rx) = bounded(4);
+        assert_eq!(tx.offer(chunk(4)), Offer::Queued);
+        let outcome = tx.offer_with(1, || panic!("built a chunk that cannot be queued"));
+        assert_eq!(outcome, Offer::Full);
     }
 
     #[test]

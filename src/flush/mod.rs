@@ -49,10 +49,11 @@ pub mod stats;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use tracing::{debug, error, info, warn};
 
+use crate::clock::unix_ms;
 use crate::config::Config;
 use crate::cursor::{read_commit_meta, write_commit_meta, CommitMeta};
 use crate::mysql::domains::DomainCache;
@@ -822,10 +823,6 @@ async fn execute_all(db: &mut Db, sql: &SqlBuffer) -> Result<(), MysqlError> {
         db.execute("insert", statement).await?;
     }
     Ok(())
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// With feature `failpoints` and `PSC_FAILPOINT=crash_after_commit`: abort right after the

@@ -13,7 +13,7 @@
 use std::cell::Cell;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
@@ -151,7 +151,7 @@ impl Connection {
         if ctx.group.is_full() {
             ctx.group.room().await;
         }
-        let now_ms = unix_ms();
+        let now_ms = crate::clock::unix_ms(); // the receive time stamped on events
         let mut consumed = 0;
         let mut close = false;
         let mut appended = false;
@@ -472,9 +472,4 @@ fn chunk_error(counters: &CoreCounters, failed: Dechunk) -> (u16, &'static str) 
         counters.count_limit_hit("malformed");
         (400, "malformed chunked body")
     }
-}
-
-/// Milliseconds since the Unix epoch; the receive time stamped on events.
-pub fn unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }

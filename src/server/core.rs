@@ -290,7 +290,7 @@ async fn housekeeping(
     watch: BudgetWatch,
 ) {
     loop {
-        ctx.counters.heartbeat_unix_ms.store(conn::unix_ms(), Ordering::Relaxed);
+        ctx.counters.heartbeat_unix_ms.store(crate::clock::unix_ms(), Ordering::Relaxed);
         watch.evaluate(&ctx);
         if shutdown.load(Ordering::Acquire) && !ctx.draining.get() {
             ctx.draining.set(true);
@@ -436,8 +436,8 @@ async fn sync_now(w: &WriterTask, last_sync: &mut Instant, unsynced: &mut bool) 
 }
 
 fn offer_chunk(w: &WriterTask, start: Position, end: Position, records: u32, bytes: &[u8]) {
-    let chunk = WalChunk { core: w.core, start, end, records, bytes: bytes.to_vec() };
-    if w.queue.offer(chunk) == Offer::Full {
+    let chunk = || WalChunk { core: w.core, start, end, records, bytes: bytes.to_vec() };
+    if w.queue.offer_with(records, chunk) == Offer::Full {
         bump(&w.ctx.counters.queue_full_chunks, 1);
     }
 }
