@@ -1,17 +1,26 @@
-//! Configuration: one sub-config per pipeline stage, loaded from TOML, then environment overrides,
-//! then [`Config::validate`].
+//! Configuration: the stages' own config types (`server::config`, `http::config`,
+//! `ingest::config`, `wal::config`, `queue`, `mysql::config`), assembled here, loaded from TOML,
+//! then environment overrides, then [`Config::validate`].
 //!
 //! Invariants:
 //! - every key has a default (an empty file is a valid config) and each field's doc states it;
 //! - an unknown key is an error naming the key (`deny_unknown_fields`);
-//! - relations between fields are checked in `validate()`, which names the offending key.
+//! - each stage checks its own keys; relations between stages are checked here. Either way
+//!   the error names the offending key.
 //!
 //! Every limit carries its unit in its name (`_bytes`, `_ms`, `_events`).
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+
+pub use crate::http::config::HttpConfig;
+pub use crate::ingest::config::IngestConfig;
+use crate::invalid::InvalidKey;
+pub use crate::mysql::config::{DomainsConfig, MysqlConfig};
+pub use crate::queue::QueueConfig;
+pub use crate::server::config::{LogConfig, LogFormat, ServerConfig};
+pub use crate::wal::config::{SyncPolicy, WalConfig};
 
 /// Why a configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +35,12 @@ pub enum ConfigError {
     Invalid { key: &'static str, message: String },
 }
 
+impl From<InvalidKey> for ConfigError {
+    fn from(e: InvalidKey) -> Self {
+        ConfigError::Invalid { key: e.key, message: e.message }
+    }
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -37,241 +52,6 @@ pub struct Config {
     pub mysql: MysqlConfig,
     pub domains: DomainsConfig,
     pub log: LogConfig,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ServerConfig {
-    /// Address every core listens on with its own SO_REUSEPORT socket. Default `0.0.0.0:34201`.
-    pub listen: SocketAddr,
-    /// Number of core threads. Default 0 = one per CPU in the process's affinity mask.
-    pub cores: usize,
-    /// Pin core thread N to the N-th CPU of the affinity mask. Default true.
-    pub pin_cores: bool,
-    /// io_uring submission queue entries per core. Default 1024.
-    pub uring_entries: u32,
-    /// Upper bound for a graceful drain on SIGTERM/SIGINT. Default 10000 ms.
-    pub shutdown_timeout_ms: u64,
-}
-
-impl Default for ServerConfig {
-    fn default() -> Self {
-        Self {
-            listen: SocketAddr::from(([0, 0, 0, 0], 34201)),
-            cores: 0,
-            pin_cores: true,
-            uring_entries: 1024,
-            shutdown_timeout_ms: 10_000,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct HttpConfig {
-    /// Largest request head (request line + headers); past it: 431. Default 8192 bytes.
-    pub max_header_bytes: usize,
-    /// Longest request target (path + query); past it: 414. Default 8192 bytes.
-    pub max_url_bytes: usize,
-    /// Largest request body; past it: 413. Default 65536 bytes.
-    pub max_body_bytes: usize,
-    /// Most headers in one request; past it: 431. Default 64.
-    pub max_headers: usize,
-    /// Open connections per core; past it new connections are closed at once. Default 10000.
-    pub max_connections_per_core: usize,
-    /// A connection with no complete request for this long is closed. Default 30000 ms.
-    pub idle_timeout_ms: u64,
-    /// Most pipelined requests answered per read; the rest wait for the next turn. Default 256.
-    pub max_pipelined_requests: usize,
-    /// Origins allowed to send beacons cross-origin (CORS): `"*"` for any (answered with
-    /// `Access-Control-Allow-Origin: *`), or exact origins like `"https://player.example"`
-    /// (echoed, with credentials). Empty allows none. Default `["*"]`.
-    pub cors_origins: Vec<String>,
-    /// Peers (CIDR blocks or addresses) whose `X-Forwarded-For` is believed; the client IP is
-    /// then the right-most address in it that is not one of these. Default `[]`: the socket
-    /// peer is the client and `X-Forwarded-For` is ignored.
-    pub trusted_proxies: Vec<String>,
-}
-
-impl Default for HttpConfig {
-    fn default() -> Self {
-        Self {
-            max_header_bytes: 8192,
-            max_url_bytes: 8192,
-            max_body_bytes: 64 * 1024,
-            max_headers: 64,
-            max_connections_per_core: 10_000,
-            idle_timeout_ms: 30_000,
-            max_pipelined_requests: 256,
-            cors_origins: vec!["*".into()],
-            trusted_proxies: Vec::new(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct IngestConfig {
-    /// Optional allowlist of event names. Default: empty = any name matching `[a-z0-9_]{1,32}`.
-    pub events: Vec<String>,
-    /// Identity of this collector in `ingest_cursors.node`. Default: the hostname.
-    pub node_id: String,
-    /// Most events in one `POST /log` body; past it: 413. Default 100.
-    pub max_batch_events: usize,
-    /// Extra query parameters kept in the `extra` JSON column (at most 1 KiB per event).
-    /// Default `[]`: extra parameters are ignored.
-    pub keep_params: Vec<String>,
-    /// Store the client IP (socket peer or trusted `X-Forwarded-For`). Default true.
-    pub client_ip: bool,
-    /// Store the User-Agent (hash in `events`, text once in `user_agents`). Default true.
-    pub user_agent: bool,
-    /// Store the host of the Referer. Default true.
-    pub referer: bool,
-}
-
-impl Default for IngestConfig {
-    fn default() -> Self {
-        Self {
-            events: Vec::new(),
-            node_id: String::new(),
-            max_batch_events: 100,
-            keep_params: Vec::new(),
-            client_ip: true,
-            user_agent: true,
-            referer: true,
-        }
-    }
-}
-
-/// When the WAL is fdatasynced. `None` still survives `kill -9` (the page cache holds the
-/// data); `Interval` and `Always` also survive a power cut, the latter before every ack.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SyncPolicy {
-    None,
-    Interval,
-    Always,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct WalConfig {
-    /// Root of the write-ahead log: `core-N/` directories and `commit.meta`. Default `./var/wal`.
-    pub dir: PathBuf,
-    /// A segment is sealed and a new one opened once it reaches this size. Default 64 MiB.
-    pub segment_bytes: u64,
-    /// fdatasync policy. Default `none`.
-    pub sync: SyncPolicy,
-    /// Period of the fdatasync with `sync = "interval"`. Default 1000 ms.
-    pub sync_interval_ms: u64,
-    /// Most bytes one core buffers for a single WAL write. Default 1 MiB.
-    pub write_buffer_bytes: usize,
-    /// Most bytes of WAL segments on disk (all cores); past it `/log` answers 503 +
-    /// `Retry-After` (reason `wal_full`) until compaction frees space. Default 0 = 80 % of
-    /// (free space of `wal.dir` + WAL already there) at start.
-    pub max_bytes: u64,
-    /// Free space `wal.dir`'s filesystem keeps; below it `/log` answers 503 (`wal_full`).
-    /// Default 0 = the smaller of 1 GiB and 5 % of the filesystem's size.
-    pub min_free_bytes: u64,
-}
-
-impl Default for WalConfig {
-    fn default() -> Self {
-        Self {
-            dir: PathBuf::from("./var/wal"),
-            segment_bytes: 64 * 1024 * 1024,
-            sync: SyncPolicy::None,
-            sync_interval_ms: 1000,
-            write_buffer_bytes: 1024 * 1024,
-            max_bytes: 0,
-            min_free_bytes: 0,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct QueueConfig {
-    /// Most events held in memory between the cores and the flusher. Past it, events live only
-    /// in the WAL until the flusher catches up from there. Default 65536.
-    pub capacity: usize,
-}
-
-impl Default for QueueConfig {
-    fn default() -> Self {
-        Self { capacity: 65_536 }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct MysqlConfig {
-    /// `mysql://user:pass@host:port/db`. Default empty = `make run` starts a private MariaDB.
-    pub url: String,
-    /// A batch is cut at this many rows. Default 5000.
-    pub batch_rows: usize,
-    /// A batch is cut at the latest this long after its first row. Default 1000 ms.
-    pub flush_interval_ms: u64,
-    /// Timeout of a connect attempt. Default 5000 ms.
-    pub connect_timeout_ms: u64,
-    /// Timeout of one statement or transaction step. Default 30000 ms.
-    pub query_timeout_ms: u64,
-    /// First retry delay after a failure; doubles up to `retry_max_ms`. Default 100 ms.
-    pub retry_min_ms: u64,
-    /// Longest retry delay. Default 5000 ms.
-    pub retry_max_ms: u64,
-    /// Largest statement sent; keep below the server's max_allowed_packet. Default 8 MiB.
-    pub max_statement_bytes: usize,
-}
-
-impl Default for MysqlConfig {
-    fn default() -> Self {
-        Self {
-            url: String::new(),
-            batch_rows: 5000,
-            flush_interval_ms: 1000,
-            connect_timeout_ms: 5000,
-            query_timeout_ms: 30_000,
-            retry_min_ms: 100,
-            retry_max_ms: 5000,
-            max_statement_bytes: 8 * 1024 * 1024,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct DomainsConfig {
-    /// Most domain name → id entries the flusher keeps in memory. Default 100000.
-    pub cache_entries: usize,
-}
-
-impl Default for DomainsConfig {
-    fn default() -> Self {
-        Self { cache_entries: 100_000 }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    Text,
-    Json,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LogConfig {
-    /// `text` (default) or `json`.
-    pub format: LogFormat,
-    /// tracing filter directive, overridden by `RUST_LOG`. Default `info`.
-    pub level: String,
-}
-
-impl Default for LogConfig {
-    fn default() -> Self {
-        Self { format: LogFormat::Text, level: "info".into() }
-    }
 }
 
 /// Environment variables that override config keys, as (variable, key).
@@ -328,17 +108,7 @@ impl Config {
             self.wal.dir = PathBuf::from(v);
         }
         if let Some(v) = get("PSC_WAL_SYNC") {
-            self.wal.sync = match v.as_str() {
-                "none" => SyncPolicy::None,
-                "interval" => SyncPolicy::Interval,
-                "always" => SyncPolicy::Always,
-                other => {
-                    return Err(ConfigError::Env {
-                        var: "PSC_WAL_SYNC",
-                        message: format!("`{other}` is not one of none, interval, always"),
-                    })
-                }
-            };
+            self.wal.sync = parse("PSC_WAL_SYNC", &v)?;
         }
         if let Some(v) = get("PSC_QUEUE_CAPACITY") {
             self.queue.capacity = parse("PSC_QUEUE_CAPACITY", &v)?;
@@ -350,16 +120,7 @@ impl Config {
             self.ingest.node_id = v;
         }
         if let Some(v) = get("PSC_LOG_FORMAT") {
-            self.log.format = match v.as_str() {
-                "text" => LogFormat::Text,
-                "json" => LogFormat::Json,
-                other => {
-                    return Err(ConfigError::Env {
-                        var: "PSC_LOG_FORMAT",
-                        message: format!("`{other}` is not one of text, json"),
-                    })
-                }
-            };
+            self.log.format = parse("PSC_LOG_FORMAT", &v)?;
         }
         Ok(())
     }
@@ -371,109 +132,14 @@ impl Config {
         }
     }
 
-    /// Checks each value and the relations between values; the error names the key.
+    /// Checks every stage's keys, then the relations between stages; the error names the key.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        fn invalid(key: &'static str, message: impl Into<String>) -> Result<(), ConfigError> {
-            Err(ConfigError::Invalid { key, message: message.into() })
-        }
-        if self.http.max_header_bytes < 256 {
-            return invalid("http.max_header_bytes", "must be at least 256");
-        }
-        if self.http.max_url_bytes > self.http.max_header_bytes {
-            return invalid("http.max_url_bytes", "must not exceed http.max_header_bytes");
-        }
-        if self.http.max_headers == 0 || self.http.max_headers > crate::http::request::MAX_HEADERS_CAP {
-            return invalid(
-                "http.max_headers",
-                format!("must be 1..={}", crate::http::request::MAX_HEADERS_CAP),
-            );
-        }
-        if self.http.max_connections_per_core == 0 {
-            return invalid("http.max_connections_per_core", "must be at least 1");
-        }
-        if self.http.max_pipelined_requests == 0 {
-            return invalid("http.max_pipelined_requests", "must be at least 1");
-        }
-        if self.wal.segment_bytes < 4096 {
-            return invalid("wal.segment_bytes", "must be at least 4096");
-        }
-        if (self.wal.write_buffer_bytes as u64) > self.wal.segment_bytes {
-            return invalid("wal.write_buffer_bytes", "must not exceed wal.segment_bytes");
-        }
-        if self.wal.write_buffer_bytes < 4096 {
-            return invalid("wal.write_buffer_bytes", "must be at least 4096");
-        }
-        if self.wal.max_bytes != 0 && self.wal.max_bytes < 2 * self.wal.segment_bytes {
-            return invalid("wal.max_bytes", "must be 0 (derived) or at least 2 × wal.segment_bytes");
-        }
-        if self.wal.sync == SyncPolicy::Interval && self.wal.sync_interval_ms == 0 {
-            return invalid("wal.sync_interval_ms", "must be at least 1 with wal.sync = \"interval\"");
-        }
-        if self.queue.capacity == 0 {
-            return invalid("queue.capacity", "must be at least 1");
-        }
-        if self.mysql.batch_rows == 0 {
-            return invalid("mysql.batch_rows", "must be at least 1");
-        }
-        if self.mysql.flush_interval_ms == 0 {
-            return invalid("mysql.flush_interval_ms", "must be at least 1");
-        }
-        if self.mysql.retry_min_ms == 0 || self.mysql.retry_min_ms > self.mysql.retry_max_ms {
-            return invalid("mysql.retry_min_ms", "must be at least 1 and at most mysql.retry_max_ms");
-        }
-        if self.mysql.max_statement_bytes < 64 * 1024 {
-            return invalid("mysql.max_statement_bytes", "must be at least 65536");
-        }
-        if !self.mysql.url.is_empty() && !self.mysql.url.starts_with("mysql://") {
-            return invalid("mysql.url", "must look like mysql://user:pass@host:port/db");
-        }
-        if self.domains.cache_entries == 0 {
-            return invalid("domains.cache_entries", "must be at least 1");
-        }
-        if self.ingest.node_id.len() > 64 {
-            return invalid("ingest.node_id", "must be at most 64 bytes");
-        }
-        self.validate_dialects()?;
-        for name in &self.ingest.events {
-            if !crate::ingest::is_valid_event_name(name) {
-                return invalid("ingest.events", format!("`{name}` does not match [a-z0-9_]{{1,32}}"));
-            }
-        }
-        Ok(())
-    }
-}
-
-impl Config {
-    /// The keys of the beacon dialects: POST batches, CORS, client context.
-    fn validate_dialects(&self) -> Result<(), ConfigError> {
-        fn invalid(key: &'static str, message: impl Into<String>) -> Result<(), ConfigError> {
-            Err(ConfigError::Invalid { key, message: message.into() })
-        }
-        if self.ingest.max_batch_events == 0 {
-            return invalid("ingest.max_batch_events", "must be at least 1");
-        }
-        for origin in &self.http.cors_origins {
-            let well_formed = origin == "*"
-                || ((origin.starts_with("http://") || origin.starts_with("https://"))
-                    && origin.bytes().all(|b| b.is_ascii_graphic()));
-            if !well_formed {
-                return invalid(
-                    "http.cors_origins",
-                    format!("`{origin}` is neither \"*\" nor an origin like https://player.example"),
-                );
-            }
-        }
-        if let Err(e) = crate::ingest::client::TrustedProxies::parse(&self.http.trusted_proxies) {
-            return invalid("http.trusted_proxies", e.to_string());
-        }
-        for name in &self.ingest.keep_params {
-            if name.is_empty() || name.len() > 64 || ["event", "domain", "file_id"].contains(&name.as_str()) {
-                return invalid(
-                    "ingest.keep_params",
-                    format!("`{name}` must be 1..=64 bytes and not event, domain or file_id"),
-                );
-            }
-        }
+        self.http.validate()?;
+        self.ingest.validate()?;
+        self.wal.validate()?;
+        self.queue.validate()?;
+        self.mysql.validate()?;
+        self.domains.validate()?;
         Ok(())
     }
 }

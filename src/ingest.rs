@@ -24,6 +24,7 @@
 
 pub mod body;
 pub mod client;
+pub mod config;
 pub mod extra;
 
 use crate::wal::record::Event;

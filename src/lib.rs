@@ -31,6 +31,7 @@ pub mod cursor;
 pub mod flush;
 pub mod http;
 pub mod ingest;
+pub mod invalid;
 pub mod metrics;
 pub mod mysql;
 pub mod observe;

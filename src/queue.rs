@@ -17,7 +17,34 @@ use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
+use serde::Deserialize;
+
+use crate::invalid::InvalidKey;
 use crate::wal::Position;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueConfig {
+    /// Most events held in memory between the cores and the flusher. Past it, events live only
+    /// in the WAL until the flusher catches up from there. Default 65536.
+    pub capacity: usize,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        Self { capacity: 65_536 }
+    }
+}
+
+impl QueueConfig {
+    /// Checks the `[queue]` keys.
+    pub fn validate(&self) -> Result<(), InvalidKey> {
+        if self.capacity == 0 {
+            return InvalidKey::err("queue.capacity", "must be at least 1");
+        }
+        Ok(())
+    }
+}
 
 /// Records one core wrote with one WAL write, as they are in the segment file.
 #[derive(Debug)]

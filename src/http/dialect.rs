@@ -203,7 +203,7 @@ mod tests {
     }
 
     fn with_request<T>(raw: &[u8], f: impl FnOnce(&Request<'_>) -> T) -> T {
-        match parse(raw, &Limits::from(&crate::config::HttpConfig::default())) {
+        match parse(raw, &Limits::from(&crate::http::config::HttpConfig::default())) {
             Parsed::Complete(req) => f(&req),
             other => panic!("{other:?}"),
         }

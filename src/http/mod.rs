@@ -4,6 +4,7 @@
 
 pub mod answer;
 pub mod chunked;
+pub mod config;
 pub mod conn;
 pub mod cors;
 pub mod dialect;

@@ -20,10 +20,8 @@
 use std::fmt;
 use std::mem::MaybeUninit;
 
-use crate::config::HttpConfig;
-
-/// Capacity of the on-stack header array; `http.max_headers` must not exceed it.
-pub const MAX_HEADERS_CAP: usize = 128;
+use super::config::HttpConfig;
+pub use super::config::MAX_HEADERS_CAP;
 
 /// Request size limits, one per way a request can be too big.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -7,6 +7,7 @@
 //!
 //! Sessions run in UTC with a fixed `sql_mode` that keeps backslash escapes on, which the
 //! literal quoting in `crate::flush::batch` relies on.
+pub mod config;
 pub mod domains;
 
 use std::future::Future;
@@ -15,7 +16,8 @@ use std::time::Duration;
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts};
 
-use crate::config::{Config, MysqlConfig};
+use self::config::MysqlConfig;
+use crate::config::Config;
 use crate::wal::Position;
 
 /// The embedded migrations, applied in order; the name is recorded in `schema_migrations`.

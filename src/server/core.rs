@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use monoio::net::TcpListener;
 
-use crate::config::{Config, SyncPolicy};
+use crate::config::Config;
 use crate::flush::stats::FlushStats;
 use crate::http::conn::{self, ConnContext};
 use crate::http::request;
@@ -31,6 +31,7 @@ use crate::metrics::{bump, CoreCounters};
 use crate::observe::Observer;
 use crate::queue::{CoreProgress, Offer, QueueSender, WalChunk};
 use crate::wal::budget::{fs_space, DiskBudget, Refusal};
+use crate::wal::config::SyncPolicy;
 use crate::wal::group::{GroupCommit, TickOutcome};
 use crate::wal::writer::SegmentWriter;
 use crate::wal::Position;

@@ -7,6 +7,7 @@
 //! Invariant: listeners are bound before any core thread runs, so a client can connect as soon
 //! as [`start`] returns (the kernel queues connections until the core accepts them).
 
+pub mod config;
 pub mod core;
 pub mod cpus;
 pub mod lock;

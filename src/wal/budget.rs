@@ -20,7 +20,7 @@ use std::ffi::CString;
 use std::io;
 use std::path::Path;
 
-use crate::config::WalConfig;
+use super::config::WalConfig;
 
 /// Share of the free space (plus the WAL already on disk) that a derived `wal.max_bytes` takes.
 pub const DERIVED_MAX_PERCENT: u64 = 80;

@@ -42,6 +42,7 @@
 //! modified again → deleted whole by compaction once behind the durable cursor. Only the
 //! newest segment of a core can have a torn tail; recovery truncates it before the writer opens.
 pub mod budget;
+pub mod config;
 pub mod group;
 pub mod inspect;
 pub mod quarantine;

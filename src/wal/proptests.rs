@@ -7,13 +7,13 @@ use std::path::Path;
 
 use proptest::prelude::*;
 
+use super::config::SyncPolicy;
 use super::reader::CoreWalReader;
 use super::record::{encode, scan, Event};
 use super::recovery::recover_core;
 use super::segment::{core_dir, segment_path};
 use super::writer::SegmentWriter;
 use super::Position;
-use crate::config::SyncPolicy;
 
 const CORE: u16 = 0;
 

@@ -15,7 +15,7 @@
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 
-use crate::config::SyncPolicy;
+use super::config::SyncPolicy;
 
 use super::segment::segment_path;
 use super::{Position, WalError, MAX_SEGMENT};
