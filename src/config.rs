@@ -20,6 +20,7 @@ use crate::invalid::InvalidKey;
 pub use crate::mysql::config::{DomainsConfig, MysqlConfig};
 pub use crate::queue::QueueConfig;
 pub use crate::server::config::{LogConfig, LogFormat, ServerConfig};
+pub use crate::sink::config::{SinkConfig, SinkKind};
 pub use crate::wal::config::{SyncPolicy, WalConfig};
 
 /// Why a configuration could not be loaded.
@@ -49,6 +50,7 @@ pub struct Config {
     pub ingest: IngestConfig,
     pub wal: WalConfig,
     pub queue: QueueConfig,
+    pub sink: SinkConfig,
     pub mysql: MysqlConfig,
     pub domains: DomainsConfig,
     pub log: LogConfig,

@@ -37,4 +37,5 @@ pub mod mysql;
 pub mod observe;
 pub mod queue;
 pub mod server;
+pub mod sink;
 pub mod wal;

@@ -44,6 +44,7 @@
 pub mod budget;
 pub mod config;
 pub mod group;
+pub mod identity;
 pub mod inspect;
 pub mod quarantine;
 pub mod reader;
