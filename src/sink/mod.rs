@@ -19,11 +19,15 @@
 //!    cursor of everything committed, read so that a transaction still finishing on the server
 //!    is waited for (a locking read), never a snapshot from before it. Cursors of other WAL ids
 //!    are never returned.
-//! 4. **Honest errors.** Every failure is sorted into one [`SinkError`] kind; the core's
+//! 4. **Prefixes only.** A sink without transactions may commit a batch in several atomic
+//!    blocks (a batch spanning two partitions); then a failure may leave a prefix of the rows
+//!    committed, and `cursors` must report exactly the end of that prefix. The core drops the
+//!    committed prefix and resends the rest.
+//! 5. **Honest errors.** Every failure is sorted into one [`SinkError`] kind; the core's
 //!    policy depends on it: `Unavailable` is retried with back-off, `InDoubt` is settled by
 //!    reading the cursors before anything is resent, `Refused` is split until the offending
 //!    rows are found and handed to [`SinkConn::reject`], `Fenced` re-reads the cursors.
-//! 5. **No panics on surprises.** A row of an unexpected type, a closed socket or a server
+//! 6. **No panics on surprises.** A row of an unexpected type, a closed socket or a server
 //!    error is an error value, never a panic.
 //!
 //! Nothing here retries, sleeps or keeps state about batches: that is the core's job.
@@ -51,9 +55,11 @@ pub enum SinkError {
     InDoubt(String),
     /// The sink will never take this batch as it is (a statement over the server's packet
     /// limit, a row the schema refuses). Nothing was committed. `code` is the server's error
-    /// number (0 if it has none).
+    /// number (0 if it has none). `every_row`: no part of it would be taken either (the
+    /// table's schema does not fit our rows), so the core rejects the whole batch at once
+    /// instead of bisecting it down to single rows.
     #[error("refused by the sink (code {code}): {message}")]
-    Refused { code: u32, message: String },
+    Refused { code: u32, message: String, every_row: bool },
     /// The lane's cursor in the sink is `found`, not the batch's `expected` start. Nothing
     /// was committed.
     #[error("cursor of {lane} is at {found:?} in the sink, the batch starts at {expected:?}")]
