@@ -24,7 +24,7 @@ fn fill(batch: &mut Batch, bytes: &[u8]) {
     batch.clear();
     let mut offset = 0;
     while offset < bytes.len() {
-        let (ev, len) = decode(&bytes[offset..]).expect("valid record");
+        let (ev, _, len) = decode(&bytes[offset..]).expect("valid record");
         offset += len;
         batch.push(0, &ev, Position::new(1, offset as u64));
     }

@@ -89,7 +89,7 @@ impl Intake {
 mod tests {
     use super::*;
     use crate::wal::group::TickOutcome;
-    use crate::wal::record::{decode_with_context, scan};
+    use crate::wal::record::{decode, scan};
 
     fn take_tick(group: &GroupCommit) -> Vec<u8> {
         let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new().build().expect("runtime");
@@ -115,7 +115,7 @@ mod tests {
         assert!(ticket.is_ok());
         let bytes = take_tick(&group);
         assert_eq!(scan(&bytes).records, 1, "only the valid event is in the tick");
-        let (event, context, _) = decode_with_context(&bytes).expect("a record");
+        let (event, context, _) = decode(&bytes).expect("a record");
         assert_eq!((event.domain, event.file_id, context.ip), ("a.org", 7, Some("192.0.2.1")));
     }
 
