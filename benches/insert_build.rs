@@ -7,7 +7,7 @@ use std::hint::black_box;
 use psc::mysql::sql::{build_event_inserts, SqlBuffer};
 use psc::sink::Batch;
 use psc::wal::identity::LaneId;
-use psc::wal::record::{decode_with_context, encode, Event};
+use psc::wal::record::{decode_with_context, encode, Context, Event};
 use psc::wal::Position;
 
 const ROWS: usize = 5000;
@@ -17,7 +17,7 @@ fn wal_bytes() -> Vec<u8> {
     for i in 0..ROWS as u64 {
         let domain = format!("site{}.example.org", i % 50);
         let ev = Event { ts_ms: 1_763_923_170_000 + i, event: "play", domain: &domain, file_id: 100_000 + i };
-        encode(&ev, &mut bytes);
+        encode(&ev, &Context::NONE, &mut bytes);
     }
     bytes
 }

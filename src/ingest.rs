@@ -26,6 +26,7 @@ pub mod body;
 pub mod client;
 pub mod config;
 pub mod extra;
+pub mod intake;
 
 use crate::wal::record::Event;
 
