@@ -20,6 +20,8 @@ use psc::cursor::read_commit_meta;
 use psc::flush::stats::FlushStats;
 use psc::flush::{self, FlusherHandle};
 use psc::queue::{self, CoreProgress, Offer, QueueReceiver, WalChunk};
+use psc::wal::identity::read_identity;
+use psc::wal::lane::read_lane;
 use psc::wal::record::{encode, Context, Event};
 use psc::wal::segment::{core_dir, segment_path};
 use psc::wal::Position;
@@ -122,6 +124,17 @@ fn db_cursors(db: &MariaDb) -> Vec<Position> {
     .collect()
 }
 
+/// The cursor `commit.meta` holds for each core's lane (shard 0), in core order.
+fn commit_meta_cursors(wal: &Path) -> Vec<Position> {
+    let identity = read_identity(wal).unwrap().expect("IDENTITY");
+    let meta = read_commit_meta(wal, &identity).unwrap().expect("commit.meta");
+    let mut cursors = Vec::new();
+    while let Some(lane) = read_lane(&core_dir(wal, cursors.len() as u16)).unwrap() {
+        cursors.push(meta.get(lane, 0).unwrap_or_default());
+    }
+    cursors
+}
+
 fn db_per_domain(db: &MariaDb) -> HashMap<String, u64> {
     db.query_rows(
         "SELECT d.name, COUNT(*) FROM events e JOIN domains d ON d.id = e.domain_id GROUP BY d.name",
@@ -162,7 +175,7 @@ fn replays_a_wal_into_mysql_exactly_once() {
     assert!(stats.replay_done.load(Ordering::Relaxed));
     assert_eq!(stats.corrupt_records.load(Ordering::Relaxed), 0);
     assert_eq!(db_cursors(&db), tails);
-    assert_eq!(read_commit_meta(wal.path()).unwrap().unwrap().cores, tails);
+    assert_eq!(commit_meta_cursors(wal.path()), tails);
     // Each run of 5000 consecutive file ids covers every millisecond 000..999 five times.
     assert_eq!(
         db.query_count("SELECT COUNT(*) FROM events WHERE received_at = '2025-11-23 18:39:30.123'"),
@@ -197,7 +210,7 @@ fn restart_delivers_only_new_events() {
     assert_eq!(stats.events_flushed.load(Ordering::Relaxed), 500);
     assert_eq!(stats.wal_replay_total.load(Ordering::Relaxed), 500, "committed events re-read");
     assert_eq!(db_cursors(&db), tails);
-    assert_eq!(read_commit_meta(wal.path()).unwrap().unwrap().cores, tails);
+    assert_eq!(commit_meta_cursors(wal.path()), tails);
 }
 
 /// MySQL down at start and `commit.meta` lost: the flusher must learn MySQL's cursors on
@@ -231,7 +244,7 @@ fn mysql_unreachable_at_start_then_back_delivers_exactly_once() {
     assert_eq!(stats.events_flushed.load(Ordering::Relaxed), 500);
     assert!(stats.mysql_up.load(Ordering::Relaxed));
     assert_eq!(db_cursors(&db), tails);
-    assert_eq!(read_commit_meta(wal.path()).unwrap().unwrap().cores, tails);
+    assert_eq!(commit_meta_cursors(wal.path()), tails);
 }
 
 /// What a core does, simplified: append a chunk to its segment, publish it, offer it.
@@ -316,7 +329,7 @@ fn queue_path_with_full_queue_loses_and_duplicates_nothing() {
     assert_eq!(stats.events_flushed.load(Ordering::Relaxed), 10_000);
     let tails: Vec<Position> = progress.iter().map(|p| p.written_end()).collect();
     assert_eq!(db_cursors(&db), tails);
-    assert_eq!(read_commit_meta(wal.path()).unwrap().unwrap().cores, tails);
+    assert_eq!(commit_meta_cursors(wal.path()), tails);
     assert!(tails.iter().all(|t| t.segment == 2));
 }
 

@@ -55,12 +55,14 @@ use tracing::{debug, error, info, warn};
 
 use crate::clock::unix_ms;
 use crate::config::Config;
-use crate::cursor::{read_commit_meta, write_commit_meta, CommitMeta};
+use crate::cursor::{open_wal_identity, read_commit_meta, write_commit_meta, CommitMeta};
 use crate::mysql::domains::DomainResolver;
 use crate::mysql::sink::statement_limit;
 use crate::mysql::sql::{self, SqlBuffer};
 use crate::mysql::{legacy, migrate, Db, DbError, MysqlStats};
 use crate::queue::{CoreProgress, QueueReceiver, WalChunk};
+use crate::wal::identity::{LaneId, WalIdentity};
+use crate::wal::lane::open_lane;
 use crate::wal::quarantine::quarantine_segment;
 use crate::wal::reader::{CoreWalReader, WalReadError};
 use crate::wal::record::{decode_with_context, RecordError};
@@ -94,10 +96,17 @@ pub fn spawn(
     mysql_stats: Arc<MysqlStats>,
     shutdown: Arc<AtomicBool>,
 ) -> std::io::Result<FlusherHandle> {
-    let meta = read_commit_meta(&config.wal.dir)
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+    let invalid = |e: crate::cursor::CursorError| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
+    let dir = &config.wal.dir;
+    let identity =
+        open_wal_identity(dir, &config.ingest.node_id, &crate::config::hostname()).map_err(invalid)?;
+    let lanes = (0..cores.len() as u16)
+        .map(|core| open_lane(dir, core).map_err(|e| invalid(e.into())))
+        .collect::<Result<Vec<_>, _>>()?;
+    let meta = read_commit_meta(dir, &identity).map_err(invalid)?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let flusher = Flusher::new(config.clone(), queue, cores, stats, mysql_stats, shutdown, meta);
+    let flusher =
+        Flusher::new(config.clone(), queue, cores, stats, mysql_stats, shutdown, (identity, lanes, meta));
     let thread =
         std::thread::Builder::new().name("flusher".into()).spawn(move || runtime.block_on(flusher.run()))?;
     Ok(FlusherHandle { thread })
@@ -119,6 +128,8 @@ enum Mode {
 
 /// The flusher's state for one core.
 struct Lane {
+    /// The lane's id in `commit.meta` (this flusher writes shard 0 only).
+    id: LaneId,
     committed: Position,
     read: Position,
     mode: Mode,
@@ -146,6 +157,7 @@ struct Replay {
 
 struct Flusher {
     config: Config,
+    identity: WalIdentity,
     queue: QueueReceiver,
     cores: Vec<Arc<CoreProgress>>,
     stats: Arc<FlushStats>,
@@ -185,17 +197,16 @@ impl Flusher {
         stats: Arc<FlushStats>,
         mysql_stats: Arc<MysqlStats>,
         shutdown: Arc<AtomicBool>,
-        meta: Option<CommitMeta>,
+        (identity, lane_ids, meta): (WalIdentity, Vec<LaneId>, Option<CommitMeta>),
     ) -> Flusher {
-        let meta_cores = meta.map(|m| m.cores).unwrap_or_default();
-        if meta_cores.len() > cores.len() {
-            warn!(cores = cores.len(), in_meta = meta_cores.len(), "commit.meta lists more cores than run");
-        }
-        let lanes = (0..cores.len())
-            .map(|c| {
-                let committed = meta_cores.get(c).copied().unwrap_or_default();
-                let dir = core_dir(&config.wal.dir, c as u16);
+        debug_assert_eq!(lane_ids.len(), cores.len());
+        let lanes = lane_ids
+            .into_iter()
+            .map(|id| {
+                let committed = meta.as_ref().and_then(|m| m.get(id, 0)).unwrap_or_default();
+                let dir = core_dir(&config.wal.dir, id.core);
                 Lane {
+                    id,
                     committed,
                     read: committed,
                     mode: Mode::CatchingUp,
@@ -215,6 +226,7 @@ impl Flusher {
             ),
             max_statement_bytes: config.mysql.max_statement_bytes,
             config,
+            identity,
             queue,
             cores,
             stats,
@@ -607,7 +619,8 @@ impl Flusher {
         self.commit_in_doubt = true;
         db.execute("commit", b"COMMIT").await?;
         self.commit_in_doubt = false;
-        failpoint_after_commit(self.stats.batches.load(Ordering::Relaxed) + 1);
+        // `PSC_FAILPOINT=crash_after_commit[:after=N]`: abort between COMMIT and commit.meta.
+        crate::failpoint::crash("crash_after_commit");
         self.db = Some(db);
         self.committed(&ends, started);
         Ok(())
@@ -710,23 +723,27 @@ impl Flusher {
 
     /// Writes `commit.meta`, then deletes the segments behind it.
     fn write_meta(&mut self) {
-        let meta = CommitMeta {
-            node: self.config.ingest.node_id.clone(),
-            cores: self.lanes.iter().map(|l| l.committed).collect(),
-        };
+        let mut meta = CommitMeta::new(self.identity.clone());
+        for lane in self.lanes.iter().filter(|l| l.committed != Position::default()) {
+            meta.set(lane.id, 0, lane.committed);
+        }
         self.meta_written_at = Instant::now();
         if let Err(e) = write_commit_meta(&self.config.wal.dir, &meta) {
             error!(error = %e, "cannot write commit.meta; segments are kept until it succeeds");
             return;
         }
         self.meta_dirty = false;
-        match crate::compact::compact_measured(&self.config.wal.dir) {
-            Ok(done) if done.segments == 0 => {}
-            Ok(done) => {
-                self.stats.wal_disk_bytes.fetch_sub(done.bytes, Ordering::Relaxed);
-                debug!(deleted = done.segments, bytes = done.bytes, "compacted WAL segments");
+        for lane in &self.lanes {
+            // The cursor was just made durable in commit.meta (and was committed in MySQL).
+            match crate::compact::compact_lane(&core_dir(&self.config.wal.dir, lane.id.core), lane.committed)
+            {
+                Ok(done) if done.segments == 0 => {}
+                Ok(done) => {
+                    self.stats.wal_disk_bytes.fetch_sub(done.bytes, Ordering::Relaxed);
+                    debug!(lane = %lane.id, deleted = done.segments, bytes = done.bytes, "compacted WAL segments");
+                }
+                Err(e) => warn!(lane = %lane.id, error = %e, "WAL compaction failed"),
             }
-            Err(e) => warn!(error = %e, "WAL compaction failed"),
         }
     }
 
@@ -763,23 +780,6 @@ async fn execute_all(db: &mut Db, sql: &SqlBuffer) -> Result<(), DbError> {
     Ok(())
 }
 
-/// With feature `failpoints` and `PSC_FAILPOINT=crash_after_commit`: abort right after the
-/// COMMIT of the `PSC_FAILPOINT_AFTER`-th batch (default the first), before `commit.meta`.
-#[cfg(feature = "failpoints")]
-fn failpoint_after_commit(commit_number: u64) {
-    if std::env::var("PSC_FAILPOINT").as_deref() != Ok("crash_after_commit") {
-        return;
-    }
-    let after = std::env::var("PSC_FAILPOINT_AFTER").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
-    if commit_number >= after {
-        eprintln!("failpoint crash_after_commit: aborting after commit {commit_number}");
-        std::process::abort();
-    }
-}
-
-#[cfg(not(feature = "failpoints"))]
-fn failpoint_after_commit(_commit_number: u64) {}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -813,8 +813,10 @@ mod tests {
         let (tx, rx) = crate::queue::bounded(16);
         let cores = vec![Arc::new(CoreProgress::new(Position::default()))];
         let stats = Arc::new(FlushStats::new(1));
-        let f =
-            Flusher::new(config, rx, cores, stats, Arc::default(), Arc::new(AtomicBool::new(false)), None);
+        let identity = WalIdentity { node: "test".into(), wal: crate::wal::identity::WalId(1) };
+        let lanes = vec![open_lane(wal.path(), 0).unwrap()];
+        let shutdown = Arc::new(AtomicBool::new(false));
+        let f = Flusher::new(config, rx, cores, stats, Arc::default(), shutdown, (identity, lanes, None));
         (f, tx, wal)
     }
 
