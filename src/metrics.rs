@@ -13,7 +13,7 @@ pub const STATUS_CODES: [u16; 17] =
 
 /// `reason` label values of `ingest_events_rejected_total`: validation failures (see
 /// `crate::ingest::Rejection::label`), then server-side ones.
-pub const REJECT_REASONS: [&str; 18] = [
+pub const REJECT_REASONS: [&str; 23] = [
     "missing_param",
     "duplicate_param",
     "empty_param",
@@ -22,6 +22,7 @@ pub const REJECT_REASONS: [&str; 18] = [
     "bad_file_id",
     "bad_encoding",
     "event_not_allowed",
+    "bad_event_id",
     // POST bodies and CORS (`crate::ingest::body::BodyError::label`, `crate::http::dialect`).
     "content_type",
     "bad_body",
@@ -29,6 +30,11 @@ pub const REJECT_REASONS: [&str; 18] = [
     "batch_events",
     "cors_origin",
     "bad_preflight",
+    // Compressed bodies (`crate::ingest::encoding`) and bots (`ingest.drop_bots`).
+    "content_encoding",
+    "bad_compression",
+    "body_bomb",
+    "bot",
     "wal_full",
     "wal_error",
     "shutting_down",

@@ -25,9 +25,10 @@ use super::cors::Grant;
 use super::dialect::{self, DialectScratch, Dialects, Outcome};
 use super::request::{self, Body, Method, Parsed, Request};
 use super::response;
-use crate::ingest::{self, EventAllowlist, QueryScratch};
+use crate::ingest::{self, QueryScratch, Rules};
 use crate::metrics::{bump, CoreCounters};
 use crate::observe::Observer;
+use crate::wal;
 use crate::wal::group::{GroupCommit, TickOutcome};
 
 /// Smallest read buffer a connection starts with.
@@ -40,7 +41,7 @@ pub struct ConnContext {
     pub limits: request::Limits,
     pub idle_timeout: Duration,
     pub max_pipelined: usize,
-    pub allow: EventAllowlist,
+    pub rules: Rules,
     pub group: GroupCommit,
     pub counters: Arc<CoreCounters>,
     pub observer: Arc<Observer>,
@@ -402,9 +403,10 @@ fn beacon(
     if let Some(refusal) = refuse_events(ctx) {
         return refusal;
     }
-    match ingest::parse_beacon(req.query, now_ms, &ctx.allow, scratch) {
-        Ok(event) => {
+    match ingest::parse_beacon(req.query, now_ms, &ctx.rules, scratch) {
+        Ok(ingest::Beacon { event, event_id }) => {
             let context = dialect::client_context(req, &ctx.dialects, dialect);
+            let context = wal::record::Context { event_id, ..context };
             ctx.group.append_with_context(&event, &context);
             *appended = true;
             // Fast path: a plain `/log` without `Origin` is the static 204.
@@ -444,7 +446,7 @@ fn post_beacon(
     if let Some(refusal) = refuse_events(ctx) {
         return refusal;
     }
-    let outcome = dialect::post_beacon(req, now_ms, &ctx.allow, &ctx.group, &ctx.dialects, dialect);
+    let outcome = dialect::post_beacon(req, now_ms, &ctx.rules, &ctx.group, &ctx.dialects, dialect);
     if matches!(outcome, Outcome::Accepted { .. }) {
         *appended = true;
     }

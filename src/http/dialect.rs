@@ -18,9 +18,10 @@ use crate::config::Config;
 use crate::ingest::body::{self, BatchScratch, BodyRules, JsonParser};
 use crate::ingest::client::{self, TrustedProxies};
 use crate::ingest::extra::KeepParams;
-use crate::ingest::EventAllowlist;
+use crate::ingest::Beacon;
+use crate::ingest::Rules;
 use crate::wal::group::GroupCommit;
-use crate::wal::record::{Context, Event};
+use crate::wal::record::Context;
 
 /// The dialect settings of one core, from the config.
 #[derive(Debug, Clone)]
@@ -111,7 +112,7 @@ pub fn client_context<'a>(req: &Request<'a>, d: &Dialects, s: &'a mut DialectScr
         _ => None,
     };
     let extra = (!d.keep.is_empty() && d.keep.extract(req.query, extra)).then_some(extra.as_str());
-    Context { ip, ua, referer_host, extra }
+    Context { ip, ua, referer_host, extra, event_id: None }
 }
 
 /// The CORS grant of a request, `None` without `Origin` or for an origin not allowed.
@@ -140,7 +141,7 @@ pub fn preflight(req: &Request<'_>, d: &Dialects) -> Outcome {
 pub fn post_beacon(
     req: &Request<'_>,
     now_ms: u64,
-    allow: &EventAllowlist,
+    rules: &Rules,
     group: &GroupCommit,
     d: &Dialects,
     s: &mut DialectScratch,
@@ -149,7 +150,7 @@ pub fn post_beacon(
         Ok(kind) => kind,
         Err(e) => return rejected(e),
     };
-    let rules = BodyRules { allow, max_events: d.max_batch_events, parser: JsonParser::Simd };
+    let rules = BodyRules { rules, max_events: d.max_batch_events, parser: JsonParser::Simd };
     let mut batch = std::mem::take(&mut s.batch);
     let mut body = std::mem::take(&mut s.body);
     let parsed = body::parse_body(kind, &mut body, &rules, &mut batch);
@@ -164,7 +165,7 @@ pub fn post_beacon(
             };
             let with_body_query = Request { query, ..*req };
             let context = client_context(&with_body_query, d, s);
-            let events = append_batch(group, batch.events(now_ms), &context);
+            let events = append_batch(group, batch.beacons(now_ms), &context);
             Outcome::Accepted { kind: BeaconKind::NoContent, events, grant }
         }
     };
@@ -176,12 +177,12 @@ pub fn post_beacon(
 /// Appends every event with no await in between: they share the open tick, so one write.
 fn append_batch<'e>(
     group: &GroupCommit,
-    events: impl Iterator<Item = Event<'e>>,
+    beacons: impl Iterator<Item = Beacon<'e>>,
     context: &Context<'_>,
 ) -> u32 {
     let mut n = 0;
-    for event in events {
-        group.append_with_context(&event, context);
+    for Beacon { event, event_id } in beacons {
+        group.append_with_context(&event, &Context { event_id, ..*context });
         n += 1;
     }
     n
@@ -255,7 +256,7 @@ User-Agent: UA \"1\"\r\nReferer: https://Site.example/p\r\nX-Forwarded-For: 9.9.
     #[test]
     fn a_batch_is_one_tick_and_a_bad_batch_appends_nothing() {
         let d = dialects(|_| {});
-        let allow = EventAllowlist::new(&[]);
+        let allow = Rules::default();
         let group = GroupCommit::new(1 << 20);
         let mut s = DialectScratch::new("127.0.0.1".parse().unwrap());
         let head = b"POST /log HTTP/1.1\r\nContent-Type: application/json\r\nUser-Agent: T\r\n\r\n";

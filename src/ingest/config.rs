@@ -23,6 +23,10 @@ pub struct IngestConfig {
     pub user_agent: bool,
     /// Store the host of the Referer. Default true.
     pub referer: bool,
+    /// Reject (400) an event without a client event id (`eid` query parameter, `event_id` JSON
+    /// field). Default false: ids are optional, and only events that carry one are
+    /// de-duplicated.
+    pub require_event_id: bool,
 }
 
 impl Default for IngestConfig {
@@ -35,6 +39,7 @@ impl Default for IngestConfig {
             client_ip: true,
             user_agent: true,
             referer: true,
+            require_event_id: false,
         }
     }
 }

@@ -26,7 +26,7 @@ use crate::config::Config;
 use crate::flush::stats::FlushStats;
 use crate::http::conn::{self, ConnContext};
 use crate::http::request;
-use crate::ingest::EventAllowlist;
+use crate::ingest::{EventAllowlist, Rules};
 use crate::metrics::{bump, CoreCounters};
 use crate::observe::Observer;
 use crate::queue::{CoreProgress, Offer, QueueSender, WalChunk};
@@ -150,7 +150,10 @@ async fn serve_core(setup: CoreSetup) -> Result<(), CoreError> {
         limits: request::Limits::from(&cfg.http),
         idle_timeout: Duration::from_millis(cfg.http.idle_timeout_ms),
         max_pipelined: cfg.http.max_pipelined_requests,
-        allow: EventAllowlist::new(&cfg.ingest.events),
+        rules: Rules {
+            allow: EventAllowlist::new(&cfg.ingest.events),
+            require_event_id: cfg.ingest.require_event_id,
+        },
         group: GroupCommit::new(cfg.wal.write_buffer_bytes),
         counters: setup.counters.clone(),
         observer: setup.observer.clone(),
