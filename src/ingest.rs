@@ -29,8 +29,10 @@ pub mod client;
 pub mod config;
 pub mod encoding;
 pub mod extra;
+pub mod geoip;
 mod percent;
 mod rejection;
+pub mod user_agent;
 
 pub(crate) use self::percent::{needs_decoding, split_once_byte, PercentDecode};
 pub use self::rejection::{Param, Rejection};
