@@ -9,7 +9,7 @@ use psc::config::{Config, HttpConfig};
 use psc::http::dialect::{client_context, DialectScratch, Dialects};
 use psc::http::request::{parse, Limits, Parsed};
 use psc::ingest::{parse_beacon, QueryScratch, Rules};
-use psc::wal::record::{encode, encode_with_context};
+use psc::wal::record::{encode, Context};
 
 const REQUEST: &[u8] = b"GET /log?event=play&domain=piratka.biz&file_id=109454 HTTP/1.1\r\n\
 Host: localhost:34201\r\nUser-Agent: wrk\r\n\r\n";
@@ -30,7 +30,7 @@ fn handle_one(
         panic!("benchmark request must parse");
     };
     let event = parse_beacon(req.query, TS_MS, allow, scratch).expect("valid beacon").event;
-    encode(&event, out);
+    encode(&event, &Context::NONE, out);
     req.head_len
 }
 
@@ -82,7 +82,7 @@ fn bench_hot_path(c: &mut Criterion) {
             };
             let event = parse_beacon(req.query, TS_MS, &allow, &mut scratch).expect("valid").event;
             let context = client_context(&req, &dialects, &mut dialect);
-            encode_with_context(&event, &context, &mut out);
+            encode(&event, &context, &mut out);
             req.head_len
         })
     });

@@ -5,7 +5,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use std::hint::black_box;
 
 use psc::flush::batch::{build_event_inserts, Batch, SqlBuffer};
-use psc::wal::record::{decode, encode, Event};
+use psc::wal::record::{decode, encode, Context, Event};
 use psc::wal::Position;
 
 const ROWS: usize = 5000;
@@ -15,7 +15,7 @@ fn wal_bytes() -> Vec<u8> {
     for i in 0..ROWS as u64 {
         let domain = format!("site{}.example.org", i % 50);
         let ev = Event { ts_ms: 1_763_923_170_000 + i, event: "play", domain: &domain, file_id: 100_000 + i };
-        encode(&ev, &mut bytes);
+        encode(&ev, &Context::NONE, &mut bytes);
     }
     bytes
 }

@@ -7,7 +7,7 @@ use std::hint::black_box;
 use std::io::Write;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use psc::wal::record::{encode, scan, Event};
+use psc::wal::record::{encode, scan, Context, Event};
 
 const TICK_RECORDS: u64 = 64;
 const SCAN_BYTES: usize = 4 * 1024 * 1024;
@@ -25,7 +25,7 @@ fn bench_encode(c: &mut Criterion) {
     group.bench_function("one_record_reused_vec", |b| {
         b.iter(|| {
             buf.clear();
-            encode(black_box(&typical(109_454)), &mut buf);
+            encode(black_box(&typical(109_454)), &Context::NONE, &mut buf);
             black_box(buf.len())
         })
     });
@@ -42,7 +42,7 @@ fn bench_tick_write(c: &mut Criterion) {
         b.iter(|| {
             tick.clear();
             for i in 0..TICK_RECORDS {
-                encode(&typical(100_000 + i), &mut tick);
+                encode(&typical(100_000 + i), &Context::NONE, &mut tick);
             }
             file.write_all(&tick).expect("write");
             written += tick.len() as u64;
@@ -60,7 +60,7 @@ fn bench_scan(c: &mut Criterion) {
     let mut segment = Vec::with_capacity(SCAN_BYTES + 256);
     let mut id = 1;
     while segment.len() < SCAN_BYTES {
-        encode(&typical(id), &mut segment);
+        encode(&typical(id), &Context::NONE, &mut segment);
         id += 1;
     }
     let mut group = c.benchmark_group("scan");

@@ -7,7 +7,7 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use psc::wal::reader::CoreWalReader;
-use psc::wal::record::{encode, Event};
+use psc::wal::record::{encode, Context, Event};
 use psc::wal::segment::segment_path;
 use psc::wal::Position;
 
@@ -31,7 +31,7 @@ fn write_segments(dir: &std::path::Path) -> Position {
                 domain: domains[(i % 4) as usize],
                 file_id: 100_000 + i,
             };
-            encode(&ev, &mut bytes);
+            encode(&ev, &Context::NONE, &mut bytes);
         }
         std::fs::write(segment_path(dir, n), &bytes).expect("write segment");
         end = Position::new(n, bytes.len() as u64);

@@ -30,6 +30,7 @@ pub mod config;
 pub mod encoding;
 pub mod extra;
 pub mod geoip;
+pub mod intake;
 mod percent;
 mod rejection;
 pub mod user_agent;

@@ -9,9 +9,9 @@
 //!  core thread N (monoio, pinned, own SO_REUSEPORT listener)            flusher thread (tokio)
 //!  ┌──────────────────────────────────────────────────────────┐        ┌─────────────────────────┐
 //!  │ http::conn  read → http::request (httparse, no IO)        │        │ flush: drain queue,     │
-//!  │   → ingest (validate) → wal::record::encode into the tick │ queue  │  catch up from the WAL  │
-//!  │   buffer → wal::group (one io_uring write per tick)       │──────▶ │  → mysql (one txn: rows │
-//!  │   → ack 204 only after the write completed                │ chunks │  + cursors) → cursor    │
+//!  │   → http::router → ingest::intake (validate, append to    │ queue  │  catch up from the WAL  │
+//!  │   the open tick: wal::group) → wal::tick_writer (one      │──────▶ │  → mysql (one txn: rows │
+//!  │   io_uring write per tick) → ack 2xx once it completed    │ chunks │  + cursors) → cursor    │
 //!  └──────────────────────────────────────────────────────────┘        │  (commit.meta) → compact│
 //!                                                                       └─────────────────────────┘
 //! ```

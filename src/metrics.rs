@@ -43,13 +43,15 @@ pub const REJECT_REASONS: [&str; 23] = [
 
 /// `limit` label values of `ingest_http_limit_hits_total`.
 /// Framing errors (`malformed`, `content_length`, `version`, `transfer_encoding`) are counted
-/// here too: each closes its connection, like a limit hit.
-pub const LIMITS: [&str; 11] = [
+/// here too: each closes its connection, like a limit hit. `fds`: `accept` failed with
+/// `EMFILE`/`ENFILE` (the descriptor limit, see `crate::server::fd_limit`).
+pub const LIMITS: [&str; 12] = [
     "header_bytes",
     "url_bytes",
     "body_bytes",
     "headers",
     "connections",
+    "fds",
     "idle_timeout",
     "malformed",
     "content_length",

@@ -20,7 +20,7 @@ use psc::cursor::read_commit_meta;
 use psc::flush::stats::FlushStats;
 use psc::flush::{self, FlusherHandle};
 use psc::queue::{self, CoreProgress, Offer, QueueReceiver, WalChunk};
-use psc::wal::record::{encode, Event};
+use psc::wal::record::{encode, Context, Event};
 use psc::wal::segment::{core_dir, segment_path};
 use psc::wal::Position;
 use support::{unique_file_ids, wait_for, MariaDb};
@@ -51,7 +51,7 @@ fn append_events(
     for (i, &file_id) in file_ids.iter().enumerate() {
         let name = domain(file_id as usize);
         let ev = Event { ts_ms: BASE_TS_MS + (file_id % 1000), event: EVENTS[i % 4], domain: &name, file_id };
-        encode(&ev, &mut bytes);
+        encode(&ev, &Context::NONE, &mut bytes);
         *per_domain.entry(name).or_default() += 1;
     }
     let path = segment_path(&dir, segment);
@@ -351,7 +351,7 @@ fn corrupt_record_stalls_its_core_without_skipping() {
     let mut ends = Vec::new();
     for (i, file_id) in unique_file_ids(100).into_iter().enumerate() {
         let ev = Event { ts_ms: BASE_TS_MS, event: EVENTS[i % 4], domain: "x.org", file_id };
-        encode(&ev, &mut bytes);
+        encode(&ev, &Context::NONE, &mut bytes);
         ends.push(bytes.len() as u64);
     }
     // Change the first CRC digit of record 50 to another hex digit.

@@ -846,12 +846,12 @@ fn failpoint_after_commit(_commit_number: u64) {}
 mod tests {
     use super::*;
     use crate::queue::{Offer, QueueSender};
-    use crate::wal::record::{encode, Event};
+    use crate::wal::record::{encode, Context, Event};
 
     fn record(file_id: u64) -> Vec<u8> {
         let mut out = Vec::new();
         let ev = Event { ts_ms: 1, event: "play", domain: "x.org", file_id };
-        encode(&ev, &mut out);
+        encode(&ev, &Context::NONE, &mut out);
         out
     }
 

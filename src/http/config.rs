@@ -20,6 +20,8 @@ pub struct HttpConfig {
     /// Most headers in one request; past it: 431. Default 64.
     pub max_headers: usize,
     /// Open connections per core; past it new connections are closed at once. Default 10000.
+    /// Lowered at start, with a warning, to what the descriptor limit holds
+    /// (`crate::server::fd_limit`).
     pub max_connections_per_core: usize,
     /// A connection with no complete request for this long is closed. Default 30000 ms.
     pub idle_timeout_ms: u64,

@@ -1,6 +1,7 @@
 //! One client connection on one core: read → parse every complete request in the buffer →
-//! route → append accepted events to the core's open WAL tick → wait for that tick's write →
-//! answer all of them with one socket write.
+//! route → hand accepted events to the core's [`Intake`] (which appends them to the open WAL
+//! tick and returns its ticket) → wait for that tick's write → answer all of them with one
+//! socket write.
 //!
 //! Invariants:
 //! - a beacon is answered 2xx only after its tick's WAL write succeeded; if it failed, 503;
@@ -21,15 +22,16 @@ use monoio::net::TcpStream;
 
 use super::answer::{self, BeaconKind};
 use super::chunked::{self, Dechunk};
-use super::cors::Grant;
-use super::dialect::{self, DialectScratch, Dialects, Outcome};
-use super::request::{self, Body, Method, Parsed, Request};
+use super::dialect::{DialectScratch, Dialects};
+use super::request::{self, Body, Parsed};
 use super::response;
-use crate::ingest::{self, QueryScratch, Rules};
+use super::router::{route, Reply, Turn};
+use crate::config::Config;
+use crate::ingest::intake::Intake;
+use crate::ingest::QueryScratch;
 use crate::metrics::{bump, CoreCounters};
 use crate::observe::Observer;
-use crate::wal;
-use crate::wal::group::{GroupCommit, TickOutcome};
+use crate::wal::group::TickOutcome;
 
 /// Smallest read buffer a connection starts with.
 const INITIAL_READ_BYTES: usize = 4096;
@@ -38,47 +40,50 @@ const RETRY_AFTER_S: u32 = 1;
 
 /// What every connection of one core shares. Lives on that core only.
 pub struct ConnContext {
-    pub limits: request::Limits,
-    pub idle_timeout: Duration,
-    pub max_pipelined: usize,
-    pub rules: Rules,
-    pub group: GroupCommit,
-    pub counters: Arc<CoreCounters>,
-    pub observer: Arc<Observer>,
-    /// Set when the process drains for shutdown: answer with `Connection: close`, take no more.
-    pub draining: Cell<bool>,
-    /// Set while the WAL disk budget is used up (`crate::wal::budget`): `/log` answers 503.
-    pub wal_full: Cell<bool>,
+    limits: request::Limits,
+    idle_timeout: Duration,
+    max_pipelined: usize,
+    /// Where accepted events go (the core's open WAL tick).
+    pub(super) intake: Intake,
+    pub(super) counters: Arc<CoreCounters>,
+    pub(super) observer: Arc<Observer>,
+    /// Set when the core drains for shutdown: answer with `Connection: close`, take no more.
+    pub(super) draining: Cell<bool>,
     /// Pixels, POST bodies, CORS and client context.
-    pub dialects: Dialects,
+    pub(super) dialects: Dialects,
 }
 
-/// The answer to one request, rendered once the WAL outcome of its tick is known.
-enum Reply {
-    /// A beacon whose record is in the open tick: 204 if the tick is written, else 503.
-    Beacon,
-    Error {
-        status: u16,
-        reason: &'static str,
-    },
-    Unavailable {
-        reason: &'static str,
-    },
-    MethodNotAllowed {
-        allow: &'static str,
-    },
-    Body {
-        status: u16,
-        content_type: &'static str,
-        body: Vec<u8>,
-    },
-    /// `events` records in the open tick, answered in `kind` with CORS headers for `grant`.
-    Dialect {
-        kind: BeaconKind,
-        events: u32,
-        grant: Option<Grant>,
-    },
-    Preflight(Grant),
+impl ConnContext {
+    pub fn new(
+        config: &Config,
+        intake: Intake,
+        counters: Arc<CoreCounters>,
+        observer: Arc<Observer>,
+    ) -> Self {
+        Self {
+            limits: request::Limits::from(&config.http),
+            idle_timeout: Duration::from_millis(config.http.idle_timeout_ms),
+            max_pipelined: config.http.max_pipelined_requests,
+            intake,
+            counters,
+            observer,
+            draining: Cell::new(false),
+            dialects: Dialects::from_config(config),
+        }
+    }
+
+    pub fn counters(&self) -> &CoreCounters {
+        &self.counters
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.get()
+    }
+
+    /// From now on every answer closes its connection and events are refused with 503.
+    pub fn start_draining(&self) {
+        self.draining.set(true);
+    }
 }
 
 struct Pending {
@@ -149,13 +154,15 @@ impl Connection {
     /// Parses and answers up to `max_pipelined` complete requests from the read buffer.
     /// Returns true when the connection must close after the answers are written.
     async fn answer_buffered(&mut self, ctx: &ConnContext) -> bool {
-        if ctx.group.is_full() {
-            ctx.group.room().await;
+        if ctx.intake.is_full() {
+            ctx.intake.room().await;
         }
         let now_ms = crate::clock::unix_ms(); // the receive time stamped on events
         let mut consumed = 0;
         let mut close = false;
-        let mut appended = false;
+        // The open tick's ticket once a request appended to it (all of this turn's appends
+        // share that tick: there is no await in the loop).
+        let mut ticket = None;
         self.pending.clear();
         while self.pending.len() < ctx.max_pipelined && consumed < self.read_buf.len() {
             let req = match request::parse(&self.read_buf[consumed..], &ctx.limits) {
@@ -202,7 +209,9 @@ impl Connection {
             };
             let request_len = req.head_len + body_len;
             let keep_alive = req.keep_alive && !ctx.draining.get();
-            let reply = route(&req, now_ms, ctx, &mut self.scratch, &mut self.dialect, &mut appended);
+            let turn =
+                Turn { now_ms, query: &mut self.scratch, dialect: &mut self.dialect, ticket: &mut ticket };
+            let reply = route(&req, ctx, turn);
             self.pending.push(Pending { reply, close: !keep_alive, minor_version: req.minor_version });
             consumed += request_len;
             if !keep_alive {
@@ -213,7 +222,10 @@ impl Connection {
         self.read_buf.drain(..consumed);
         self.partial_since =
             (!self.read_buf.is_empty()).then(|| self.partial_since.unwrap_or_else(Instant::now));
-        let outcome = if appended { ctx.group.ticket().wait().await } else { TickOutcome::Written };
+        let outcome = match ticket {
+            Some(ticket) => ticket.wait().await,
+            None => TickOutcome::Written,
+        };
         self.render(outcome, &ctx.counters, &ctx.dialects);
         close
     }
@@ -332,135 +344,6 @@ impl Connection {
                 }
                 ReadOutcome::Data
             }
-        }
-    }
-}
-
-/// Dispatches one complete request (its body, if any, in `dialect.body`). Beacons are
-/// appended to the open WAL tick here.
-fn route(
-    req: &Request<'_>,
-    now_ms: u64,
-    ctx: &ConnContext,
-    scratch: &mut QueryScratch,
-    dialect: &mut DialectScratch,
-    appended: &mut bool,
-) -> Reply {
-    match req.path {
-        "/log" => match req.method {
-            Method::Get => beacon(req, now_ms, ctx, scratch, dialect, appended, BeaconKind::NoContent),
-            Method::Post => post_beacon(req, now_ms, ctx, dialect, appended),
-            Method::Options => dialect_reply(dialect::preflight(req, &ctx.dialects), &ctx.counters),
-            _ => Reply::MethodNotAllowed { allow: "GET, POST, OPTIONS" },
-        },
-        "/log.gif" | "/pixel.gif" => match req.method {
-            Method::Get => beacon(req, now_ms, ctx, scratch, dialect, appended, BeaconKind::Gif),
-            Method::Options => dialect_reply(dialect::preflight(req, &ctx.dialects), &ctx.counters),
-            _ => Reply::MethodNotAllowed { allow: "GET, OPTIONS" },
-        },
-        "/healthz" | "/livez" => match req.method {
-            Method::Get | Method::Head => {
-                let (status, body) = ctx.observer.health();
-                Reply::Body { status, content_type: "application/json", body }
-            }
-            _ => Reply::MethodNotAllowed { allow: "GET, HEAD" },
-        },
-        "/readyz" | "/metrics" | "/stats" | "/debug/domain-cache" => match req.method {
-            Method::Get | Method::Head => observe_reply(req.path, req.query, &ctx.observer),
-            _ => Reply::MethodNotAllowed { allow: "GET, HEAD" },
-        },
-        _ => Reply::Error { status: 404, reason: "not found" },
-    }
-}
-
-/// The operator endpoints (see `crate::observe`); they allocate, they are not the hot path.
-fn observe_reply(path: &str, query: &str, observer: &Observer) -> Reply {
-    use crate::observe::{exposition, report};
-    let json = "application/json";
-    match path {
-        "/readyz" => {
-            let (status, body) = observer.readiness();
-            Reply::Body { status, content_type: json, body }
-        }
-        "/metrics" => {
-            let (content_type, body) = exposition::metrics_reply(observer, query);
-            Reply::Body { status: 200, content_type, body }
-        }
-        "/stats" => Reply::Body { status: 200, content_type: json, body: report::stats_json(observer) },
-        _ => Reply::Body { status: 200, content_type: json, body: report::domain_cache_json(observer) },
-    }
-}
-
-fn beacon(
-    req: &Request<'_>,
-    now_ms: u64,
-    ctx: &ConnContext,
-    scratch: &mut QueryScratch,
-    dialect: &mut DialectScratch,
-    appended: &mut bool,
-    kind: BeaconKind,
-) -> Reply {
-    if let Some(refusal) = refuse_events(ctx) {
-        return refusal;
-    }
-    match ingest::parse_beacon(req.query, now_ms, &ctx.rules, scratch) {
-        Ok(ingest::Beacon { event, event_id }) => {
-            let context = dialect::client_context(req, &ctx.dialects, dialect);
-            let context = wal::record::Context { event_id, ..context };
-            ctx.group.append_with_context(&event, &context);
-            *appended = true;
-            // Fast path: a plain `/log` without `Origin` is the static 204.
-            match (kind, req.origin) {
-                (BeaconKind::NoContent, None) => Reply::Beacon,
-                _ => Reply::Dialect { kind, events: 1, grant: dialect::grant(req, &ctx.dialects) },
-            }
-        }
-        Err(rejection) => {
-            ctx.counters.count_rejection(rejection.label());
-            Reply::Error { status: 400, reason: rejection.reason() }
-        }
-    }
-}
-
-/// 503 (with `Retry-After`) when this core cannot take events now: draining for shutdown, or
-/// the WAL disk budget is used up. Checked before validation, so a refused event costs little.
-fn refuse_events(ctx: &ConnContext) -> Option<Reply> {
-    if ctx.draining.get() {
-        ctx.counters.count_rejection("shutting_down");
-        return Some(Reply::Unavailable { reason: "shutting down, retry on another node" });
-    }
-    if ctx.wal_full.get() {
-        ctx.counters.count_rejection("wal_full");
-        return Some(Reply::Unavailable { reason: "event not stored: WAL disk budget used up, retry" });
-    }
-    None
-}
-
-fn post_beacon(
-    req: &Request<'_>,
-    now_ms: u64,
-    ctx: &ConnContext,
-    dialect: &mut DialectScratch,
-    appended: &mut bool,
-) -> Reply {
-    if let Some(refusal) = refuse_events(ctx) {
-        return refusal;
-    }
-    let outcome = dialect::post_beacon(req, now_ms, &ctx.rules, &ctx.group, &ctx.dialects, dialect);
-    if matches!(outcome, Outcome::Accepted { .. }) {
-        *appended = true;
-    }
-    dialect_reply(outcome, &ctx.counters)
-}
-
-fn dialect_reply(outcome: Outcome, counters: &CoreCounters) -> Reply {
-    match outcome {
-        Outcome::Accepted { kind, events, grant } => Reply::Dialect { kind, events, grant },
-        Outcome::Preflight(grant) => Reply::Preflight(grant),
-        Outcome::Rejected { status, mut message, label } => {
-            counters.count_rejection(label);
-            message.push('\n');
-            Reply::Body { status, content_type: "text/plain; charset=utf-8", body: message.into_bytes() }
         }
     }
 }

@@ -18,9 +18,8 @@ use crate::config::Config;
 use crate::ingest::body::{self, BatchScratch, BodyRules, JsonParser};
 use crate::ingest::client::{self, TrustedProxies};
 use crate::ingest::extra::KeepParams;
-use crate::ingest::Beacon;
-use crate::ingest::Rules;
-use crate::wal::group::GroupCommit;
+use crate::ingest::intake::Intake;
+use crate::wal::group::Ticket;
 use crate::wal::record::Context;
 
 /// The dialect settings of one core, from the config.
@@ -85,8 +84,8 @@ impl DialectScratch {
 /// What a dialect request comes to; `conn` renders it.
 #[derive(Debug)]
 pub enum Outcome {
-    /// `events` records were appended to the open tick.
-    Accepted { kind: BeaconKind, events: u32, grant: Option<Grant> },
+    /// `events` records were appended to the open tick; answer once `ticket` completes.
+    Accepted { kind: BeaconKind, events: u32, grant: Option<Grant>, ticket: Ticket },
     /// A preflight from an allowed origin.
     Preflight(Grant),
     /// Refused; `label` for the rejection metric.
@@ -137,12 +136,11 @@ pub fn preflight(req: &Request<'_>, d: &Dialects) -> Outcome {
     }
 }
 
-/// `POST /log`: validates the body in `s.body` whole, then appends every event.
+/// `POST /log`: validates the body in `s.body` whole, then hands every event to `intake`.
 pub fn post_beacon(
     req: &Request<'_>,
     now_ms: u64,
-    rules: &Rules,
-    group: &GroupCommit,
+    intake: &Intake,
     d: &Dialects,
     s: &mut DialectScratch,
 ) -> Outcome {
@@ -150,7 +148,7 @@ pub fn post_beacon(
         Ok(kind) => kind,
         Err(e) => return rejected(e),
     };
-    let rules = BodyRules { rules, max_events: d.max_batch_events, parser: JsonParser::Simd };
+    let rules = BodyRules { rules: intake.rules(), max_events: d.max_batch_events, parser: JsonParser::Simd };
     let mut batch = std::mem::take(&mut s.batch);
     let mut body = std::mem::take(&mut s.body);
     let parsed = body::parse_body(kind, &mut body, &rules, &mut batch);
@@ -165,27 +163,18 @@ pub fn post_beacon(
             };
             let with_body_query = Request { query, ..*req };
             let context = client_context(&with_body_query, d, s);
-            let events = append_batch(group, batch.beacons(now_ms), &context);
-            Outcome::Accepted { kind: BeaconKind::NoContent, events, grant }
+            match intake.accept_batch(batch.beacons(now_ms), &context) {
+                (events, Some(ticket)) => {
+                    Outcome::Accepted { kind: BeaconKind::NoContent, events, grant, ticket }
+                }
+                // `parse_body` refuses an empty batch; should one slip through, nothing was stored.
+                (_, None) => rejected(body::BodyError::Empty),
+            }
         }
     };
     s.body = body;
     s.batch = batch;
     outcome
-}
-
-/// Appends every event with no await in between: they share the open tick, so one write.
-fn append_batch<'e>(
-    group: &GroupCommit,
-    beacons: impl Iterator<Item = Beacon<'e>>,
-    context: &Context<'_>,
-) -> u32 {
-    let mut n = 0;
-    for Beacon { event, event_id } in beacons {
-        group.append_with_context(&event, &Context { event_id, ..*context });
-        n += 1;
-    }
-    n
 }
 
 fn rejected(e: body::BodyError) -> Outcome {
@@ -245,7 +234,7 @@ User-Agent: UA \"1\"\r\nReferer: https://Site.example/p\r\nX-Forwarded-For: 9.9.
         with_request(GET, |req| assert_eq!(client_context(req, &off, &mut s).ip, None));
     }
 
-    fn take_tick(group: &GroupCommit) -> (Vec<u8>, u32) {
+    fn take_tick(group: &crate::wal::group::GroupCommit) -> (Vec<u8>, u32) {
         let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new().build().expect("runtime");
         let (bytes, tick) = rt.block_on(group.next_tick(Vec::new())).expect("a tick");
         let records = tick.records;
@@ -256,14 +245,14 @@ User-Agent: UA \"1\"\r\nReferer: https://Site.example/p\r\nX-Forwarded-For: 9.9.
     #[test]
     fn a_batch_is_one_tick_and_a_bad_batch_appends_nothing() {
         let d = dialects(|_| {});
-        let allow = Rules::default();
-        let group = GroupCommit::new(1 << 20);
+        let group = std::rc::Rc::new(crate::wal::group::GroupCommit::new(1 << 20));
+        let intake = Intake::new(crate::ingest::Rules::default(), group.clone());
         let mut s = DialectScratch::new("127.0.0.1".parse().unwrap());
         let head = b"POST /log HTTP/1.1\r\nContent-Type: application/json\r\nUser-Agent: T\r\n\r\n";
         s.body = br#"[{"event":"a","domain":"a.org","file_id":1},{"event":"b","domain":"a.org","file_id":2},
             {"event":"c","domain":"a.org","file_id":3}]"#
             .to_vec();
-        let outcome = with_request(head, |req| post_beacon(req, 5, &allow, &group, &d, &mut s));
+        let outcome = with_request(head, |req| post_beacon(req, 5, &intake, &d, &mut s));
         assert!(matches!(outcome, Outcome::Accepted { events: 3, .. }), "{outcome:?}");
         let (bytes, records) = take_tick(&group);
         assert_eq!(records, 3, "the whole batch in one tick, so one WAL write");
@@ -273,7 +262,7 @@ User-Agent: UA \"1\"\r\nReferer: https://Site.example/p\r\nX-Forwarded-For: 9.9.
         assert_eq!((ev.event, ev.ts_ms, ctx.ip, ctx.ua.as_deref()), ("a", 5, Some("127.0.0.1"), Some("T")));
 
         s.body = br#"[{"event":"a","domain":"a.org","file_id":1},{"event":"b"}]"#.to_vec();
-        let outcome = with_request(head, |req| post_beacon(req, 5, &allow, &group, &d, &mut s));
+        let outcome = with_request(head, |req| post_beacon(req, 5, &intake, &d, &mut s));
         match outcome {
             Outcome::Rejected { status: 400, message, .. } => {
                 assert!(message.starts_with("item 1:"), "{message}")
@@ -283,7 +272,7 @@ User-Agent: UA \"1\"\r\nReferer: https://Site.example/p\r\nX-Forwarded-For: 9.9.
         assert!(!group.is_full());
         s.body = b"event=z&domain=a.org&file_id=9".to_vec();
         let form = b"POST /log HTTP/1.1\r\nContent-Type: text/plain\r\n\r\n";
-        let outcome = with_request(form, |req| post_beacon(req, 6, &allow, &group, &d, &mut s));
+        let outcome = with_request(form, |req| post_beacon(req, 6, &intake, &d, &mut s));
         assert!(matches!(outcome, Outcome::Accepted { events: 1, .. }));
         let (bytes, records) = take_tick(&group);
         assert_eq!(records, 1, "nothing of the rejected batch was appended");

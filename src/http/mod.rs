@@ -1,5 +1,6 @@
 //! HTTP/1.x for beacons: `request` turns bytes into a request (no IO), `response` holds the
 //! pre-rendered answers, `conn` runs one connection;
+//! `router` sends each request to what answers it (beacons to `crate::ingest::intake`);
 //! `dialect` (with `answer`, `cors`, `chunked`) speaks pixels, POST bodies and CORS.
 
 pub mod answer;
@@ -10,3 +11,4 @@ pub mod cors;
 pub mod dialect;
 pub mod request;
 pub mod response;
+mod router;

@@ -29,17 +29,22 @@ pub fn no_content(minor_version: u8, keep_alive: bool) -> &'static [u8] {
     }
 }
 
-/// Reason phrase for the statuses we send; empty (allowed by RFC 9112 §4) for others.
+/// Reason phrase (RFC 9110 §15) for the statuses we send, every one of
+/// `crate::metrics::STATUS_CODES` (a test keeps them in step); empty, which RFC 9112 §4
+/// allows, for any other.
 pub fn status_text(status: u16) -> &'static str {
     match status {
         200 => "OK",
         204 => "No Content",
         400 => "Bad Request",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         408 => "Request Timeout",
+        411 => "Length Required",
         413 => "Content Too Large",
         414 => "URI Too Long",
+        415 => "Unsupported Media Type",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
         501 => "Not Implemented",
@@ -252,5 +257,16 @@ mod tests {
         let mut out = Vec::new();
         write_error(&mut out, 418, "x", false);
         assert_eq!(parse_back(&out).code, 418);
+    }
+
+    #[test]
+    fn every_counted_status_has_its_reason_phrase() {
+        for &status in crate::metrics::STATUS_CODES.iter().filter(|&&s| s != 0) {
+            assert!(!status_text(status).is_empty(), "{status} goes out without a reason phrase");
+            let mut out = Vec::new();
+            write_body(&mut out, status, "text/plain", b"x", false);
+            assert_eq!(parse_back(&out).reason, status_text(status));
+        }
+        assert_eq!((status_text(403), status_text(415)), ("Forbidden", "Unsupported Media Type"));
     }
 }

@@ -3,36 +3,36 @@
 //! another core except through atomics that only this core writes.
 //!
 //! Tasks on a core:
-//! - the accept loop, spawning one task per connection (`http::conn::serve`);
-//! - the WAL writer: takes the open tick, writes it with one io_uring write, publishes the new
-//!   end of the WAL, offers the chunk to the flusher's queue, completes the tick's ticket;
+//! - the accept loop (`super::accept`), spawning one task per connection (`http::conn::serve`);
+//! - the WAL tick writer (`crate::wal::tick_writer`): writes the open tick with one io_uring
+//!   write; its hook here publishes the new end of the WAL, counts the bytes against the disk
+//!   budget and offers the chunk to the flusher's queue, before the tick's ticket completes;
 //! - housekeeping (every 100 ms): heartbeat for /healthz, noticing the shutdown flag, and
 //!   re-checking the WAL disk budget (`crate::wal::budget`): `statvfs` of the WAL directory and
-//!   the global WAL-bytes gauge set this core's `wal_full` flag, which `/log` reads.
+//!   the global WAL-bytes gauge raise or lower this core's WAL refusal, which `/log` reads.
 
-use std::cell::{Cell, RefCell};
-use std::future::poll_fn;
-use std::os::fd::{AsRawFd, RawFd};
+use std::cell::Cell;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::task::{Poll, Waker};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use monoio::net::TcpListener;
 
+use super::accept::{accept_until_drain, drain_connections, DrainSignal, OpenConnections};
+
 use crate::config::Config;
 use crate::flush::stats::FlushStats;
-use crate::http::conn::{self, ConnContext};
-use crate::http::request;
+use crate::http::conn::ConnContext;
+use crate::ingest::intake::Intake;
 use crate::ingest::{EventAllowlist, Rules};
 use crate::metrics::{bump, CoreCounters};
 use crate::observe::Observer;
 use crate::queue::{CoreProgress, Offer, QueueSender, WalChunk};
 use crate::wal::budget::{fs_space, DiskBudget, Refusal};
-use crate::wal::config::SyncPolicy;
-use crate::wal::group::{GroupCommit, TickOutcome};
+use crate::wal::group::GroupCommit;
+use crate::wal::tick_writer::{set_refusing, TickPolicy, TickWriter, Written};
 use crate::wal::writer::SegmentWriter;
 use crate::wal::Position;
 
@@ -110,57 +110,21 @@ fn build_runtime(entries: u32) -> std::io::Result<CoreRuntime> {
     }
 }
 
-/// Local wake-up for the accept loop when the drain starts.
-#[derive(Default)]
-struct DrainSignal {
-    started: Cell<bool>,
-    waker: RefCell<Option<Waker>>,
-}
-
-impl DrainSignal {
-    fn start(&self) {
-        self.started.set(true);
-        if let Some(w) = self.waker.borrow_mut().take() {
-            w.wake();
-        }
-    }
-
-    async fn wait(&self) {
-        poll_fn(|cx| {
-            if self.started.get() {
-                Poll::Ready(())
-            } else {
-                *self.waker.borrow_mut() = Some(cx.waker().clone());
-                Poll::Pending
-            }
-        })
-        .await
-    }
-}
-
 async fn serve_core(setup: CoreSetup) -> Result<(), CoreError> {
     let core = setup.core;
     let cfg = &setup.config;
     let listener =
         TcpListener::from_std(setup.listener).map_err(|source| CoreError::Listener { core, source })?;
-    let writer = SegmentWriter::open(&setup.core_dir, setup.tail, cfg.wal.segment_bytes, cfg.wal.sync)
+    let segments = SegmentWriter::open(&setup.core_dir, setup.tail, cfg.wal.segment_bytes, cfg.wal.sync)
         .await
         .map_err(|source| CoreError::Wal { core, source })?;
-    let ctx = Rc::new(ConnContext {
-        limits: request::Limits::from(&cfg.http),
-        idle_timeout: Duration::from_millis(cfg.http.idle_timeout_ms),
-        max_pipelined: cfg.http.max_pipelined_requests,
-        rules: Rules {
-            allow: EventAllowlist::new(&cfg.ingest.events),
-            require_event_id: cfg.ingest.require_event_id,
-        },
-        group: GroupCommit::new(cfg.wal.write_buffer_bytes),
-        counters: setup.counters.clone(),
-        observer: setup.observer.clone(),
-        draining: Cell::new(false),
-        wal_full: Cell::new(false),
-        dialects: crate::http::dialect::Dialects::from_config(cfg),
-    });
+    let group = Rc::new(GroupCommit::new(cfg.wal.write_buffer_bytes));
+    let rules = Rules {
+        allow: EventAllowlist::new(&cfg.ingest.events),
+        require_event_id: cfg.ingest.require_event_id,
+    };
+    let intake = Intake::new(rules, group.clone());
+    let ctx = Rc::new(ConnContext::new(cfg, intake, setup.counters.clone(), setup.observer.clone()));
     let watch = BudgetWatch {
         core,
         budget: setup.budget,
@@ -168,136 +132,50 @@ async fn serve_core(setup: CoreSetup) -> Result<(), CoreError> {
         stats: setup.flush_stats.clone(),
         refusal: Cell::new(None),
     };
-    let writer_task = monoio::spawn(write_ticks(WriterTask {
+    let policy = TickPolicy {
         core,
-        ctx: ctx.clone(),
-        writer,
-        progress: setup.progress.clone(),
-        queue: setup.queue,
         sync: cfg.wal.sync,
         sync_interval: Duration::from_millis(cfg.wal.sync_interval_ms.max(1)),
         tick_bytes: cfg.wal.write_buffer_bytes,
+    };
+    let hand_off = HandOff {
+        core,
+        group: group.clone(),
+        counters: setup.counters.clone(),
+        progress: setup.progress.clone(),
+        queue: setup.queue,
         budget: setup.budget,
         flush_stats: setup.flush_stats.clone(),
-    }));
+    };
+    let writer =
+        TickWriter::new(policy, group.clone(), segments, setup.counters.clone(), move |w: &Written<'_>| {
+            hand_off.written(w)
+        });
+    let writer_task = monoio::spawn(writer.run());
     let drain = Rc::new(DrainSignal::default());
-    monoio::spawn(housekeeping(ctx.clone(), drain.clone(), setup.shutdown.clone(), watch));
+    monoio::spawn(housekeeping(ctx.clone(), group.clone(), drain.clone(), setup.shutdown.clone(), watch));
     let open = Rc::new(OpenConnections::default());
     accept_until_drain(&listener, &ctx, &drain, &open, cfg.http.max_connections_per_core).await;
     drop(listener); // stop taking connections: new ones go to the other nodes
     drain_connections(&ctx, &open, Duration::from_millis(cfg.server.shutdown_timeout_ms / 2)).await;
-    ctx.group.close();
+    group.close();
     writer_task.await;
     tracing::debug!(core, "core drained");
     Ok(())
 }
 
-async fn accept_until_drain(
-    listener: &TcpListener,
-    ctx: &Rc<ConnContext>,
-    drain: &DrainSignal,
-    open_conns: &Rc<OpenConnections>,
-    max_conns: usize,
-) {
-    loop {
-        let accepted = monoio::select! {
-            accepted = listener.accept() => accepted,
-            _ = drain.wait() => return,
-        };
-        let (stream, peer) = match accepted {
-            Ok(accepted) => accepted,
-            Err(err) => {
-                // EMFILE and friends: back off briefly instead of spinning.
-                tracing::warn!(%err, "accept failed");
-                monoio::time::sleep(Duration::from_millis(10)).await;
-                continue;
-            }
-        };
-        let open = &ctx.counters.connections_open;
-        if open.load(Ordering::Relaxed) as usize >= max_conns {
-            ctx.counters.count_limit_hit("connections");
-            drop(stream);
-            continue;
-        }
-        let _ = stream.set_nodelay(true);
-        bump(&ctx.counters.connections_accepted, 1);
-        bump(open, 1);
-        let ctx = ctx.clone();
-        let id = open_conns.insert(stream.as_raw_fd());
-        let open_conns = open_conns.clone();
-        monoio::spawn(async move {
-            conn::serve(stream, peer, ctx.clone()).await;
-            // No await between the close (end of `serve`) and here: the fd cannot be reused
-            // by this core before it leaves the registry.
-            open_conns.remove(id);
-            ctx.counters.connections_open.fetch_sub(1, Ordering::Relaxed);
-        });
-    }
-}
-
-/// Sockets of the connections open on this core, so the drain can end idle ones.
-#[derive(Default)]
-struct OpenConnections {
-    next_id: Cell<u64>,
-    fds: RefCell<std::collections::HashMap<u64, RawFd>>,
-}
-
-impl OpenConnections {
-    fn insert(&self, fd: RawFd) -> u64 {
-        let id = self.next_id.get();
-        self.next_id.set(id + 1);
-        self.fds.borrow_mut().insert(id, fd);
-        id
-    }
-
-    fn remove(&self, id: u64) {
-        self.fds.borrow_mut().remove(&id);
-    }
-
-    /// Shuts the read side of every open connection: a connection waiting for its next
-    /// request reads EOF and closes; answers already being written still go out.
-    fn shut_reads(&self) -> usize {
-        let fds = self.fds.borrow();
-        for &fd in fds.values() {
-            // SAFETY: every fd in the registry belongs to a live connection of this core (it
-            // is removed right after the connection closes, with no await in between).
-            unsafe { libc::shutdown(fd, libc::SHUT_RD) };
-        }
-        fds.len()
-    }
-}
-
-/// The connection half of the drain, within `budget`: during its first quarter connections
-/// finish what they are doing (requests that arrive get their answer with `Connection:
-/// close`); then the read side of the rest (idle keep-alives, unfinished requests) is shut so
-/// they close at once; what is still open when the budget ends is dropped with the runtime.
-async fn drain_connections(ctx: &ConnContext, open: &OpenConnections, budget: Duration) {
-    let start = Instant::now();
-    wait_for_connections(ctx, start + budget / 4).await;
-    let shut = open.shut_reads();
-    if shut > 0 {
-        tracing::debug!(connections = shut, "drain: closing idle connections");
-    }
-    wait_for_connections(ctx, start + budget).await;
-}
-
-async fn wait_for_connections(ctx: &ConnContext, deadline: Instant) {
-    while ctx.counters.connections_open.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
-        monoio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 async fn housekeeping(
     ctx: Rc<ConnContext>,
+    group: Rc<GroupCommit>,
     drain: Rc<DrainSignal>,
     shutdown: Arc<AtomicBool>,
     watch: BudgetWatch,
 ) {
     loop {
-        ctx.counters.heartbeat_unix_ms.store(crate::clock::unix_ms(), Ordering::Relaxed);
-        watch.evaluate(&ctx);
-        if shutdown.load(Ordering::Acquire) && !ctx.draining.get() {
-            ctx.draining.set(true);
+        ctx.counters().heartbeat_unix_ms.store(crate::clock::unix_ms(), Ordering::Relaxed);
+        watch.evaluate(&group, ctx.counters());
+        if shutdown.load(Ordering::Acquire) && !ctx.is_draining() {
+            ctx.start_draining();
             drain.start();
         }
         monoio::time::sleep(HOUSEKEEPING_PERIOD).await;
@@ -316,8 +194,8 @@ struct BudgetWatch {
 }
 
 impl BudgetWatch {
-    /// Sets or clears the core's `wal_full` flag from the WAL gauge and the free space now.
-    fn evaluate(&self, ctx: &ConnContext) {
+    /// Raises or lowers the core's WAL refusal from the WAL gauge and the free space now.
+    fn evaluate(&self, group: &GroupCommit, counters: &CoreCounters) {
         let available = match fs_space(&self.dir) {
             Ok(space) => Some(space.available_bytes),
             Err(err) => {
@@ -327,7 +205,7 @@ impl BudgetWatch {
         };
         let wal_bytes = self.stats.wal_disk_bytes.load(Ordering::Relaxed);
         let refusal = self.budget.check(wal_bytes, available);
-        set_wal_full(ctx, refusal.is_some());
+        set_refusing(group, counters, refusal.is_some());
         if refusal != self.refusal.replace(refusal) {
             match refusal {
                 Some(why) => tracing::warn!(
@@ -345,103 +223,37 @@ impl BudgetWatch {
     }
 }
 
-/// Raises or lowers the core's refusal flag (and its readiness mirror, on change only).
-fn set_wal_full(ctx: &ConnContext, full: bool) {
-    if ctx.wal_full.replace(full) != full {
-        ctx.counters.wal_refusing.store(full, Ordering::Relaxed);
-    }
-}
-
-struct WriterTask {
+/// The core's side of a written tick (the tick writer's hook), run before its ticket completes.
+struct HandOff {
     core: u16,
-    ctx: Rc<ConnContext>,
-    writer: SegmentWriter,
+    group: Rc<GroupCommit>,
+    counters: Arc<CoreCounters>,
     progress: Arc<CoreProgress>,
     queue: QueueSender,
-    sync: SyncPolicy,
-    sync_interval: Duration,
-    tick_bytes: usize,
     budget: DiskBudget,
+    /// Its `wal_disk_bytes` gauge is the disk budget's WAL size.
     flush_stats: Arc<FlushStats>,
 }
 
-/// The core's single WAL writer: one write per tick, in tick order.
-async fn write_ticks(mut w: WriterTask) {
-    let mut spare = Vec::with_capacity(w.tick_bytes.min(64 * 1024));
-    let mut last_sync = Instant::now();
-    let mut unsynced = false;
-    let mut failing = false;
-    loop {
-        let next = w.ctx.group.next_tick(std::mem::take(&mut spare));
-        let taken = if w.sync == SyncPolicy::Interval && unsynced {
-            let due = (last_sync + w.sync_interval).saturating_duration_since(Instant::now());
-            match monoio::time::timeout(due, next).await {
-                Ok(taken) => taken,
-                Err(_) => {
-                    sync_now(&w, &mut last_sync, &mut unsynced).await;
-                    continue;
-                }
-            }
-        } else {
-            next.await
-        };
-        let Some((bytes, tick)) = taken else { break };
-        let (result, mut bytes) = w.writer.append(bytes).await;
-        match result {
-            Ok((start, end)) => {
-                if failing {
-                    tracing::info!(core = w.core, "WAL writes succeed again");
-                    failing = false;
-                }
-                w.progress.publish_written(end);
-                bump(&w.ctx.counters.wal_writes, 1);
-                bump(&w.ctx.counters.wal_bytes_written, bytes.len() as u64);
-                note_wal_growth(&w, bytes.len() as u64);
-                offer_chunk(&w, start, end, tick.records, &bytes);
-                tick.complete(TickOutcome::Written);
-                unsynced = true;
-                if w.sync == SyncPolicy::Interval && last_sync.elapsed() >= w.sync_interval {
-                    sync_now(&w, &mut last_sync, &mut unsynced).await;
-                }
-            }
-            Err(err) => {
-                if !failing {
-                    tracing::error!(core = w.core, %err, "WAL write failed; answering 503 until writes succeed");
-                    failing = true;
-                }
-                bump(&w.ctx.counters.wal_write_errors, 1);
-                tick.complete(TickOutcome::Failed);
-                // Refuse at once; housekeeping lifts it within 100 ms if the budget allows.
-                set_wal_full(&w.ctx, true);
-            }
+impl HandOff {
+    fn written(&self, w: &Written<'_>) {
+        self.progress.publish_written(w.end);
+        self.note_wal_growth(w.bytes.len() as u64);
+        self.offer_chunk(w.start, w.end, w.records, w.bytes);
+    }
+
+    /// Adds a write to the WAL gauge; refuses further events at once if it crossed the budget.
+    fn note_wal_growth(&self, written: u64) {
+        let wal_bytes = self.flush_stats.wal_disk_bytes.fetch_add(written, Ordering::Relaxed) + written;
+        if self.budget.check(wal_bytes, None).is_some() {
+            set_refusing(&self.group, &self.counters, true);
         }
-        bytes.clear();
-        spare = bytes;
     }
-    if let Err(err) = w.writer.sync_data().await {
-        tracing::error!(core = w.core, %err, "final WAL fdatasync failed");
-    }
-}
 
-/// Adds a write to the WAL gauge; refuses further events at once if it crossed the budget.
-fn note_wal_growth(w: &WriterTask, written: u64) {
-    let wal_bytes = w.flush_stats.wal_disk_bytes.fetch_add(written, Ordering::Relaxed) + written;
-    if w.budget.check(wal_bytes, None).is_some() {
-        set_wal_full(&w.ctx, true);
-    }
-}
-
-async fn sync_now(w: &WriterTask, last_sync: &mut Instant, unsynced: &mut bool) {
-    if let Err(err) = w.writer.sync_data().await {
-        tracing::error!(core = w.core, %err, "WAL fdatasync failed");
-    }
-    *last_sync = Instant::now();
-    *unsynced = false;
-}
-
-fn offer_chunk(w: &WriterTask, start: Position, end: Position, records: u32, bytes: &[u8]) {
-    let chunk = || WalChunk { core: w.core, start, end, records, bytes: bytes.to_vec() };
-    if w.queue.offer_with(records, chunk) == Offer::Full {
-        bump(&w.ctx.counters.queue_full_chunks, 1);
+    fn offer_chunk(&self, start: Position, end: Position, records: u32, bytes: &[u8]) {
+        let chunk = || WalChunk { core: self.core, start, end, records, bytes: bytes.to_vec() };
+        if self.queue.offer_with(records, chunk) == Offer::Full {
+            bump(&self.counters.queue_full_chunks, 1);
+        }
     }
 }

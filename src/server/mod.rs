@@ -1,5 +1,6 @@
 //! Wiring of a running collector, in start order:
-//! lock the WAL dir → recover each core's WAL → bind one SO_REUSEPORT listener per core →
+//! lock the WAL dir → raise the descriptor limit and fit the connection cap to it
+//! (`fd_limit`) → recover each core's WAL → bind one SO_REUSEPORT listener per core →
 //! start the flusher → start the pinned core threads. [`Running::shutdown`] reverses it:
 //! cores drain (stop accepting, answer in-flight requests, write and sync the WAL), then the
 //! flusher makes its last delivery and writes commit.meta.
@@ -7,9 +8,11 @@
 //! Invariant: listeners are bound before any core thread runs, so a client can connect as soon
 //! as [`start`] returns (the kernel queues connections until the core accepts them).
 
+mod accept;
 pub mod config;
 pub mod core;
 pub mod cpus;
+pub mod fd_limit;
 pub mod lock;
 pub mod sd_notify;
 pub mod signals;
@@ -61,7 +64,7 @@ pub struct Running {
 }
 
 /// Starts everything; returns once every listener is bound.
-pub fn start(config: Config) -> Result<Running, ServerError> {
+pub fn start(mut config: Config) -> Result<Running, ServerError> {
     let wal_dir = config.wal.dir.clone();
     std::fs::create_dir_all(&wal_dir)
         .map_err(|source| ServerError::WalDir { path: wal_dir.clone(), source })?;
@@ -71,6 +74,7 @@ pub fn start(config: Config) -> Result<Running, ServerError> {
     let core_count = if config.server.cores == 0 { cpus.len() } else { config.server.cores };
     let core_count = core_count.clamp(1, u16::MAX as usize);
     let counters: Vec<Arc<CoreCounters>> = (0..core_count).map(|_| Arc::default()).collect();
+    config.http.max_connections_per_core = fd_limit::apply(core_count, config.http.max_connections_per_core);
 
     let mut tails = Vec::with_capacity(core_count);
     let mut wal_bytes = 0;

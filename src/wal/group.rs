@@ -19,7 +19,7 @@ use std::future::{poll_fn, Future};
 use std::rc::Rc;
 use std::task::{Poll, Waker};
 
-use super::record::{self, Event};
+use super::record::{self, Context, Event};
 
 /// How a tick's write ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +51,12 @@ impl TickState {
 #[derive(Clone)]
 pub struct Ticket(Rc<TickState>);
 
+impl std::fmt::Debug for Ticket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Ticket").field(&self.0.outcome.get()).finish()
+    }
+}
+
 impl Ticket {
     /// Resolves once the tick's write finished.
     pub fn wait(&self) -> impl Future<Output = TickOutcome> + '_ {
@@ -76,6 +82,9 @@ pub struct GroupCommit {
     in_flight: RefCell<Option<Rc<TickState>>>,
     writer_waker: RefCell<Option<Waker>>,
     closing: Cell<bool>,
+    /// Set while this core's WAL takes no records: the disk budget is used up or writes fail
+    /// (set by the tick writer and the core's housekeeping, read before each append).
+    refusing: Cell<bool>,
     /// Soft bound of one tick; past it new requests wait for the write in flight.
     tick_bytes_max: usize,
 }
@@ -101,6 +110,7 @@ impl GroupCommit {
             in_flight: RefCell::new(None),
             writer_waker: RefCell::new(None),
             closing: Cell::new(false),
+            refusing: Cell::new(false),
             tick_bytes_max,
         }
     }
@@ -108,6 +118,16 @@ impl GroupCommit {
     /// True when the open tick is past its soft bound: wait with [`Self::room`] first.
     pub fn is_full(&self) -> bool {
         self.open.borrow().len() >= self.tick_bytes_max
+    }
+
+    /// True while the WAL takes no records: answer 503 instead of appending.
+    pub fn is_refusing(&self) -> bool {
+        self.refusing.get()
+    }
+
+    /// Raises or lowers the refusal; returns true if that changed it.
+    pub fn set_refusing(&self, refusing: bool) -> bool {
+        self.refusing.replace(refusing) != refusing
     }
 
     /// Waits until the write in flight (if any) has finished, freeing room in the next tick.
@@ -118,35 +138,21 @@ impl GroupCommit {
         }
     }
 
-    /// Encodes `event` into the open tick. Pair with [`Self::ticket`] once per request batch.
-    pub fn append(&self, event: &Event<'_>) {
+    /// Encodes `event` with its client context into the open tick and returns the ticket of
+    /// that tick. Records appended with no await in between share one tick, so one write.
+    #[must_use = "wait on the ticket before acknowledging the event"]
+    pub fn append(&self, event: &Event<'_>, context: &Context<'_>) -> Ticket {
         debug_assert!(!self.closing.get(), "append after close");
-        record::encode(event, &mut self.open.borrow_mut());
+        record::encode(event, context, &mut self.open.borrow_mut());
         self.open_records.set(self.open_records.get() + 1);
         if let Some(waker) = self.writer_waker.borrow_mut().take() {
             waker.wake();
         }
-    }
-
-    /// [`Self::append`] with the event's client context (`crate::wal::record::Context`).
-    pub fn append_with_context(&self, event: &Event<'_>, context: &record::Context<'_>) {
-        debug_assert!(!self.closing.get(), "append after close");
-        record::encode_with_context(event, context, &mut self.open.borrow_mut());
-        self.open_records.set(self.open_records.get() + 1);
-        if let Some(waker) = self.writer_waker.borrow_mut().take() {
-            waker.wake();
-        }
-    }
-
-    /// Encodes several events so that they land in the same write (all-or-nothing batches).
-    pub fn append_all<'a>(&self, events: impl IntoIterator<Item = &'a Event<'a>>) {
-        for event in events {
-            self.append(event);
-        }
+        self.ticket()
     }
 
     /// The ticket of the open tick: every record appended since the last write.
-    pub fn ticket(&self) -> Ticket {
+    fn ticket(&self) -> Ticket {
         Ticket(self.open_state.borrow().clone())
     }
 
@@ -204,17 +210,14 @@ mod tests {
     fn records_of_one_tick_share_one_write_and_ticket() {
         block_on(async {
             let group = Rc::new(GroupCommit::new(1 << 20));
-            group.append(&ev(1));
-            let t1 = group.ticket();
-            group.append(&ev(2));
-            let t2 = group.ticket();
+            let t1 = group.append(&ev(1), &Context::NONE);
+            let t2 = group.append(&ev(2), &Context::NONE);
             let (bytes, taken) = group.next_tick(Vec::new()).await.expect("tick");
             assert_eq!(taken.records, 2);
             let (scan_records, _) = count_lines(&bytes);
             assert_eq!(scan_records, 2);
             // the next tick is empty and has a new ticket
-            group.append(&ev(3));
-            let t3 = group.ticket();
+            let t3 = group.append(&ev(3), &Context::NONE);
             taken.complete(TickOutcome::Written);
             assert_eq!(t1.wait().await, TickOutcome::Written);
             assert_eq!(t2.wait().await, TickOutcome::Written);
@@ -229,7 +232,7 @@ mod tests {
     fn close_drains_then_ends() {
         block_on(async {
             let group = GroupCommit::new(1 << 20);
-            group.append(&ev(1));
+            let _ = group.append(&ev(1), &Context::NONE);
             group.close();
             let (_, taken) = group.next_tick(Vec::new()).await.expect("open records are drained");
             taken.complete(TickOutcome::Written);
@@ -241,8 +244,8 @@ mod tests {
     fn full_tick_reports_full() {
         let group = GroupCommit::new(100);
         assert!(!group.is_full());
-        group.append(&ev(1));
-        group.append(&ev(2));
+        let _ = group.append(&ev(1), &Context::NONE);
+        let _ = group.append(&ev(2), &Context::NONE);
         assert!(group.is_full());
     }
 

@@ -163,12 +163,12 @@ fn render_segment(out: &mut String, seg: &SegmentReport) {
 mod tests {
     use super::*;
     use crate::cursor::{write_commit_meta, CommitMeta};
-    use crate::wal::record::{encode, Event};
+    use crate::wal::record::{encode, Context, Event};
 
     fn records(first: u64, n: u64) -> Vec<u8> {
         let mut out = Vec::new();
         for file_id in first..first + n {
-            encode(&Event { ts_ms: 1, event: "play", domain: "x.org", file_id }, &mut out);
+            encode(&Event { ts_ms: 1, event: "play", domain: "x.org", file_id }, &Context::NONE, &mut out);
         }
         out
     }

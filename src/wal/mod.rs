@@ -31,6 +31,8 @@
 //! - [`recovery`]: at startup, cuts the torn tail of each core's newest segment
 //!   (`repair_torn_tail` is the tail policy); `verify_core` for tools.
 //! - [`writer`]: the per-core io_uring appender (one write per tick buffer, rolling, repair).
+//! - [`group`]: the open tick of a core and the tickets its requests wait on;
+//!   [`tick_writer`]: the core's writer task that writes each tick and completes its ticket.
 //! - [`reader`]: the flusher's catch-up reader (mmap for sealed segments, `pread` for the open one).
 //! - [`inspect`]: the read-only `wal inspect|verify` report.
 //! - [`quarantine`]: moving damaged segments aside; [`budget`]: the disk budget (`wal.max_bytes`,
@@ -51,6 +53,7 @@ pub mod reader;
 pub mod record;
 pub mod recovery;
 pub mod segment;
+pub mod tick_writer;
 pub mod writer;
 
 #[cfg(test)]

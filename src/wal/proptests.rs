@@ -9,7 +9,7 @@ use proptest::prelude::*;
 
 use super::config::SyncPolicy;
 use super::reader::CoreWalReader;
-use super::record::{encode, scan, Event};
+use super::record::{encode, scan, Context, Event};
 use super::recovery::recover_core;
 use super::segment::{core_dir, segment_path};
 use super::writer::SegmentWriter;
@@ -50,7 +50,7 @@ fn encode_all(events: &[OwnedEvent]) -> (Vec<u8>, Vec<usize>) {
     let mut buf = Vec::new();
     let mut ends = Vec::with_capacity(events.len());
     for ev in events {
-        encode(&ev.as_event(), &mut buf);
+        encode(&ev.as_event(), &Context::NONE, &mut buf);
         ends.push(buf.len());
     }
     (buf, ends)
@@ -236,7 +236,7 @@ async fn run_model(wal: &Path, segment_bytes: u64, ops: &[Op]) -> Result<(), Tes
             Op::Append(events) => {
                 tick.clear();
                 for ev in events {
-                    encode(&ev.as_event(), &mut tick);
+                    encode(&ev.as_event(), &Context::NONE, &mut tick);
                 }
                 let (res, back) = writer.append(tick).await;
                 tick = back;

@@ -353,7 +353,7 @@ fn corrupt(core_dir: &Path, at: Position, reason: RecordError) -> WalReadError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wal::record::encode;
+    use crate::wal::record::{encode, Context};
 
     /// Record `i` of a test WAL; lengths vary with `i`.
     fn event(i: u64) -> Event<'static> {
@@ -367,7 +367,7 @@ mod tests {
         for (i, &count) in counts.iter().enumerate() {
             let mut buf = Vec::new();
             for _ in 0..count {
-                encode(&event(next_id), &mut buf);
+                encode(&event(next_id), &Context::NONE, &mut buf);
                 next_id += 1;
             }
             std::fs::write(segment_path(dir, first + i as u32), &buf).unwrap();
@@ -427,7 +427,7 @@ mod tests {
         let ends = write_segments(dir.path(), 1, &[2, 6]);
         let mut prefix = Vec::new();
         for id in 3..=5 {
-            encode(&event(id), &mut prefix);
+            encode(&event(id), &Context::NONE, &mut prefix);
         }
         let until = Position::new(2, prefix.len() as u64);
         let mut reader = CoreWalReader::new(dir.path());
@@ -472,8 +472,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ends = write_segments(dir.path(), 1, &[3, 3]);
         let mut first_two = Vec::new();
-        encode(&event(1), &mut first_two);
-        encode(&event(2), &mut first_two);
+        encode(&event(1), &Context::NONE, &mut first_two);
+        encode(&event(2), &Context::NONE, &mut first_two);
         for segment in [1, 2] {
             let path = segment_path(dir.path(), segment);
             let mut bytes = std::fs::read(&path).unwrap();

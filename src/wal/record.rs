@@ -62,6 +62,10 @@ pub struct Context<'a> {
 }
 
 impl Context<'_> {
+    /// No client context: the record holds the event only.
+    pub const NONE: Context<'static> =
+        Context { ip: None, ua: None, referer_host: None, extra: None, event_id: None };
+
     pub fn is_empty(&self) -> bool {
         self.ip.is_none()
             && self.ua.is_none()
@@ -83,19 +87,17 @@ pub struct DecodedContext<'a> {
 
 const HEADER_BYTES: usize = 9; // 8 hex digits + space
 
-/// Appends one record line for `ev` to `out`. Allocates only if `out` must grow.
+/// Appends one record line for `ev` and its client context to `out`. Allocates only if
+/// `out` must grow. With an empty `ctx` ([`Context::NONE`]) no context key is written, so the
+/// line is byte for byte the format from before client context existed.
 ///
-/// The caller guarantees `event` and `domain` need no JSON escaping (the validator only lets
-/// through `[a-z0-9_]` and hostname characters); debug builds assert it.
-pub fn encode(ev: &Event<'_>, out: &mut Vec<u8>) {
-    let start = open_record(ev, out);
-    close_record(start, out);
-}
-
-/// Writes the placeholder header and the payload up to `file_id`, leaving the object open.
-/// Returns where the record starts, for [`close_record`].
-fn open_record(ev: &Event<'_>, out: &mut Vec<u8>) -> usize {
+/// The caller guarantees `event`, `domain`, `ip` and `referer_host` need no JSON escaping (the
+/// validators only let through `[a-z0-9_]`, hostname and IP characters); debug builds assert
+/// it. `ua` and `extra` are escaped.
+pub fn encode(ev: &Event<'_>, ctx: &Context<'_>, out: &mut Vec<u8>) {
     debug_assert!(ev.event.bytes().all(is_plain_json_byte) && ev.domain.bytes().all(is_plain_json_byte));
+    debug_assert!(ctx.ip.is_none_or(|s| s.bytes().all(is_plain_json_byte)));
+    debug_assert!(ctx.referer_host.is_none_or(|s| s.bytes().all(is_plain_json_byte)));
     let start = out.len();
     out.extend_from_slice(b"00000000 {\"ts\":");
     let mut num = itoa::Buffer::new();
@@ -106,44 +108,29 @@ fn open_record(ev: &Event<'_>, out: &mut Vec<u8>) -> usize {
     out.extend_from_slice(ev.domain.as_bytes());
     out.extend_from_slice(b"\",\"file_id\":");
     out.extend_from_slice(num.format(ev.file_id).as_bytes());
-    start
-}
-
-/// Closes the payload object, ends the line and fills in the CRC of the payload.
-fn close_record(start: usize, out: &mut Vec<u8>) {
+    if !ctx.is_empty() {
+        for (key, value) in [
+            (&b",\"ip\":"[..], ctx.ip),
+            (b",\"ua\":", ctx.ua),
+            (b",\"ref\":", ctx.referer_host),
+            (b",\"extra\":", ctx.extra),
+        ] {
+            if let Some(value) = value {
+                out.extend_from_slice(key);
+                push_json_string(value, out);
+            }
+        }
+        if let Some(id) = ctx.event_id {
+            out.extend_from_slice(b",\"eid\":\"");
+            id.write_hex(out);
+            out.push(b'"');
+        }
+    }
     out.push(b'}');
     let crc = crc32c::crc32c(&out[start + HEADER_BYTES..]);
     out.push(b'\n');
     write_hex_u32(crc, &mut out[start..start + 8]);
     debug_assert!(out.len() - start <= MAX_RECORD_BYTES);
-}
-
-/// Appends one record line for `ev` with its client context. With an empty `ctx` the line
-/// is exactly what [`encode`] writes.
-pub fn encode_with_context(ev: &Event<'_>, ctx: &Context<'_>, out: &mut Vec<u8>) {
-    if ctx.is_empty() {
-        return encode(ev, out);
-    }
-    debug_assert!(ctx.ip.is_none_or(|s| s.bytes().all(is_plain_json_byte)));
-    debug_assert!(ctx.referer_host.is_none_or(|s| s.bytes().all(is_plain_json_byte)));
-    let start = open_record(ev, out);
-    for (key, value) in [
-        (&b",\"ip\":"[..], ctx.ip),
-        (b",\"ua\":", ctx.ua),
-        (b",\"ref\":", ctx.referer_host),
-        (b",\"extra\":", ctx.extra),
-    ] {
-        if let Some(value) = value {
-            out.extend_from_slice(key);
-            push_json_string(value, out);
-        }
-    }
-    if let Some(id) = ctx.event_id {
-        out.extend_from_slice(b",\"eid\":\"");
-        id.write_hex(out);
-        out.push(b'"');
-    }
-    close_record(start, out);
 }
 
 /// Appends `s` as a JSON string literal: `"` and `\\` escaped, control bytes as `\u00XX`.
@@ -305,7 +292,7 @@ mod tests {
     fn encoded(events: &[Event<'_>]) -> Vec<u8> {
         let mut out = Vec::new();
         for ev in events {
-            encode(ev, &mut out);
+            encode(ev, &Context::NONE, &mut out);
         }
         out
     }
@@ -361,7 +348,7 @@ mod tests {
             event_id: EventId::parse(b"3f2b8c1e-9d4a-4c6b-8e21-7a5f0d9c1b2e").ok(),
         };
         let mut buf = Vec::new();
-        encode_with_context(&ev, &ctx, &mut buf);
+        encode(&ev, &ctx, &mut buf);
         assert_eq!(buf.iter().filter(|&&b| b == b'\n').count(), 1, "one line");
         let (back, decoded, used) = decode_with_context(&buf).unwrap();
         assert_eq!((back, used), (ev, buf.len()));
@@ -376,17 +363,16 @@ mod tests {
     }
 
     #[test]
-    fn empty_context_encodes_exactly_like_encode() {
+    fn empty_context_encodes_the_plain_format() {
         let mut plain = Vec::new();
-        encode(&sample(4), &mut plain);
-        let mut with = Vec::new();
-        encode_with_context(&sample(4), &Context::default(), &mut with);
-        assert_eq!(plain, with);
+        encode(&sample(4), &Context::NONE, &mut plain);
+        let payload = br#"{"ts":1763923170123,"event":"play","domain":"piratka.biz","file_id":4}"#;
+        assert_eq!(&plain[HEADER_BYTES..plain.len() - 1], payload, "no context key is written");
         let (_, ctx, _) = decode_with_context(&plain).unwrap();
         assert_eq!(ctx, DecodedContext::default(), "old records have no context");
         let partial = Context { ua: Some("wrk"), ..Context::default() };
         let mut buf = Vec::new();
-        encode_with_context(&sample(4), &partial, &mut buf);
+        encode(&sample(4), &partial, &mut buf);
         assert!(!buf.windows(5).any(|w| w == b"\"ip\":"), "absent keys are not written");
         assert_eq!(decode_with_context(&buf).unwrap().1.ua.as_deref(), Some("wrk"));
     }
@@ -426,7 +412,7 @@ mod tests {
         let id_only = Context { event_id: EventId::parse(&[b'1'; 32]).ok(), ..Context::default() };
         assert!(!id_only.is_empty());
         let mut buf = Vec::new();
-        encode_with_context(&sample(1), &id_only, &mut buf);
+        encode(&sample(1), &id_only, &mut buf);
         assert_eq!(decode_with_context(&buf).unwrap().1.event_id, id_only.event_id);
     }
 

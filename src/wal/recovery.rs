@@ -216,13 +216,13 @@ fn verify_segment(number: u32, bytes: &[u8], is_newest: bool) -> SegmentReport {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wal::record::{encode, Event};
+    use crate::wal::record::{encode, Context, Event};
 
     fn records(n: u64) -> Vec<u8> {
         let mut out = Vec::new();
         for file_id in 1..=n {
             let ev = Event { ts_ms: 1000 + file_id, event: "play", domain: "x.org", file_id };
-            encode(&ev, &mut out);
+            encode(&ev, &Context::NONE, &mut out);
         }
         out
     }

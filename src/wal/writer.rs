@@ -167,7 +167,7 @@ fn sync_dir(dir: &Path) -> Result<(), WalError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wal::record::{encode, scan, Event};
+    use crate::wal::record::{encode, scan, Context, Event};
     use crate::wal::segment::list_segments;
 
     fn run<F: std::future::Future>(f: F) -> F::Output {
@@ -178,7 +178,11 @@ mod tests {
     fn tick(first_id: u64, n: u64) -> Vec<u8> {
         let mut out = Vec::new();
         for file_id in first_id..first_id + n {
-            encode(&Event { ts_ms: 7, event: "play", domain: "a.example", file_id }, &mut out);
+            encode(
+                &Event { ts_ms: 7, event: "play", domain: "a.example", file_id },
+                &Context::NONE,
+                &mut out,
+            );
         }
         out
     }
