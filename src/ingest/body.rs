@@ -147,7 +147,7 @@ impl BatchScratch {
     }
 
     /// The beacons of the batch, in body order, stamped `ts_ms`.
-    pub fn beacons(&self, ts_ms: u64) -> impl Iterator<Item = Beacon<'_>> + '_ {
+    pub fn beacons(&self, ts_ms: u64) -> impl ExactSizeIterator<Item = Beacon<'_>> + '_ {
         self.items.iter().map(move |item| Beacon {
             event: Event {
                 ts_ms,

@@ -166,11 +166,17 @@ fn says_bot(ua: &str) -> bool {
 pub struct BotCache {
     verdicts: HashMap<u64, bool>,
     max_entries: usize,
+    /// Times it was full and emptied (`ingest.bot_cache_entries` hit).
+    resets: u64,
 }
 
 impl BotCache {
     pub fn new(max_entries: usize) -> BotCache {
-        BotCache { verdicts: HashMap::with_capacity(max_entries.min(1024)), max_entries: max_entries.max(1) }
+        BotCache {
+            verdicts: HashMap::with_capacity(max_entries.min(1024)),
+            max_entries: max_entries.max(1),
+            resets: 0,
+        }
     }
 
     /// Whether `ua` is a bot, parsing it only if this core has not seen it.
@@ -181,6 +187,7 @@ impl BotCache {
         }
         if self.verdicts.len() >= self.max_entries {
             self.verdicts.clear();
+            self.resets += 1;
         }
         let verdict = classify(ua).is_bot;
         self.verdicts.insert(hash, verdict);
@@ -189,6 +196,10 @@ impl BotCache {
 
     pub fn len(&self) -> usize {
         self.verdicts.len()
+    }
+
+    pub fn resets(&self) -> u64 {
+        self.resets
     }
 
     pub fn is_empty(&self) -> bool {
@@ -285,6 +296,7 @@ mod tests {
         assert_eq!(cache.len(), 2);
         assert!(!cache.is_bot("third"));
         assert_eq!(cache.len(), 1, "full: emptied, then refilled");
+        assert_eq!(cache.resets(), 1);
         assert!(!cache.is_empty());
     }
 
