@@ -76,7 +76,6 @@ impl Config {
             None => Config::default(),
         };
         config.apply_env(|name| std::env::var(name).ok())?;
-        config.fill_derived_defaults();
         config.validate()?;
         Ok(config)
     }
@@ -127,13 +126,6 @@ impl Config {
         Ok(())
     }
 
-    /// Defaults that depend on the machine: the node id (hostname).
-    pub fn fill_derived_defaults(&mut self) {
-        if self.ingest.node_id.is_empty() {
-            self.ingest.node_id = hostname();
-        }
-    }
-
     /// Checks every stage's keys, then the relations between stages; the error names the key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.http.validate()?;
@@ -147,7 +139,7 @@ impl Config {
 }
 
 /// The machine's hostname, or `"localhost"` if it cannot be read.
-fn hostname() -> String {
+pub fn hostname() -> String {
     let mut buf = [0u8; 256];
     // SAFETY: buf is valid for buf.len() bytes; gethostname NUL-terminates on success.
     let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };

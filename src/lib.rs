@@ -29,6 +29,7 @@ pub mod compact;
 pub mod config;
 pub mod cursor;
 pub mod event_id;
+pub mod failpoint;
 pub mod flush;
 pub mod http;
 pub mod ingest;

@@ -10,7 +10,9 @@ use crate::invalid::InvalidKey;
 pub struct IngestConfig {
     /// Optional allowlist of event names. Default: empty = any name matching `[a-z0-9_]{1,32}`.
     pub events: Vec<String>,
-    /// Identity of this collector in `ingest_cursors.node`. Default: the hostname.
+    /// Identity of this collector: the node a WAL belongs to (`<wal.dir>/IDENTITY`) and the
+    /// scope of the delivery lease. Default: empty = `<hostname>-<first 8 hex of the WAL id>`,
+    /// so two instances on one host (two WAL dirs) stay apart.
     pub node_id: String,
     /// Most events in one `POST /log` body; past it: 413. Default 100.
     pub max_batch_events: usize,
