@@ -100,6 +100,7 @@ fn deliver_moves_rows_and_cursor_together_and_fences_a_stale_start() {
             ua: Some("Bot/1 'x'".into()),
             referer_host: Some("ref.org"),
             extra: Some(r#"{"k":"v\t"}"#.into()),
+            event_id: None,
         };
         let first = batch(LANE_A, Position::new(1, 0), &rows);
         conn.deliver(&wal(), &first).await.unwrap();
