@@ -28,6 +28,7 @@ pub mod clock;
 pub mod compact;
 pub mod config;
 pub mod cursor;
+pub mod event_id;
 pub mod failpoint;
 pub mod flush;
 pub mod http;

@@ -220,6 +220,7 @@ mod tests {
             ua: Some("UA".into()),
             referer_host: Some("r\t.org"),
             extra: Some("{\"a\":\"\\n\"}".into()),
+            event_id: None,
         };
         b.push(
             &Event { ts_ms: 1000, event: "play", domain: "x.org", file_id: 5 },

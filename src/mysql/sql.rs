@@ -369,6 +369,7 @@ mod tests {
             ua: Some("Bot 'q'".into()),
             referer_host: Some("r.org"),
             extra: Some(r#"{"q":"1"}"#.into()),
+            event_id: None,
         };
         b.push(&ev, &ctx, b"", Position::new(1, 10));
         let v6 = DecodedContext { ip: Some("::1"), ua: Some("Bot 'q'".into()), ..DecodedContext::default() };

@@ -20,6 +20,7 @@ use prometheus_client::registry::{Registry, Unit};
 
 use super::wal_usage::{self, WalUsage};
 use super::Observer;
+use crate::ingest::encoding::{Coding, CodingTotals};
 use crate::metrics::{self, CoreTotals, LIMITS, REJECT_REASONS, STATUS_CODES};
 use crate::wal::Position;
 
@@ -301,6 +302,27 @@ fn histogram(e: &mut DescriptorEncoder, name: &str, help: &str, unit: Option<&Un
     h.encode(e.encode_descriptor(name, help, unit, h.metric_type())?)
 }
 
+/// POST bodies by `Content-Encoding` (`crate::ingest::encoding`).
+fn encode_codings(e: &mut DescriptorEncoder, c: &CodingTotals) -> R {
+    let by_coding = |values: [u64; Coding::ALL.len()]| {
+        Coding::ALL.into_iter().zip(values).map(|(coding, n)| (coding.label().to_owned(), n))
+    };
+    counter_family(
+        e,
+        "ingest_body_decoded",
+        "POST bodies read, by Content-Encoding",
+        "encoding",
+        by_coding(c.bodies),
+    )?;
+    let help = "POST body bytes as received, by Content-Encoding";
+    counter_family(e, "ingest_body_in_bytes", help, "encoding", by_coding(c.bytes_in))?;
+    let help = "POST body bytes once decoded, by Content-Encoding";
+    counter_family(e, "ingest_body_out_bytes", help, "encoding", by_coding(c.bytes_out))?;
+    let help =
+        "Compressed bodies refused for expanding past http.max_body_bytes or http.max_decompression_ratio";
+    counter(e, "ingest_body_bombs_refused", help, None, c.bombs)
+}
+
 impl Collector for Scrape {
     fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let t = &self.totals;
@@ -401,6 +423,7 @@ impl Collector for Scrape {
             "limit",
             limits,
         )?;
+        encode_codings(e, &t.codings)?;
         gauge(e, "ingest_connections_open", "Client connections open", None, t.connections_open)?;
         counter(
             e,

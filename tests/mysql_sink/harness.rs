@@ -80,6 +80,7 @@ pub fn batch(lane: LaneId, from: Position, rows: &[TestRow]) -> Batch {
             ua: r.ua.as_deref().map(Into::into),
             referer_host: r.referer.as_deref(),
             extra: r.extra.as_deref().map(Into::into),
+            event_id: None,
         };
         let raw = format!("raw {}\n", r.file_id);
         let end = Position::new(from.segment, from.offset + 100 * (i as u64 + 1));
