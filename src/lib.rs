@@ -38,6 +38,7 @@ pub mod metrics;
 pub mod mysql;
 pub mod observe;
 pub mod queue;
+pub mod rollup;
 pub mod server;
 pub mod sink;
 pub mod wal;

@@ -6,78 +6,28 @@
 //! surprising types.
 mod support;
 
+#[path = "mysql_sink/harness.rs"]
+mod harness;
 #[path = "mysql_sink/proxy.rs"]
 mod proxy;
 
 use std::future::Future;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use psc::config::{DomainsConfig, MysqlConfig};
+use harness::{batch, connect, ids, row, run, sink_at, sink_with, wal, TestRow, LANE_A, LANE_B};
+use psc::config::MysqlConfig;
 use psc::ingest::client::ua_hash;
-use psc::mysql::{MysqlConn, MysqlSink, MysqlStats};
-use psc::sink::{Batch, LeaseState, Sink, SinkConn, SinkCursor, SinkError};
+use psc::mysql::config::Method;
+use psc::mysql::{MysqlConn, MysqlSink};
+use psc::sink::{Batch, LeaseState, SinkConn, SinkCursor, SinkError};
 use psc::wal::identity::{LaneId, WalId, WalIdentity};
 use psc::wal::record::{DecodedContext, Event};
 use psc::wal::Position;
 use support::MariaDb;
 
-const LANE_A: LaneId = LaneId { core: 0, incarnation: 0x1111_2222_3333_4444 };
-const LANE_B: LaneId = LaneId { core: 1, incarnation: 0xaaaa_bbbb_cccc_dddd };
 /// Longest a test waits for the server to notice a closed connection.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(20);
-
-fn wal() -> WalIdentity {
-    WalIdentity { node: "node-a".into(), wal: WalId(0x0123_4567_89ab_cdef_0011_2233_4455_6677) }
-}
-
-fn run<F: Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
-}
-
-fn sink_at(url: &str) -> (MysqlSink, Arc<MysqlStats>) {
-    let config = MysqlConfig { url: url.to_owned(), ..MysqlConfig::default() };
-    let stats = Arc::new(MysqlStats::default());
-    (MysqlSink::new(&config, &DomainsConfig::default(), stats.clone()), stats)
-}
-
-async fn connect(sink: &MysqlSink) -> MysqlConn {
-    sink.connect().await.unwrap_or_else(|e| panic!("connect to {}: {e}", sink.describe()))
-}
-
-/// A row of a test batch: file id, domain, client context.
-struct TestRow {
-    file_id: u64,
-    domain: String,
-    ctx: DecodedContext<'static>,
-}
-
-fn row(file_id: u64) -> TestRow {
-    TestRow { file_id, domain: format!("d{}.example.org", file_id % 3), ctx: DecodedContext::default() }
-}
-
-/// A batch of `rows` for `lane` from `from`; row i's raw line is `raw <file_id>\n` and each
-/// record is 100 bytes further on.
-fn batch(lane: LaneId, from: Position, rows: &[TestRow]) -> Batch {
-    let mut b = Batch::new(lane, 0, from);
-    for (i, r) in rows.iter().enumerate() {
-        let ev = Event {
-            ts_ms: 1_763_923_170_000 + r.file_id,
-            event: "play",
-            domain: &r.domain,
-            file_id: r.file_id,
-        };
-        let raw = format!("raw {}\n", r.file_id);
-        let end = Position::new(from.segment, from.offset + 100 * (i as u64 + 1));
-        b.push(&ev, &r.ctx, raw.as_bytes(), end);
-    }
-    b
-}
-
-fn ids(range: std::ops::Range<u64>) -> Vec<TestRow> {
-    range.map(row).collect()
-}
 
 fn db_cursor(db: &MariaDb, lane: LaneId) -> Vec<Vec<String>> {
     db.query_rows(&format!(
@@ -95,13 +45,10 @@ fn deliver_moves_rows_and_cursor_together_and_fences_a_stale_start() {
         let mut conn = connect(&sink).await;
         assert!(conn.cursors(&wal()).await.unwrap().is_empty(), "a fresh database has no cursors");
         let mut rows = ids(1..4);
-        rows[0].ctx = DecodedContext {
-            ip: Some("10.1.2.3"),
-            ua: Some("Bot/1 'x'".into()),
-            referer_host: Some("ref.org"),
-            extra: Some(r#"{"k":"v\t"}"#.into()),
-            event_id: None,
-        };
+        rows[0].ip = Some("10.1.2.3".into());
+        rows[0].ua = Some("Bot/1 'x'".into());
+        rows[0].referer = Some("ref.org".into());
+        rows[0].extra = Some(r#"{"k":"v\t"}"#.into());
         let first = batch(LANE_A, Position::new(1, 0), &rows);
         conn.deliver(&wal(), &first).await.unwrap();
         let at = first.to();
@@ -278,26 +225,38 @@ fn deliver_bisecting<'a>(
 }
 
 #[test]
-fn refused_rows_end_in_ingest_rejects_and_the_rest_lands() {
+fn refused_rows_end_in_ingest_rejects_and_the_rest_lands_with_insert() {
+    // 1406: INSERT refuses a value too long for its column under strict mode.
+    refused_rows_end_in_ingest_rejects(Method::Insert, 1406);
+}
+
+#[test]
+fn refused_rows_end_in_ingest_rejects_and_the_rest_lands_with_load_data() {
+    // 1265: LOAD DATA LOCAL cuts the value with a warning, which the sink turns into a refusal.
+    refused_rows_end_in_ingest_rejects(Method::LoadData, 1265);
+}
+
+fn refused_rows_end_in_ingest_rejects(method: Method, long_value_code: u32) {
     let db = MariaDb::start();
-    let (sink, stats) = sink_at(&db.url);
+    let (sink, stats) = sink_with(MysqlConfig { url: db.url.clone(), method, ..MysqlConfig::default() }, &[]);
     // Migrations need the default packet size; the sink's next connections see 4 KiB.
     run(async { drop(connect(&sink).await) });
     db.query_rows("SET GLOBAL max_allowed_packet = 4096");
     let mut rows = ids(1..11);
-    rows[3].ctx.ua = Some("U".repeat(5000).into()); // alone larger than the 4 KiB limit
-    rows[7].ctx.extra = Some(format!(r#"{{"k":"{}"}}"#, "x".repeat(1100)).into()); // > VARCHAR(1024)
+    rows[3].ua = Some("U".repeat(5000)); // alone larger than the 4 KiB limit
+    rows[7].extra = Some(format!(r#"{{"k":"{}"}}"#, "x".repeat(1100))); // > VARCHAR(1024)
     let b = batch(LANE_A, Position::new(3, 1000), &rows);
     let end = b.to();
     let codes = run(async {
         let mut conn = connect(&sink).await;
         assert_eq!(conn.statement_bytes_max(), 4096 - psc::mysql::sink::PACKET_MARGIN_BYTES);
+        assert_eq!(conn.method(), method);
         let codes = deliver_bisecting(&mut conn, &sink, b).await;
         assert_eq!(conn.cursors(&wal()).await.unwrap(), vec![SinkCursor { lane: LANE_A, position: end }]);
         codes
     });
     db.query_rows("SET GLOBAL max_allowed_packet = 16777216");
-    assert_eq!(codes, vec![1153, 1406]);
+    assert_eq!(codes, vec![1153, long_value_code]);
     assert_eq!(db.query_count("SELECT COUNT(*) FROM events"), 8);
     assert_eq!(db.query_count("SELECT COUNT(*) FROM events WHERE file_id IN (4, 8)"), 0);
     let rejects = db.query_rows(
@@ -313,10 +272,12 @@ fn refused_rows_end_in_ingest_rejects_and_the_rest_lands() {
         rejects[0][4..],
         [hex("raw 4\n"), "6".into(), "0".into(), "1153".into(), "node-a".into(), w.clone()]
     );
-    assert_eq!(rejects[1][4..8], [hex("raw 8\n"), "6".into(), "0".into(), "1406".into()]);
-    let message = db.query_rows("SELECT error_message FROM ingest_rejects WHERE error_code = 1406");
+    assert_eq!(rejects[1][4..8], [hex("raw 8\n"), "6".into(), "0".into(), long_value_code.to_string()]);
+    let message = db.query_rows(&format!(
+        "SELECT error_message FROM ingest_rejects WHERE error_code = {long_value_code}"
+    ));
     assert!(message[0][0].contains("extra"), "{message:?}");
-    assert_eq!(stats.rejects_by_code(), vec![(1153, 1), (1406, 1)]);
+    assert_eq!(stats.rejects_by_code(), vec![(1153, 1), (long_value_code, 1)]);
     assert_eq!(stats.rows_too_large.load(Ordering::Relaxed), 1);
 }
 
@@ -450,7 +411,7 @@ fn surprising_rows_and_a_broken_schema_are_errors_not_panics() {
     // A dropped table is the schema's fault, not the rows': delivery waits, nothing is rejected.
     db.query_rows("DROP TABLE user_agents");
     let mut r = row(10);
-    r.ctx.ua = Some("UA".into());
+    r.ua = Some("UA".into());
     let deliver = run(async {
         connect(&sink).await.deliver(&wal(), &batch(LANE_A, Position::new(1, 200), &[r])).await
     });

@@ -53,6 +53,11 @@ pub enum DbError {
     DomainMissing(String),
     #[error(transparent)]
     TooLarge(#[from] super::sql::TooLarge),
+    #[error(
+        "table {table} holds counts of another rollup definition (stored `{stored}`, configured \
+         `{configured}`); give the changed rollup a new name, or rename or drop the table"
+    )]
+    RollupChanged { table: String, stored: String, configured: String },
 }
 
 impl DbError {
@@ -135,6 +140,11 @@ impl Db {
         let conn = self.conn();
         bounded(what, ms, conn.query_drop(sql)).await?;
         Ok(conn.affected_rows())
+    }
+
+    /// Warnings of the last statement (the server's OK packet).
+    pub fn warnings(&mut self) -> u16 {
+        self.conn().get_warnings()
     }
 
     /// Runs one query and returns its rows undecoded (see [`cell`]).

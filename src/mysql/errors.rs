@@ -85,7 +85,7 @@ pub fn cause(e: &DbError) -> Cause {
         Some(_) => Cause::Transient,
         None if client_packet_too_large(e) => Cause::Data,
         // A cursor or domain row we cannot read: the table is not what we created.
-        None if matches!(e, DbError::Decode { .. }) => Cause::Schema,
+        None if matches!(e, DbError::Decode { .. } | DbError::RollupChanged { .. }) => Cause::Schema,
         None => Cause::Transient,
     }
 }

@@ -2,7 +2,10 @@
 //! the schema (migrations), domain resolution and the dead-letter table.
 //!
 //! ```text
-//! sink.rs      MysqlSink / MysqlConn: the crate::sink contract, one transaction per delivery
+//! sink.rs      MysqlSink / MysqlConn: the crate::sink contract, the method chosen per connect
+//! deliver.rs   one transaction per delivery: build, fenced cursor move, rows, commit; errors
+//! load_data.rs LOAD DATA LOCAL: the batch as TSV from memory, exact escaping, warnings
+//! rollups.rs   rollup_<name> tables (definition in the comment) and their upserts
 //! cursors.rs   ingest_cursors: the fenced move, the locking read, retirement
 //! rejects.rs   ingest_rejects: dead-letter rows, cut to fit the statement limit
 //! sql.rs       event, user-agent and domain statements built from a sink::Batch
@@ -23,12 +26,15 @@
 pub mod config;
 pub mod cursors;
 pub mod db;
+mod deliver;
 pub mod domains;
 pub mod errors;
 pub mod lease;
 pub mod legacy;
+pub mod load_data;
 pub mod migrate;
 pub mod rejects;
+pub mod rollups;
 pub mod sink;
 pub mod sql;
 pub mod stats;
@@ -40,13 +46,17 @@ pub use stats::MysqlStats;
 
 use crate::config::Config;
 
-/// Connects and applies pending migrations; for `player-stat-collector migrate`.
+/// Connects, applies pending migrations and creates (or checks) the tables of the configured
+/// rollups; for `player-stat-collector migrate`, and for a start that wants to refuse a
+/// changed rollup definition before it serves ([`DbError::RollupChanged`]).
 pub fn migrate_blocking(config: &Config) -> Result<Vec<String>, DbError> {
     let runtime =
         tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(DbError::Runtime)?;
     runtime.block_on(async {
         let mut db = Db::connect(&config.mysql).await?;
-        migrate::migrate(&mut db).await
+        let applied = migrate::migrate(&mut db).await?;
+        rollups::ensure_tables(&mut db, &config.rollup).await?;
+        Ok(applied)
         // Dropping `db` closes the session in a task bounded by the connect timeout.
     })
 }

@@ -1,13 +1,14 @@
 //! [`MysqlSink`]: the `crate::sink` contract on MySQL / MariaDB.
 //!
-//! One delivery is one transaction, in this order:
+//! One delivery is one transaction, in this order (`super::deliver`):
 //! 1. (before it, autocommit) the batch's unknown domain names are inserted and read back
 //!    ([`DomainResolver`], shared by all connections of the sink);
-//! 2. `START TRANSACTION`, then the fenced cursor move ([`cursors::move_cursor`]): FIRST, so
-//!    that a fenced batch writes nothing and two connections delivering the same lane
-//!    serialise on the cursor row before either inserts a row;
-//! 3. the user agents (`INSERT IGNORE`), then the event rows, in statements of at most the
-//!    statement limit;
+//! 2. `START TRANSACTION`, then the fenced cursor move ([`super::cursors::move_cursor`]):
+//!    FIRST, so that a fenced batch writes nothing and two connections delivering the same
+//!    lane serialise on the cursor row before either writes a row;
+//! 3. the user agents (`INSERT IGNORE`), the event rows (multi-row INSERT, or LOAD DATA
+//!    LOCAL streamed from memory: `super::load_data`), the rollup upserts (`super::rollups`),
+//!    in statements of at most the statement limit;
 //! 4. `COMMIT`. Anything that goes wrong from here on is `InDoubt`.
 //!
 //! A dead-letter delivery ([`SinkConn::reject`]) is the same transaction with the
@@ -17,25 +18,30 @@
 //! read at connect − [`PACKET_MARGIN_BYTES`]). Statements are built before the transaction
 //! starts, so a row too large for the limit on its own is refused (code 1153) without
 //! anything sent; the core then bisects down to it and dead-letters it, cut to fit.
+//!
+//! The method (`mysql.method`) is chosen at each connect: LOAD DATA where it is configured,
+//! the server has `local_infile` on and has not refused it since; INSERT otherwise. Each
+//! change of method is logged once.
 
 use std::cell::Cell;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use tracing::{error, info, warn};
+use bytes::BytesMut;
+use tracing::{info, warn};
 
-use super::config::{DomainsConfig, MysqlConfig};
-use super::cursors::{self, Moved};
+use super::config::{DomainsConfig, Method, MysqlConfig};
 use super::db::{Db, DbError};
+use super::deliver::sorted;
 use super::domains::DomainResolver;
-use super::errors::{self, Cause, Phase, ER_NET_PACKET_TOO_LARGE};
-use super::sql::{self, SqlBuffer, TooLarge};
+use super::errors::Phase;
+use super::sql::SqlBuffer;
 use super::stats::MysqlStats;
-use super::{lease, migrate, rejects};
+use super::{cursors, lease, migrate, rollups};
+use crate::rollup::{Dimension, RollupConfig};
 use crate::sink::{Batch, LeaseState, Sink, SinkConn, SinkCursor, SinkError};
 use crate::wal::identity::{LaneId, WalIdentity};
-use crate::wal::Position;
 
 /// Taken off the server's `max_allowed_packet`: the command byte of a query packet plus slack
 /// for how a server counts its buffers.
@@ -46,32 +52,59 @@ pub fn statement_limit(max_statement_bytes: usize, max_allowed_packet: usize) ->
     max_statement_bytes.min(max_allowed_packet.saturating_sub(PACKET_MARGIN_BYTES))
 }
 
-/// A MySQL database as a sink: a factory of [`MysqlConn`]s sharing one domain cache.
-pub struct MysqlSink {
-    config: MysqlConfig,
-    domains: Rc<DomainResolver>,
-    stats: Arc<MysqlStats>,
-    /// Set once migrations and the domain preload ran on some connection of this process.
+/// What a sink's connections share (all on the flusher thread).
+pub(super) struct Shared {
+    pub(super) config: MysqlConfig,
+    pub(super) rollups: Vec<RollupConfig>,
+    pub(super) domains: DomainResolver,
+    pub(super) stats: Arc<MysqlStats>,
+    /// Set once migrations, rollup tables and the domain preload ran on some connection.
     schema_ready: tokio::sync::Mutex<bool>,
     /// The server's limit was found below `mysql.max_statement_bytes` and said so.
     limit_logged: Cell<bool>,
+    /// A LOAD DATA was refused by the server: INSERT from the next connection on.
+    pub(super) load_data_refused: Cell<bool>,
+    /// The method last logged.
+    method_logged: Cell<Option<Method>>,
+}
+
+impl Shared {
+    /// Whether some row data is needed beyond the rollups' own keys.
+    pub(super) fn needs(&self, d: Dimension) -> bool {
+        self.config.raw_events || self.rollups.iter().any(|r| r.has(d))
+    }
+}
+
+/// A MySQL database as a sink: a factory of [`MysqlConn`]s sharing one domain cache.
+pub struct MysqlSink {
+    shared: Rc<Shared>,
 }
 
 impl MysqlSink {
-    pub fn new(config: &MysqlConfig, domains: &DomainsConfig, stats: Arc<MysqlStats>) -> MysqlSink {
+    pub fn new(
+        config: &MysqlConfig,
+        domains: &DomainsConfig,
+        rollups: &[RollupConfig],
+        stats: Arc<MysqlStats>,
+    ) -> MysqlSink {
         let resolver = DomainResolver::new(domains.cache_entries, stats.clone(), config.flush_interval_ms);
-        MysqlSink {
+        let shared = Shared {
             config: config.clone(),
-            domains: Rc::new(resolver),
+            rollups: rollups.to_vec(),
+            domains: resolver,
             stats,
             schema_ready: tokio::sync::Mutex::new(false),
             limit_logged: Cell::new(false),
-        }
+            load_data_refused: Cell::new(false),
+            method_logged: Cell::new(None),
+        };
+        MysqlSink { shared: Rc::new(shared) }
     }
 
-    /// Migrations and the domain preload, once per process, one connection at a time.
+    /// Migrations, rollup tables and the domain preload, once per process, one connection
+    /// at a time.
     async fn ensure_schema(&self, db: &mut Db) -> Result<(), DbError> {
-        let mut ready = self.schema_ready.lock().await;
+        let mut ready = self.shared.schema_ready.lock().await;
         if *ready {
             return Ok(());
         }
@@ -79,24 +112,54 @@ impl MysqlSink {
         if !applied.is_empty() {
             info!(?applied, "migrations applied");
         }
-        self.domains.preload(db).await?;
+        rollups::ensure_tables(db, &self.shared.rollups).await?;
+        self.shared.domains.preload(db).await?;
         *ready = true;
         Ok(())
     }
 
     fn limit_for(&self, db: &Db) -> usize {
+        let s = &self.shared;
         let server = db.facts().max_allowed_packet;
-        let limit = statement_limit(self.config.max_statement_bytes, server);
-        self.stats.statement_bytes_max.store(limit as u64, Ordering::Relaxed);
-        if limit < self.config.max_statement_bytes && !self.limit_logged.replace(true) {
+        let limit = statement_limit(s.config.max_statement_bytes, server);
+        s.stats.statement_bytes_max.store(limit as u64, Ordering::Relaxed);
+        if limit < s.config.max_statement_bytes && !s.limit_logged.replace(true) {
             warn!(
                 max_allowed_packet = server,
-                max_statement_bytes = self.config.max_statement_bytes,
+                max_statement_bytes = s.config.max_statement_bytes,
                 limit,
                 "the server's max_allowed_packet is below mysql.max_statement_bytes; statements are cut to it"
             );
         }
         limit
+    }
+
+    /// The method for a connection to this server (module doc), logged when it changes.
+    fn method_for(&self, db: &Db) -> Method {
+        let s = &self.shared;
+        let local_infile = db.facts().local_infile;
+        let method = match s.config.method {
+            Method::LoadData if local_infile && !s.load_data_refused.get() => Method::LoadData,
+            _ => Method::Insert,
+        };
+        s.stats.load_data.store(method == Method::LoadData, Ordering::Relaxed);
+        if s.method_logged.replace(Some(method)) != Some(method) {
+            match (s.config.method, method) {
+                (Method::LoadData, Method::LoadData) => {
+                    info!("MySQL delivery method: LOAD DATA LOCAL streamed from memory (mysql.method = load_data)")
+                }
+                (Method::LoadData, Method::Insert) => warn!(
+                    local_infile,
+                    refused_before = s.load_data_refused.get(),
+                    "MySQL delivery method: multi-row INSERT, falling back from mysql.method = load_data \
+                     because the server does not allow LOAD DATA LOCAL (local_infile)"
+                ),
+                (Method::Insert, _) => {
+                    info!("MySQL delivery method: multi-row INSERT (mysql.method = insert)")
+                }
+            }
+        }
+        method
     }
 }
 
@@ -104,23 +167,24 @@ impl Sink for MysqlSink {
     type Conn = MysqlConn;
 
     fn describe(&self) -> String {
-        match mysql_async::Opts::from_url(&self.config.url) {
+        match mysql_async::Opts::from_url(&self.shared.config.url) {
             Ok(o) => format!("mysql://{}:{}/{}", o.ip_or_hostname(), o.tcp_port(), o.db_name().unwrap_or("")),
             Err(_) => "mysql (no valid mysql.url)".into(),
         }
     }
 
     async fn connect(&self) -> Result<MysqlConn, SinkError> {
-        let stats = &self.stats;
-        let mut db = Db::connect(&self.config).await.map_err(|e| sorted(stats, &e, Phase::BeforeCommit))?;
-        self.ensure_schema(&mut db).await.map_err(|e| sorted(stats, &e, Phase::BeforeCommit))?;
-        let max_bytes = self.limit_for(&db);
+        let stats = &self.shared.stats;
+        let before = Phase::BeforeCommit;
+        let mut db = Db::connect(&self.shared.config).await.map_err(|e| sorted(stats, &e, before))?;
+        self.ensure_schema(&mut db).await.map_err(|e| sorted(stats, &e, before))?;
         Ok(MysqlConn {
+            max_bytes: self.limit_for(&db),
+            method: self.method_for(&db),
             db,
-            domains: self.domains.clone(),
-            stats: self.stats.clone(),
-            max_bytes,
+            shared: self.shared.clone(),
             sql: SqlBuffer::default(),
+            tsv: BytesMut::new(),
             domain_ids: Vec::new(),
         })
     }
@@ -128,28 +192,18 @@ impl Sink for MysqlSink {
 
 /// One connection of a [`MysqlSink`].
 pub struct MysqlConn {
-    db: Db,
-    domains: Rc<DomainResolver>,
-    stats: Arc<MysqlStats>,
+    pub(super) db: Db,
+    pub(super) shared: Rc<Shared>,
     /// The statement limit of this connection's server (module doc).
-    max_bytes: usize,
-    /// The row statements of the delivery in progress (reused).
-    sql: SqlBuffer,
+    pub(super) max_bytes: usize,
+    /// How this connection sends event rows.
+    pub(super) method: Method,
+    /// The statements of the delivery in progress (reused).
+    pub(super) sql: SqlBuffer,
+    /// The LOAD DATA file of the delivery in progress (reused once the server read it).
+    pub(super) tsv: BytesMut,
     /// Domain id of each row of the delivery in progress (reused).
-    domain_ids: Vec<u32>,
-}
-
-/// Why a delivery stopped, before it is sorted into a [`SinkError`].
-enum Failure {
-    Db(DbError, Phase),
-    Fenced(Position),
-    TooLarge(TooLarge),
-}
-
-impl From<TooLarge> for Failure {
-    fn from(e: TooLarge) -> Self {
-        Failure::TooLarge(e)
-    }
+    pub(super) domain_ids: Vec<u32>,
 }
 
 impl MysqlConn {
@@ -163,71 +217,20 @@ impl MysqlConn {
         self.max_bytes
     }
 
-    async fn build_rows(&mut self, batch: &Batch) -> Result<(), Failure> {
-        self.sql.clear();
-        if batch.is_empty() {
-            return Ok(());
-        }
-        let resolved = self.domains.resolve(&mut self.db, batch, self.max_bytes, &mut self.domain_ids).await;
-        resolved.map_err(|e| Failure::Db(e, Phase::BeforeCommit))?;
-        sql::build_user_agent_inserts(batch, self.max_bytes, &mut self.sql)?;
-        sql::build_event_inserts(batch, &self.domain_ids, self.max_bytes, &mut self.sql)?;
-        Ok(())
-    }
-
-    /// The transaction of the module doc, steps 2–4, with `self.sql` as its rows.
-    async fn transaction(&mut self, wal: &WalIdentity, batch: &Batch) -> Result<(), Failure> {
-        let before = |e| Failure::Db(e, Phase::BeforeCommit);
-        self.db.execute("start transaction", b"START TRANSACTION").await.map_err(before)?;
-        let moved = cursors::move_cursor(&mut self.db, wal, batch.lane(), batch.from(), batch.to()).await;
-        if let Moved::Fenced(found) = moved.map_err(before)? {
-            return Err(Failure::Fenced(found));
-        }
-        for statement in self.sql.statements() {
-            self.db.execute("insert rows", statement).await.map_err(before)?;
-        }
-        let committed = self.db.execute("commit", b"COMMIT").await;
-        committed.map(drop).map_err(|e| Failure::Db(e, Phase::Commit))
-    }
-
-    /// Sorts `failure`; rolls back first where the server is still talking to us, so the
-    /// cursor row's lock is released now rather than when the socket closes.
-    async fn fail(&mut self, batch: &Batch, failure: Failure) -> SinkError {
-        let alive = match &failure {
-            Failure::Db(e, Phase::BeforeCommit) => e.server_code().is_some(),
-            Failure::Fenced(_) => true,
-            Failure::Db(_, Phase::Commit) | Failure::TooLarge(_) => false,
-        };
-        if alive {
-            // Best effort: the connection is dropped by the caller anyway.
-            let _ = self.db.execute("rollback", b"ROLLBACK").await;
-        }
-        match failure {
-            Failure::Db(e, phase) => sorted(&self.stats, &e, phase),
-            Failure::Fenced(found) => {
-                self.stats.fenced.fetch_add(1, Ordering::Relaxed);
-                SinkError::Fenced { lane: batch.lane(), expected: batch.from(), found }
-            }
-            Failure::TooLarge(e) => too_large(&self.stats, batch, e),
-        }
+    /// How this connection sends event rows.
+    pub fn method(&self) -> Method {
+        self.method
     }
 }
 
 impl SinkConn for MysqlConn {
     async fn cursors(&mut self, wal: &WalIdentity) -> Result<Vec<SinkCursor>, SinkError> {
         let read = cursors::read_cursors(&mut self.db, wal).await;
-        read.map_err(|e| sorted(&self.stats, &e, Phase::BeforeCommit))
+        read.map_err(|e| sorted(&self.shared.stats, &e, Phase::BeforeCommit))
     }
 
     async fn deliver(&mut self, wal: &WalIdentity, batch: &Batch) -> Result<(), SinkError> {
-        let result = match self.build_rows(batch).await {
-            Ok(()) => self.transaction(wal, batch).await,
-            Err(f) => Err(f),
-        };
-        match result {
-            Ok(()) => Ok(()),
-            Err(f) => Err(self.fail(batch, f).await),
-        }
+        self.deliver_rows(wal, batch).await
     }
 
     async fn reject(
@@ -237,60 +240,17 @@ impl SinkConn for MysqlConn {
         code: u32,
         message: &str,
     ) -> Result<(), SinkError> {
-        self.sql.clear();
-        let built = rejects::build_reject_inserts(wal, batch, (code, message), self.max_bytes, &mut self.sql);
-        let result = match built {
-            Ok(()) => self.transaction(wal, batch).await,
-            Err(e) => Err(Failure::TooLarge(e)),
-        };
-        if let Err(f) = result {
-            return Err(self.fail(batch, f).await);
-        }
-        self.stats.count_rejects(code, batch.len() as u64);
-        error!(
-            lane = %batch.lane(), rows = batch.len(), from = ?batch.from(), to = ?batch.to(), code, message,
-            "rows refused by MySQL were written to ingest_rejects (the raw WAL lines are kept there)"
-        );
-        Ok(())
+        self.dead_letter(wal, batch, code, message).await
     }
 
     async fn retire(&mut self, wal: &WalIdentity, lanes: &[LaneId]) -> Result<(), SinkError> {
         let retired = cursors::retire(&mut self.db, wal, lanes).await;
-        retired.map_err(|e| sorted(&self.stats, &e, Phase::BeforeCommit))
+        retired.map_err(|e| sorted(&self.shared.stats, &e, Phase::BeforeCommit))
     }
 
     async fn lease(&mut self, node: &str) -> Result<LeaseState, SinkError> {
         let state = lease::lease(&mut self.db, node).await;
-        state.map_err(|e| sorted(&self.stats, &e, Phase::BeforeCommit))
-    }
-}
-
-/// [`errors::sort`], with a loud log line and a count for a schema that does not fit.
-fn sorted(stats: &MysqlStats, e: &DbError, phase: Phase) -> SinkError {
-    if phase == Phase::BeforeCommit && errors::cause(e) == Cause::Schema {
-        stats.schema_errors.fetch_add(1, Ordering::Relaxed);
-        error!(
-            error = %e,
-            "the MySQL schema or grants do not fit this collector (run `player-stat-collector migrate`, \
-             check mysql.url's database and the user's grants); delivery waits, events stay in the WAL"
-        );
-    }
-    errors::sort(e, phase)
-}
-
-fn too_large(stats: &MysqlStats, batch: &Batch, e: TooLarge) -> SinkError {
-    if batch.len() == 1 {
-        stats.rows_too_large.fetch_add(1, Ordering::Relaxed);
-    }
-    let end = batch.rows().get(e.row).map(|r| r.end);
-    SinkError::Refused {
-        code: ER_NET_PACKET_TOO_LARGE,
-        message: format!(
-            "row ending at {end:?} of {}: {e} (min of mysql.max_statement_bytes and the server's \
-             max_allowed_packet - {PACKET_MARGIN_BYTES})",
-            batch.lane()
-        ),
-        every_row: false,
+        state.map_err(|e| sorted(&self.shared.stats, &e, Phase::BeforeCommit))
     }
 }
 
@@ -309,7 +269,7 @@ mod tests {
     fn describe_never_shows_the_password() {
         let config =
             MysqlConfig { url: "mysql://u:secret@db.example:3307/psc".into(), ..MysqlConfig::default() };
-        let sink = MysqlSink::new(&config, &DomainsConfig::default(), Arc::default());
+        let sink = MysqlSink::new(&config, &DomainsConfig::default(), &[], Arc::default());
         assert_eq!(sink.describe(), "mysql://db.example:3307/psc");
     }
 }

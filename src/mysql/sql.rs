@@ -164,20 +164,24 @@ fn push_context(batch: &Batch, row: &Row, out: &mut Vec<u8>) {
 }
 
 /// Builds `INSERT IGNORE INTO user_agents (hash, ua) VALUES …` for the distinct User-Agents
-/// of `batch` (the first text wins for a hash, in MySQL as here).
+/// of `batch` (the first text wins for a hash, in MySQL as here), in hash order: every
+/// connection takes the rows' locks in the same order, so parallel lanes never deadlock here.
 pub fn build_user_agent_inserts(
     batch: &Batch,
     max_bytes: usize,
     sql: &mut SqlBuffer,
 ) -> Result<(), TooLarge> {
     const PREFIX: &str = "INSERT IGNORE INTO user_agents (hash, ua) VALUES ";
-    let mut seen: Vec<u64> = Vec::new();
-    let mut num = itoa::Buffer::new();
+    let mut distinct: Vec<(u64, usize, &str)> = Vec::new();
     for (i, row) in batch.rows().iter().enumerate() {
         let Some(ua) = batch.user_agent(row) else { continue };
         let hash = ua_hash(ua);
-        let Err(at) = seen.binary_search(&hash) else { continue };
-        seen.insert(at, hash);
+        if let Err(at) = distinct.binary_search_by_key(&hash, |&(h, _, _)| h) {
+            distinct.insert(at, (hash, i, ua));
+        }
+    }
+    let mut num = itoa::Buffer::new();
+    for (hash, i, ua) in distinct {
         sql.push_tuple((PREFIX, ""), max_bytes, i, |out| {
             out.push(b'(');
             out.extend_from_slice(num.format(hash).as_bytes());

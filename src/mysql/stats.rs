@@ -6,7 +6,7 @@
 //! counts (touched only when rows are dead-lettered, which is rare).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use super::domains::{DomainCache, DomainCacheSnapshot};
@@ -37,6 +37,12 @@ pub struct MysqlStats {
     pub schema_errors: AtomicU64,
     /// Deliveries fenced because the sink's cursor was not where the batch started.
     pub fenced: AtomicU64,
+    /// Whether the last connection sends event rows with LOAD DATA LOCAL (else INSERT).
+    pub load_data: AtomicBool,
+    /// Times LOAD DATA LOCAL was refused by the server and delivery fell back to INSERT.
+    pub load_data_fallbacks: AtomicU64,
+    /// Rollup keys upserted (one per key per committed batch), all rollups.
+    pub rollup_keys: AtomicU64,
     /// Copy of the cache's shape and hottest names.
     domain_cache: Mutex<DomainCacheSnapshot>,
     /// Dead-lettered rows by MySQL error code.

@@ -62,6 +62,9 @@ struct MysqlScrape {
     rows_too_large: u64,
     schema_errors: u64,
     fenced: u64,
+    load_data: bool,
+    load_data_fallbacks: u64,
+    rollup_keys: u64,
     rejects_by_code: Vec<(u32, u64)>,
 }
 
@@ -76,6 +79,9 @@ impl MysqlScrape {
             rows_too_large: load(&m.rows_too_large),
             schema_errors: load(&m.schema_errors),
             fenced: load(&m.fenced),
+            load_data: m.load_data.load(Ordering::Relaxed),
+            load_data_fallbacks: load(&m.load_data_fallbacks),
+            rollup_keys: load(&m.rollup_keys),
             rejects_by_code: m.rejects_by_code(),
         }
     }
@@ -105,6 +111,16 @@ impl MysqlScrape {
         let schema = "MySQL failures because the schema or grants do not fit (delivery waits)";
         counter(e, "ingest_mysql_schema_errors", schema, None, self.schema_errors)?;
         counter(e, "ingest_mysql_fenced", "Deliveries fenced by a cursor elsewhere", None, self.fenced)?;
+        gauge(
+            e,
+            "ingest_mysql_load_data",
+            "1 while rows go by LOAD DATA LOCAL, 0 by INSERT",
+            None,
+            self.load_data as u64,
+        )?;
+        let fallbacks = "LOAD DATA LOCAL refused by the server (then INSERT)";
+        counter(e, "ingest_mysql_load_data_fallbacks", fallbacks, None, self.load_data_fallbacks)?;
+        counter(e, "ingest_mysql_rollup_keys", "Rollup keys upserted, all rollups", None, self.rollup_keys)?;
         let rejects = self.rejects_by_code.iter().map(|&(c, n)| (c.to_string(), n));
         counter_family(
             e,
