@@ -54,6 +54,8 @@ pub struct Config {
     pub mysql: MysqlConfig,
     pub domains: DomainsConfig,
     pub log: LogConfig,
+    /// `[[rollup]]` entries: counts per time bucket and key (`crate::rollup`). Default none.
+    pub rollup: Vec<crate::rollup::RollupConfig>,
 }
 
 /// Environment variables that override config keys, as (variable, key).
@@ -134,6 +136,13 @@ impl Config {
         self.queue.validate()?;
         self.mysql.validate()?;
         self.domains.validate()?;
+        crate::rollup::validate(&self.rollup)?;
+        if !self.mysql.raw_events && self.rollup.is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "mysql.raw_events",
+                message: "false writes no events rows, so it needs at least one [[rollup]]".into(),
+            });
+        }
         Ok(())
     }
 }
@@ -166,6 +175,19 @@ mod tests {
         assert_eq!(c.mysql.batch_rows, 5000);
         assert_eq!(c.http.max_url_bytes, 8192);
         c.validate().expect("defaults are valid");
+    }
+
+    #[test]
+    fn rollups_parse_and_rollups_only_needs_one() {
+        let text = "[mysql]\nraw_events = false\n[[rollup]]\nname = \"plays\"\nbucket = \"hour\"\n\
+                    dimensions = [\"file_id\", \"domain\"]\n";
+        let c = Config::from_toml(text).expect("a rollup parses");
+        assert_eq!(c.rollup[0].definition(), "bucket=hour dimensions=file_id,domain");
+        c.validate().expect("rollups only, with a rollup");
+        let none = Config::from_toml("[mysql]\nraw_events = false\n").unwrap();
+        assert!(none.validate().unwrap_err().to_string().contains("mysql.raw_events"));
+        let bad = Config::from_toml("[[rollup]]\nname = \"x\"\nbucket = \"week\"\ndimensions = []\n");
+        assert!(bad.unwrap_err().contains("week"));
     }
 
     #[test]

@@ -88,7 +88,7 @@ fn start_flusher(config: &Config, queue: QueueReceiver, cores: Vec<Arc<CoreProgr
     let stats = Arc::new(FlushStats::new(cores.len()));
     let shutdown = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
-    let handle = flush::spawn(config, queue, cores, stats.clone(), shutdown.clone()).unwrap();
+    let handle = flush::spawn(config, queue, cores, stats.clone(), Arc::default(), shutdown.clone()).unwrap();
     Running { handle, stats, shutdown, started }
 }
 
@@ -117,7 +117,7 @@ impl Running {
 
 fn db_cursors(db: &MariaDb) -> Vec<Position> {
     db.query_rows(&format!(
-        "SELECT segment, `offset` FROM ingest_cursors WHERE node = '{NODE}' ORDER BY core"
+        "SELECT segment, `offset` FROM ingest_cursors_v1 WHERE node = '{NODE}' ORDER BY core"
     ))
     .iter()
     .map(|r| Position::new(r[0].parse().unwrap(), r[1].parse().unwrap()))
@@ -399,14 +399,25 @@ fn migrate_blocking_applies_each_migration_once() {
     let config = config(wal.path(), &db.url, 5000);
     assert_eq!(
         psc::mysql::migrate_blocking(&config).unwrap(),
-        vec!["001_init".to_owned(), "002_client_context".to_owned()]
+        vec!["001_init".to_owned(), "002_client_context".to_owned(), "003_lanes".to_owned()]
     );
     assert!(psc::mysql::migrate_blocking(&config).unwrap().is_empty());
-    assert_eq!(db.query_count("SELECT COUNT(*) FROM schema_migrations"), 2);
+    assert_eq!(db.query_count("SELECT COUNT(*) FROM schema_migrations"), 3);
     let tables = db.query_rows("SHOW TABLES");
     let mut names: Vec<&str> = tables.iter().map(|r| r[0].as_str()).collect();
     names.sort_unstable();
-    assert_eq!(names, ["domains", "events", "ingest_cursors", "schema_migrations", "user_agents"]);
+    assert_eq!(
+        names,
+        [
+            "domains",
+            "events",
+            "ingest_cursors",
+            "ingest_cursors_v1",
+            "ingest_rejects",
+            "schema_migrations",
+            "user_agents"
+        ]
+    );
     // 002 re-applied statement by statement (a crash half-way) is harmless.
     for statement in psc::mysql::split_statements(psc::mysql::MIGRATIONS[1].1) {
         db.query_rows(&statement);

@@ -55,8 +55,10 @@ use tracing::{debug, error, info, warn};
 use crate::clock::unix_ms;
 use crate::config::Config;
 use crate::cursor::{open_wal_identity, read_commit_meta, write_commit_meta, CommitMeta};
-use crate::mysql::domains::DomainCache;
-use crate::mysql::{Db, MysqlError};
+use crate::mysql::domains::DomainResolver;
+use crate::mysql::sink::statement_limit;
+use crate::mysql::sql::{self, SqlBuffer};
+use crate::mysql::{legacy, migrate, Db, DbError, MysqlStats};
 use crate::queue::{CoreProgress, QueueReceiver, WalChunk};
 use crate::wal::identity::{LaneId, WalIdentity};
 use crate::wal::lane::open_lane;
@@ -65,7 +67,7 @@ use crate::wal::reader::{CoreWalReader, ReadStop};
 use crate::wal::record::{decode, RecordError};
 use crate::wal::segment::core_dir;
 use crate::wal::Position;
-use batch::{Batch, SqlBuffer};
+use batch::Batch;
 use stats::FlushStats;
 
 /// Longest the flusher blocks on the queue before looking at shutdown and idle cores again.
@@ -90,6 +92,7 @@ pub fn spawn(
     queue: QueueReceiver,
     cores: Vec<Arc<CoreProgress>>,
     stats: Arc<FlushStats>,
+    mysql_stats: Arc<MysqlStats>,
     shutdown: Arc<AtomicBool>,
 ) -> std::io::Result<FlusherHandle> {
     let invalid = |e: crate::cursor::CursorError| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
@@ -101,7 +104,8 @@ pub fn spawn(
         .collect::<Result<Vec<_>, _>>()?;
     let meta = read_commit_meta(dir, &identity).map_err(invalid)?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let flusher = Flusher::new(config.clone(), queue, cores, stats, shutdown, (identity, lanes, meta));
+    let flusher =
+        Flusher::new(config.clone(), queue, cores, stats, mysql_stats, shutdown, (identity, lanes, meta));
     let thread =
         std::thread::Builder::new().name("flusher".into()).spawn(move || runtime.block_on(flusher.run()))?;
     Ok(FlusherHandle { thread })
@@ -163,7 +167,9 @@ struct Flusher {
     /// Domain id of each batch row, rebuilt per delivery.
     domain_ids: Vec<u32>,
     sql: SqlBuffer,
-    domains: DomainCache,
+    domains: DomainResolver,
+    /// Statement limit of the current connection (see `crate::mysql::sink`).
+    max_statement_bytes: usize,
     db: Option<Db>,
     /// Migrations and the domain cache preload ran on some connection already.
     initialised: bool,
@@ -183,6 +189,7 @@ impl Flusher {
         queue: QueueReceiver,
         cores: Vec<Arc<CoreProgress>>,
         stats: Arc<FlushStats>,
+        mysql_stats: Arc<MysqlStats>,
         shutdown: Arc<AtomicBool>,
         (identity, lane_ids, meta): (WalIdentity, Vec<LaneId>, Option<CommitMeta>),
     ) -> Flusher {
@@ -204,9 +211,14 @@ impl Flusher {
             .collect();
         let now = Instant::now();
         Flusher {
-            batch: Batch::new(cores.len(), config.mysql.batch_rows),
-            next: Batch::new(cores.len(), config.mysql.batch_rows),
-            domains: DomainCache::new(config.domains.cache_entries),
+            batch: Batch::new(cores.len()),
+            next: Batch::new(cores.len()),
+            domains: DomainResolver::new(
+                config.domains.cache_entries,
+                mysql_stats,
+                config.mysql.flush_interval_ms,
+            ),
+            max_statement_bytes: config.mysql.max_statement_bytes,
             config,
             identity,
             queue,
@@ -566,7 +578,7 @@ impl Flusher {
 
     /// One attempt: (re)connect, resolve domains, one transaction. On error the connection
     /// is dropped (it is not put back).
-    async fn try_deliver(&mut self) -> Result<(), MysqlError> {
+    async fn try_deliver(&mut self) -> Result<(), DbError> {
         let mut db = match self.db.take() {
             Some(db) => db,
             None => self.connect().await?,
@@ -577,17 +589,13 @@ impl Flusher {
             return Ok(());
         }
         let started = Instant::now();
-        self.resolve_domains(&mut db).await?;
+        let max = self.max_statement_bytes;
+        self.domains.resolve(&mut db, self.batch.rows(), max, &mut self.domain_ids).await?;
         self.sql.clear();
-        batch::build_event_inserts(
-            &self.batch,
-            &self.domain_ids,
-            self.config.mysql.max_statement_bytes,
-            &mut self.sql,
-        );
-        batch::build_user_agent_inserts(&self.batch, self.config.mysql.max_statement_bytes, &mut self.sql);
+        sql::build_event_inserts(self.batch.rows(), &self.domain_ids, max, &mut self.sql)?;
+        sql::build_user_agent_inserts(self.batch.rows(), max, &mut self.sql)?;
         let ends = self.batch_ends();
-        batch::build_cursor_upsert(&self.config.ingest.node_id, &ends, &mut self.sql);
+        legacy::build_cursor_upsert(&self.config.ingest.node_id, &ends, &mut self.sql);
         db.execute("start transaction", b"START TRANSACTION").await?;
         let sql = std::mem::take(&mut self.sql);
         let (inserted, ()) = tokio::join!(execute_all(&mut db, &sql), async { self.prefetch() });
@@ -609,17 +617,19 @@ impl Flusher {
 
     /// Opens a connection; the first one also migrates and preloads the domain cache. Every
     /// one re-reads this node's cursors and reconciles before anything is inserted.
-    async fn connect(&mut self) -> Result<Db, MysqlError> {
+    async fn connect(&mut self) -> Result<Db, DbError> {
         let mut db = Db::connect(&self.config.mysql).await?;
         if !self.initialised {
-            let applied = db.migrate().await?;
+            let applied = migrate::migrate(&mut db).await?;
             if !applied.is_empty() {
                 info!(?applied, "migrations applied");
             }
-            self.preload_domains(&mut db).await?;
+            self.domains.preload(&mut db).await?;
             self.initialised = true;
         }
-        let cursors = db.read_cursors(&self.config.ingest.node_id).await?;
+        self.max_statement_bytes =
+            statement_limit(self.config.mysql.max_statement_bytes, db.facts().max_allowed_packet);
+        let cursors = legacy::read_cursors(&mut db, &self.config.ingest.node_id).await?;
         self.reconcile(&cursors);
         Ok(db)
     }
@@ -663,77 +673,6 @@ impl Flusher {
         }
         self.meta_dirty = true;
         self.publish_positions();
-    }
-
-    /// Loads up to `domains.cache_entries` most recently created domains.
-    async fn preload_domains(&mut self, db: &mut Db) -> Result<(), MysqlError> {
-        let mut sql = b"SELECT id, name FROM domains ORDER BY id DESC LIMIT ".to_vec();
-        sql.extend_from_slice(itoa::Buffer::new().format(self.domains.capacity()).as_bytes());
-        let rows: Vec<(u32, String)> = db.query("preload domains", &sql).await?;
-        for (id, name) in rows.iter().rev() {
-            self.domains.insert(name, *id);
-        }
-        self.stats.domain_cache_loaded_unix_ms.store(unix_ms(), Ordering::Relaxed);
-        self.stats.publish_domain_cache(&self.domains, unix_ms(), 0);
-        Ok(())
-    }
-
-    /// Fills `domain_ids` for the batch: cache hits first, then one INSERT IGNORE and one
-    /// SELECT for the names the cache does not know (outside the event transaction: both are
-    /// idempotent).
-    async fn resolve_domains(&mut self, db: &mut Db) -> Result<(), MysqlError> {
-        self.domain_ids.clear();
-        let mut missing = Vec::new();
-        for (i, row) in self.batch.rows().iter().enumerate() {
-            let id = self.domains.get(self.batch.domain(row));
-            self.domain_ids.push(id.unwrap_or(0));
-            if id.is_none() {
-                missing.push(i);
-            }
-        }
-        let misses = missing.len() as u64;
-        self.stats.domain_cache_hits.fetch_add(self.batch.len() as u64 - misses, Ordering::Relaxed);
-        self.stats.domain_cache_misses.fetch_add(misses, Ordering::Relaxed);
-        if missing.is_empty() {
-            self.stats.publish_domain_cache(&self.domains, unix_ms(), self.config.mysql.flush_interval_ms);
-            return Ok(());
-        }
-        let found = self.fetch_domain_ids(db, &missing).await?;
-        for &i in &missing {
-            let name = self.batch.domain(&self.batch.rows()[i]);
-            let id = *found.get(name).ok_or_else(|| MysqlError::DomainMissing(name.to_owned()))?;
-            self.domain_ids[i] = id;
-            self.domains.insert(name, id);
-        }
-        self.stats.domain_cache_refreshed_unix_ms.store(unix_ms(), Ordering::Relaxed);
-        self.stats.publish_domain_cache(&self.domains, unix_ms(), self.config.mysql.flush_interval_ms);
-        Ok(())
-    }
-
-    /// Inserts the distinct names of rows `missing` and reads their ids back.
-    async fn fetch_domain_ids(
-        &mut self,
-        db: &mut Db,
-        missing: &[usize],
-    ) -> Result<std::collections::HashMap<String, u32>, MysqlError> {
-        let mut names: Vec<&str> =
-            missing.iter().map(|&i| self.batch.domain(&self.batch.rows()[i])).collect();
-        names.sort_unstable();
-        names.dedup();
-        let max = self.config.mysql.max_statement_bytes;
-        self.sql.clear();
-        batch::build_domain_inserts(names.iter().copied(), max, &mut self.sql);
-        for statement in self.sql.statements() {
-            db.execute("insert domains", statement).await?;
-        }
-        self.sql.clear();
-        batch::build_domain_selects(names.iter().copied(), max, &mut self.sql);
-        let mut found = std::collections::HashMap::with_capacity(names.len());
-        for statement in self.sql.statements() {
-            let rows: Vec<(u32, String)> = db.query("select domains", statement).await?;
-            found.extend(rows.into_iter().map(|(id, name)| (name, id)));
-        }
-        Ok(found)
     }
 
     /// Records a committed batch: cursors, stats, the prefetched `next` becomes the batch, then
@@ -806,7 +745,7 @@ impl Flusher {
         self.stats.mysql_down_since_unix_ms.store(0, Ordering::Relaxed);
     }
 
-    fn link_down(&mut self, e: &MysqlError) {
+    fn link_down(&mut self, e: &DbError) {
         self.db = None;
         if matches!(self.link, Link::Down { .. }) {
             return;
@@ -819,7 +758,7 @@ impl Flusher {
 }
 
 /// Runs every statement of `sql`, in order.
-async fn execute_all(db: &mut Db, sql: &SqlBuffer) -> Result<(), MysqlError> {
+async fn execute_all(db: &mut Db, sql: &SqlBuffer) -> Result<(), DbError> {
     for statement in sql.statements() {
         db.execute("insert", statement).await?;
     }
@@ -861,8 +800,8 @@ mod tests {
         let stats = Arc::new(FlushStats::new(1));
         let identity = WalIdentity { node: "test".into(), wal: crate::wal::identity::WalId(1) };
         let lanes = vec![open_lane(wal.path(), 0).unwrap()];
-        let f =
-            Flusher::new(config, rx, cores, stats, Arc::new(AtomicBool::new(false)), (identity, lanes, None));
+        let shutdown = Arc::new(AtomicBool::new(false));
+        let f = Flusher::new(config, rx, cores, stats, Arc::default(), shutdown, (identity, lanes, None));
         (f, tx, wal)
     }
 
@@ -932,7 +871,7 @@ mod tests {
         for _ in 0..10 {
             f.catch_up();
         }
-        f.batch.rows().iter().map(|r| r.file_id).collect()
+        f.batch.rows().rows().iter().map(|r| r.file_id).collect()
     }
 
     // The corruption policy changed (issue 10 item 5): a bad record costs that record only.

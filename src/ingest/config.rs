@@ -25,6 +25,18 @@ pub struct IngestConfig {
     pub user_agent: bool,
     /// Store the host of the Referer. Default true.
     pub referer: bool,
+    /// Reject (400) an event without a client event id (`eid` query parameter, `event_id` JSON
+    /// field). Default false: ids are optional, and only events that carry one are
+    /// de-duplicated.
+    pub require_event_id: bool,
+    /// Answer events from bot User-Agents (`crate::ingest::user_agent`) with 204 but store
+    /// nothing, counted as `ingest_events_rejected_total{reason="bot"}`. Default false: bots
+    /// are stored, flagged `user_agents.is_bot`.
+    pub drop_bots: bool,
+    /// With `drop_bots`: distinct User-Agents whose verdict each core remembers; when full it
+    /// starts over (counted as `ingest_http_limit_hits_total{limit="bot_cache_entries"}`).
+    /// Default 10000.
+    pub bot_cache_entries: usize,
 }
 
 impl Default for IngestConfig {
@@ -37,6 +49,9 @@ impl Default for IngestConfig {
             client_ip: true,
             user_agent: true,
             referer: true,
+            require_event_id: false,
+            drop_bots: false,
+            bot_cache_entries: 10_000,
         }
     }
 }
@@ -46,6 +61,9 @@ impl IngestConfig {
     pub fn validate(&self) -> Result<(), InvalidKey> {
         if self.node_id.len() > 64 {
             return InvalidKey::err("ingest.node_id", "must be at most 64 bytes");
+        }
+        if self.bot_cache_entries == 0 {
+            return InvalidKey::err("ingest.bot_cache_entries", "must be at least 1");
         }
         if self.max_batch_events == 0 {
             return InvalidKey::err("ingest.max_batch_events", "must be at least 1");

@@ -29,6 +29,7 @@ use crate::config::Config;
 use crate::flush::stats::FlushStats;
 use crate::flush::{self, FlusherHandle};
 use crate::metrics::{bump, CoreCounters};
+use crate::mysql::MysqlStats;
 use crate::observe::{Observer, ObserverInputs};
 use crate::queue::{self, CoreProgress};
 use crate::wal::budget::{fs_space, DiskBudget};
@@ -107,19 +108,27 @@ pub fn start(mut config: Config) -> Result<Running, ServerError> {
     let progress: Vec<Arc<CoreProgress>> = tails.iter().map(|&t| Arc::new(CoreProgress::new(t))).collect();
     let flush_stats = Arc::new(FlushStats::new(core_count));
     flush_stats.wal_disk_bytes.store(wal_bytes, Ordering::Relaxed);
+    let mysql_stats = Arc::new(MysqlStats::default());
     let observer = Arc::new(Observer::new(ObserverInputs {
         cores: counters.clone(),
         progress: progress.clone(),
         flush: flush_stats.clone(),
+        mysql: mysql_stats.clone(),
         queue_depth: queue_rx.depth_handle(),
         queue_capacity: queue_rx.capacity(),
         wal_dir: wal_dir.clone(),
         node_id: config.ingest.node_id.clone(),
     }));
     let flusher_shutdown = Arc::new(AtomicBool::new(false));
-    let flusher =
-        flush::spawn(&config, queue_rx, progress.clone(), flush_stats.clone(), flusher_shutdown.clone())
-            .map_err(|source| ServerError::Thread { name: "flusher".into(), source })?;
+    let flusher = flush::spawn(
+        &config,
+        queue_rx,
+        progress.clone(),
+        flush_stats.clone(),
+        mysql_stats,
+        flusher_shutdown.clone(),
+    )
+    .map_err(|source| ServerError::Thread { name: "flusher".into(), source })?;
 
     let shutdown = Arc::new(AtomicBool::new(false));
     let pin = config.server.pin_cores;
