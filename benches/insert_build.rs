@@ -11,7 +11,7 @@ use psc::mysql::sql::{build_event_inserts, SqlBuffer};
 use psc::rollup::{aggregate, Bucket, Dimension, RollupConfig};
 use psc::sink::Batch;
 use psc::wal::identity::LaneId;
-use psc::wal::record::{decode_with_context, encode, Context, Event};
+use psc::wal::record::{decode, encode, Context, Event};
 use psc::wal::Position;
 
 const ROWS: usize = 5000;
@@ -30,7 +30,7 @@ fn fill(batch: &mut Batch, bytes: &[u8]) {
     batch.reset(Position::new(1, 0));
     let mut offset = 0;
     while offset < bytes.len() {
-        let (ev, context, len) = decode_with_context(&bytes[offset..]).expect("valid record");
+        let (ev, context, len) = decode(&bytes[offset..]).expect("valid record");
         let line = &bytes[offset..offset + len];
         offset += len;
         batch.push(&ev, &context, line, Position::new(1, offset as u64));
