@@ -113,6 +113,8 @@ pub struct Request<'a> {
     pub forwarded_for: Option<&'a [u8]>,
     /// `Access-Control-Request-Method`: present only on a CORS preflight.
     pub cors_request_method: Option<&'a [u8]>,
+    /// `Accept` header value (first one), for the `/metrics` format.
+    pub accept: Option<&'a [u8]>,
 }
 
 /// Outcome of [`parse`].
@@ -290,6 +292,7 @@ fn build<'a>(
         referer: h.referer,
         forwarded_for: h.forwarded_for,
         cors_request_method: h.cors_request_method,
+        accept: h.accept,
     })
 }
 
@@ -305,6 +308,7 @@ struct Interesting<'a> {
     referer: Option<&'a [u8]>,
     forwarded_for: Option<&'a [u8]>,
     cors_request_method: Option<&'a [u8]>,
+    accept: Option<&'a [u8]>,
 }
 
 #[derive(Default, Clone, Copy)]
@@ -321,6 +325,7 @@ fn scan_headers<'a>(headers: &[httparse::Header<'a>]) -> Result<Interesting<'a>,
         // of a length, and the rest one or two name compares, however many names we know.
         match name.len() {
             6 if name.eq_ignore_ascii_case(b"origin") => h.origin = h.origin.or(Some(header.value)),
+            6 if name.eq_ignore_ascii_case(b"accept") => h.accept = h.accept.or(Some(header.value)),
             7 if name.eq_ignore_ascii_case(b"referer") => h.referer = h.referer.or(Some(header.value)),
             10 if name.eq_ignore_ascii_case(b"connection") => {
                 add_connection_tokens(&mut h.connection, header.value)
