@@ -4,7 +4,7 @@
 Counts, not times, so they hold while other work shares the CPUs:
 
 1. `instr/req`: user-space instructions per request, from `valgrind --tool=callgrind` over a
-   fixed request stream (collection switched on after a warm-up with `callgrind_control`, so
+   fixed request stream (instrumentation switched on after a warm-up with `callgrind_control`, so
    start-up and replay are not counted). The stream is N keep-alive GET /log beacons on C
    connections, each connection sending its next request when the answer arrived ("plain"),
    or 16 requests per write ("pipelined").
@@ -60,7 +60,7 @@ def start_collector(binary, tag, wrapper=()):
         '[log]\nlevel = "warn"\n')
     port_file = VAR / f"{tag}.port"
     port_file.unlink(missing_ok=True)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PSC_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PSC_") or k.startswith("PSC_EXP_")}
     env["PSC_PORT_FILE"] = str(port_file)
     out = open(VAR / f"{tag}.log", "w")
     argv = ["taskset", "-c", SERVER_CPU, *wrapper, str(binary), "--config", str(config)]
@@ -142,8 +142,9 @@ def fixed_stream(port, requests, conns, depth):
 
 
 def callgrind_totals(path):
+    # `totals:` sums every cost line; `summary:` can stay 0 with a dump on request.
     for line in Path(path).read_text().splitlines():
-        if line.startswith(("summary:", "totals:")):
+        if line.startswith("totals:"):
             return int(line.split()[1])
     raise RuntimeError(f"no totals in {path}")
 
@@ -153,7 +154,7 @@ def callgrind(binary, requests, conns, depth):
     out = VAR / f"callgrind.{depth}.out"
     for old in VAR.glob(f"callgrind.{depth}.out*"):
         old.unlink()
-    wrapper = ("valgrind", "--tool=callgrind", "--collect-atstart=no", "--trace-children=no",
+    wrapper = ("valgrind", "--tool=callgrind", "--instr-atstart=no", "--trace-children=no",
                f"--callgrind-out-file={out}")
     proc, port = start_collector(binary, f"callgrind-{depth}", wrapper)
     try:
@@ -188,6 +189,16 @@ def iou_worker_ticks(pid):
     return ticks
 
 
+def wal_writes(port):
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"GET /metrics?format=prometheus HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        text = b""
+        while chunk := s.recv(65536):
+            text += chunk
+    found = re.search(rb"^ingest_wal_writes_total (\d+)", text, re.M)
+    return int(found.group(1)) if found else 0
+
+
 def perf_counts(binary, conns, mode, duration_s):
     """Syscalls, context switches and io-wq CPU per request over one wrk run."""
     proc, port = start_collector(binary, f"perf-{mode}")
@@ -199,18 +210,23 @@ def perf_counts(binary, conns, mode, duration_s):
         if mode == "pipelined":
             wrk += ["--", "16"]
         perf_out = VAR / f"perf-{mode}.csv"
-        iou_before = iou_worker_ticks(proc.pid)
+        iou_before, writes_before = iou_worker_ticks(proc.pid), wal_writes(port)
         perf = subprocess.Popen(["perf", "stat", "-x", ",", "-o", str(perf_out), "-e",
                                  "raw_syscalls:sys_enter,context-switches,task-clock",
                                  "-p", str(proc.pid)], start_new_session=True)
         time.sleep(0.3)
-        out = subprocess.run(wrk, stdout=subprocess.PIPE, text=True, timeout=duration_s + 60).stdout
+        out = subprocess.run(wrk, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             timeout=duration_s + 60).stdout
         perf.send_signal(signal.SIGINT)
         perf.wait(30)
         iou_ticks = iou_worker_ticks(proc.pid) - iou_before
+        writes = wal_writes(port) - writes_before
     finally:
         stop(proc)
-    requests = int(re.search(r"PSC_WRK requests=(\d+)", out).group(1))
+    found = re.search(r"PSC_WRK requests=(\d+)", out)
+    if not found:
+        raise RuntimeError(f"wrk printed no PSC_WRK line:\n{out}")
+    requests = int(found.group(1))
     counts = {}
     for line in perf_out.read_text().splitlines():
         parts = line.split(",")
@@ -223,6 +239,7 @@ def perf_counts(binary, conns, mode, duration_s):
         "ctx-sw/req": counts.get("context-switches", 0) / requests,
         "cpu-us/req": counts.get("task-clock", 0) * 1e3 / requests,
         "io-wq cpu-us/req": iou_ticks * 1e6 / tck / requests,
+        "req/WAL write": requests / writes if writes else float("nan"),
     }
 
 
@@ -246,7 +263,8 @@ def main():
             log(f"{mode}: " + " ".join(f"{k}={v:.3f}" for k, v in row.items()
                                         if isinstance(v, float) and k != "instr/req"))
         rows.append(row)
-    keys = ["mode", "instr/req", "syscalls/req", "ctx-sw/req", "io-wq cpu-us/req", "cpu-us/req"]
+    keys = ["mode", "instr/req", "syscalls/req", "ctx-sw/req", "io-wq cpu-us/req", "cpu-us/req",
+            "req/WAL write"]
     print("| " + " | ".join(keys) + " |\n|" + "---|" * len(keys))
     for row in rows:
         cells = [row["mode"]] + [

@@ -287,6 +287,7 @@ impl Collector for Scrape {
         )?;
         counter(e, "ingest_wal_write_errors", "Failed WAL writes", None, t.wal_write_errors)?;
         counter(e, "ingest_wal_written", "Bytes written to the WAL", bytes, t.wal_bytes_written)?;
+        counter(e, "ingest_wal_writes", "WAL writes (one per tick of group commit)", None, t.wal_writes)?;
         counter(
             e,
             "ingest_wal_truncated",
