@@ -1,7 +1,7 @@
 # Entry points; each target installs what it needs (scripts/ensure-deps.sh) on a fresh
 # Debian/Ubuntu machine.
 
-.PHONY: run build test lint deps bench load-test chaos
+.PHONY: run build test lint deps bench load-test chaos fuzz
 
 # Build the release binary and serve with config.toml, starting a private MariaDB in
 # ./var/mysql when mysql.url is empty.
@@ -34,3 +34,9 @@ load-test: deps
 # build with the fail points. `make test` runs the same scenarios scaled down.
 chaos: deps
 	PSC_CHAOS=1 cargo test --release --features failpoints --test faults --test crash -- --test-threads=1 --nocapture
+
+# Every fuzz target (cargo fuzz, libFuzzer) for FUZZ_SECONDS each (default 180), growing and
+# minimising fuzz/corpus/; not part of `make test`, which replays that corpus
+# (tests/fuzz_corpus.rs). Results are appended to fuzz/runs.log.
+fuzz: deps
+	FUZZ_SECONDS=$${FUZZ_SECONDS:-180} scripts/fuzz.sh

@@ -8,7 +8,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use psc::config::{Config, HttpConfig};
 use psc::http::dialect::{client_context, DialectScratch, Dialects};
 use psc::http::request::{parse, Limits, Parsed};
-use psc::ingest::{parse_beacon, EventAllowlist, QueryScratch};
+use psc::ingest::{parse_beacon, QueryScratch, Rules};
 use psc::wal::record::{encode, Context};
 
 const REQUEST: &[u8] = b"GET /log?event=play&domain=piratka.biz&file_id=109454 HTTP/1.1\r\n\
@@ -22,21 +22,21 @@ const TS_MS: u64 = 1_700_000_000_000;
 fn handle_one(
     buf: &[u8],
     limits: &Limits,
-    allow: &EventAllowlist,
+    allow: &Rules,
     scratch: &mut QueryScratch,
     out: &mut Vec<u8>,
 ) -> usize {
     let Parsed::Complete(req) = parse(buf, limits) else {
         panic!("benchmark request must parse");
     };
-    let event = parse_beacon(req.query, TS_MS, allow, scratch).expect("valid beacon");
+    let event = parse_beacon(req.query, TS_MS, allow, scratch).expect("valid beacon").event;
     encode(&event, &Context::NONE, out);
     req.head_len
 }
 
 fn bench_hot_path(c: &mut Criterion) {
     let limits = Limits::from(&HttpConfig::default());
-    let allow = EventAllowlist::new(&[]);
+    let allow = Rules::default();
     let mut scratch = QueryScratch::new();
     let mut out = Vec::with_capacity(RECORDS_PER_FLUSH * 128);
 
@@ -53,7 +53,7 @@ fn bench_hot_path(c: &mut Criterion) {
             let Parsed::Complete(req) = parse(black_box(REQUEST), &limits) else {
                 panic!("benchmark request must parse");
             };
-            let event = parse_beacon(req.query, TS_MS, &allow, &mut scratch).expect("valid");
+            let event = parse_beacon(req.query, TS_MS, &allow, &mut scratch).expect("valid").event;
             event.file_id
         })
     });
@@ -80,7 +80,7 @@ fn bench_hot_path(c: &mut Criterion) {
             let Parsed::Complete(req) = parse(black_box(REQUEST), &limits) else {
                 panic!("benchmark request must parse");
             };
-            let event = parse_beacon(req.query, TS_MS, &allow, &mut scratch).expect("valid");
+            let event = parse_beacon(req.query, TS_MS, &allow, &mut scratch).expect("valid").event;
             let context = client_context(&req, &dialects, &mut dialect);
             encode(&event, &context, &mut out);
             req.head_len

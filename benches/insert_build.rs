@@ -1,11 +1,13 @@
-//! Cost of turning a decoded batch into INSERT text: 5000 WAL records decoded into a batch,
-//! then the multi-row statement built (domain ids already resolved). Criterion reports the
-//! time per batch; divide by 5000 for ns/row.
+//! Cost of turning a decoded batch into INSERT text: 5000 WAL records decoded into a
+//! `sink::Batch`, then the multi-row statement built by `psc::mysql::sql` (domain ids already
+//! resolved). Criterion reports the time per batch; divide by 5000 for ns/row.
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use std::hint::black_box;
 
-use psc::flush::batch::{build_event_inserts, Batch, SqlBuffer};
-use psc::wal::record::{decode, encode, Context, Event};
+use psc::mysql::sql::{build_event_inserts, SqlBuffer};
+use psc::sink::Batch;
+use psc::wal::identity::LaneId;
+use psc::wal::record::{decode_with_context, encode, Context, Event};
 use psc::wal::Position;
 
 const ROWS: usize = 5000;
@@ -21,18 +23,19 @@ fn wal_bytes() -> Vec<u8> {
 }
 
 fn fill(batch: &mut Batch, bytes: &[u8]) {
-    batch.clear();
+    batch.reset(Position::new(1, 0));
     let mut offset = 0;
     while offset < bytes.len() {
-        let (ev, len) = decode(&bytes[offset..]).expect("valid record");
+        let (ev, context, len) = decode_with_context(&bytes[offset..]).expect("valid record");
+        let line = &bytes[offset..offset + len];
         offset += len;
-        batch.push(0, &ev, Position::new(1, offset as u64));
+        batch.push(&ev, &context, line, Position::new(1, offset as u64));
     }
 }
 
 fn insert_build(c: &mut Criterion) {
     let bytes = wal_bytes();
-    let mut batch = Batch::new(1, ROWS);
+    let mut batch = Batch::new(LaneId { core: 0, incarnation: 1 }, 0, Position::new(1, 0));
     let mut sql = SqlBuffer::default();
     let ids: Vec<u32> = (0..ROWS as u32).map(|i| i % 50 + 1).collect();
     let mut group = c.benchmark_group("insert_build");
@@ -41,7 +44,7 @@ fn insert_build(c: &mut Criterion) {
     group.bench_function("build_5000_rows", |b| {
         b.iter(|| {
             sql.clear();
-            build_event_inserts(black_box(&batch), &ids, 8 << 20, &mut sql);
+            build_event_inserts(black_box(&batch), &ids, 8 << 20, &mut sql).expect("rows fit");
             black_box(sql.statement_count())
         })
     });
@@ -49,7 +52,7 @@ fn insert_build(c: &mut Criterion) {
         b.iter(|| {
             fill(&mut batch, black_box(&bytes));
             sql.clear();
-            build_event_inserts(&batch, &ids, 8 << 20, &mut sql);
+            build_event_inserts(&batch, &ids, 8 << 20, &mut sql).expect("rows fit");
             black_box(sql.statement_count())
         })
     });

@@ -5,7 +5,7 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use psc::ingest::body::{parse_body, BatchScratch, BodyKind, BodyRules, JsonParser};
-use psc::ingest::EventAllowlist;
+use psc::ingest::Rules;
 
 /// A batch as a player sends it: events with a few extra keys the collector ignores.
 fn body(events: usize) -> Vec<u8> {
@@ -24,13 +24,13 @@ fn body(events: usize) -> Vec<u8> {
 }
 
 fn bench_post_batch(c: &mut Criterion) {
-    let allow = EventAllowlist::new(&[]);
+    let allow = Rules::default();
     let mut group = c.benchmark_group("post_batch");
     for events in [10usize, 100] {
         let original = body(events);
         group.throughput(Throughput::Elements(events as u64));
         for (name, parser) in [("simd_json", JsonParser::Simd), ("serde_json", JsonParser::Serde)] {
-            let rules = BodyRules { allow: &allow, max_events: 100, parser };
+            let rules = BodyRules { rules: &allow, max_events: 100, parser };
             let mut out = BatchScratch::default();
             let mut buf = original.clone();
             let id = BenchmarkId::new(name, format!("{events}_events_{}B", original.len()));

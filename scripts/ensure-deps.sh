@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building, running and testing need, and only what is missing.
 #
-#   scripts/ensure-deps.sh [rust] [mariadb] [prometheus] [chromium]     (no argument: rust and mariadb)
+#   scripts/ensure-deps.sh [rust] [mariadb] [prometheus] [chromium] [npm]   (no argument: rust and mariadb)
 #
 # rust:    cargo, rustfmt, clippy and a C compiler. The Rust toolchain cannot be installed from
 #          here (rustup's servers are not reachable), so a missing one is a clear error.
@@ -10,6 +10,7 @@
 #          (nothing is started; scripts/mariadb.sh runs private servers).
 # prometheus: prometheus and promtool, from Debian's prometheus package, for tests/ops.rs. The
 #          package's system service is never started by us (policy-rc.d keeps apt from starting it).
+# npm:     Node's package client, for scripts/geoip-test-db.sh (the GeoIP tests' database).
 # chromium: Debian's chromium, for the real-browser test (tests/browser.rs). A browser is
 #          never downloaded from anywhere else.
 set -euo pipefail
@@ -60,6 +61,10 @@ ensure_prometheus() {
     [ -z "$created" ] || rm -f "$policy"
 }
 
+ensure_npm() {
+    have npm || apt_install npm
+}
+
 ensure_chromium() {
     have chromium || apt_install chromium
 }
@@ -71,6 +76,7 @@ for what in "$@"; do
         mariadb) ensure_mariadb ;;
         prometheus) ensure_prometheus ;;
         chromium) ensure_chromium ;;
-        *) die "unknown component '$what' (rust, mariadb, prometheus, chromium)" ;;
+        npm) ensure_npm ;;
+        *) die "unknown component '$what' (rust, mariadb, prometheus, chromium, npm)" ;;
     esac
 done

@@ -15,10 +15,11 @@
 # `start` is idempotent: with a live server it only prints the URL; with a stopped (or killed)
 # one it starts it again on the same datadir and port.
 #
-# Server options are tuned for an ingest benchmark and fast tests, not for production:
-# innodb_flush_log_at_trx_commit=2 writes the redo log to the OS at every commit and syncs it
-# about once a second, so a killed mariadbd loses no committed transaction, but a power cut can
-# lose the last second. No binary log (skip-log-bin), no performance_schema.
+# Server options are tuned for ingest (the collector's batches, several lanes at once) and fast
+# tests, not for production; each option in write_server_cnf says why it is there. The one
+# durability trade: innodb_flush_log_at_trx_commit=2 writes the redo log to the OS at every
+# commit and syncs it about once a second, so a killed mariadbd loses no committed transaction,
+# but a power cut can lose the last second.
 set -euo pipefail
 export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 
@@ -73,13 +74,35 @@ log-error=$DIR/error.log
 # A private tmpdir: concurrent bootstraps sharing /tmp collide on temporary table names.
 tmpdir=$DIR/tmp
 skip-name-resolve
+# No binary log: no replica reads it, and it would write every row a second time.
 skip-log-bin
+# Its instrumentation costs CPU on every statement; the tests and benchmarks do not read it.
 performance_schema=OFF
 character-set-server=utf8mb4
 collation-server=utf8mb4_unicode_ci
+# The packet limit the collector sizes its statements by (its own cap is 8 MiB).
 max_allowed_packet=16M
+# The collector's default method streams batches with LOAD DATA LOCAL (MariaDB's default, said
+# explicitly: tests switch it off at run time to check the INSERT fallback).
+local_infile=1
+# Room for the events table's indexes and the rollup tables of a benchmark run.
 innodb_buffer_pool_size=256M
+# See the header: the redo log is synced once a second, not at every commit.
 innodb_flush_log_at_trx_commit=2
+# A batch's redo (a 5000-row LOAD DATA is a few MB) fits the log buffer: no wait for a flush
+# of the buffer in the middle of a transaction.
+innodb_log_buffer_size=64M
+# A larger redo log checkpoints less often under a sustained insert rate (default 96M).
+innodb_log_file_size=256M
+# Interleaved auto-increment: concurrent LOAD DATA / multi-row INSERTs of several lanes into
+# events do not queue on a table-level AUTO-INC lock (safe: no statement-based binlog).
+innodb_autoinc_lock_mode=2
+# Background flushing sized for an SSD, so dirty pages of a long load do not pile up until a
+# sharp checkpoint stalls the inserts (default 200).
+innodb_io_capacity=1000
+# A lock wait ends with an error (1205, retried by the collector) before the collector's own
+# statement timeout (mysql.query_timeout_ms, 30 s) cuts the connection in an unknown state.
+innodb_lock_wait_timeout=20
 $([ "$(id -u)" -eq 0 ] && echo "user=root")
 CNF
 }

@@ -54,6 +54,8 @@ pub struct Config {
     pub mysql: MysqlConfig,
     pub domains: DomainsConfig,
     pub log: LogConfig,
+    /// `[[rollup]]` entries: counts per time bucket and key (`crate::rollup`). Default none.
+    pub rollup: Vec<crate::rollup::RollupConfig>,
 }
 
 /// Environment variables that override config keys, as (variable, key).
@@ -76,7 +78,6 @@ impl Config {
             None => Config::default(),
         };
         config.apply_env(|name| std::env::var(name).ok())?;
-        config.fill_derived_defaults();
         config.validate()?;
         Ok(config)
     }
@@ -127,13 +128,6 @@ impl Config {
         Ok(())
     }
 
-    /// Defaults that depend on the machine: the node id (hostname).
-    pub fn fill_derived_defaults(&mut self) {
-        if self.ingest.node_id.is_empty() {
-            self.ingest.node_id = hostname();
-        }
-    }
-
     /// Checks every stage's keys, then the relations between stages; the error names the key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.http.validate()?;
@@ -142,12 +136,19 @@ impl Config {
         self.queue.validate()?;
         self.mysql.validate()?;
         self.domains.validate()?;
+        crate::rollup::validate(&self.rollup)?;
+        if !self.mysql.raw_events && self.rollup.is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "mysql.raw_events",
+                message: "false writes no events rows, so it needs at least one [[rollup]]".into(),
+            });
+        }
         Ok(())
     }
 }
 
 /// The machine's hostname, or `"localhost"` if it cannot be read.
-fn hostname() -> String {
+pub fn hostname() -> String {
     let mut buf = [0u8; 256];
     // SAFETY: buf is valid for buf.len() bytes; gethostname NUL-terminates on success.
     let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
@@ -174,6 +175,19 @@ mod tests {
         assert_eq!(c.mysql.batch_rows, 5000);
         assert_eq!(c.http.max_url_bytes, 8192);
         c.validate().expect("defaults are valid");
+    }
+
+    #[test]
+    fn rollups_parse_and_rollups_only_needs_one() {
+        let text = "[mysql]\nraw_events = false\n[[rollup]]\nname = \"plays\"\nbucket = \"hour\"\n\
+                    dimensions = [\"file_id\", \"domain\"]\n";
+        let c = Config::from_toml(text).expect("a rollup parses");
+        assert_eq!(c.rollup[0].definition(), "bucket=hour dimensions=file_id,domain");
+        c.validate().expect("rollups only, with a rollup");
+        let none = Config::from_toml("[mysql]\nraw_events = false\n").unwrap();
+        assert!(none.validate().unwrap_err().to_string().contains("mysql.raw_events"));
+        let bad = Config::from_toml("[[rollup]]\nname = \"x\"\nbucket = \"week\"\ndimensions = []\n");
+        assert!(bad.unwrap_err().contains("week"));
     }
 
     #[test]

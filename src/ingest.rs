@@ -17,7 +17,9 @@
 //!   is rejected rather than stripped, so each site has exactly one spelling in the database.
 //!   Non-ASCII names are rejected with a hint to send punycode;
 //! - `file_id`: decimal digits only (leading zeros allowed), fits a u64, at least 1. Any
-//!   non-digit, including a non-UTF-8 byte, is `bad_file_id`.
+//!   non-digit, including a non-UTF-8 byte, is `bad_file_id`;
+//! - `eid` (optional, required with `ingest.require_event_id`): the client's id of the event,
+//!   a UUID in text form (`crate::event_id`), at most once; anything else is `bad_event_id`.
 //!
 //! Decoding writes into a caller-owned [`QueryScratch`] with fixed capacities, so validation
 //! allocates nothing.
@@ -25,9 +27,17 @@
 pub mod body;
 pub mod client;
 pub mod config;
+pub mod encoding;
 pub mod extra;
+pub mod geoip;
 pub mod intake;
+mod percent;
+mod rejection;
+pub mod user_agent;
 
+pub(crate) use self::percent::{needs_decoding, split_once_byte, PercentDecode};
+pub use self::rejection::{Param, Rejection};
+use crate::event_id::EventId;
 use crate::wal::record::Event;
 
 /// Longest event name, bytes.
@@ -63,6 +73,22 @@ impl EventAllowlist {
     }
 }
 
+/// What a beacon is checked against, from `[ingest]`.
+#[derive(Debug, Clone, Default)]
+pub struct Rules {
+    /// `ingest.events`.
+    pub allow: EventAllowlist,
+    /// `ingest.require_event_id`: an event without `eid` / `event_id` is rejected.
+    pub require_event_id: bool,
+}
+
+/// A validated beacon: the event and the client's id for it, if it sent one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Beacon<'s> {
+    pub event: Event<'s>,
+    pub event_id: Option<EventId>,
+}
+
 /// Per-connection buffers for decoded values, sized for the longest valid value so that
 /// decoding never grows them.
 #[derive(Debug, Clone)]
@@ -88,111 +114,54 @@ impl Default for QueryScratch {
     }
 }
 
-/// The parameters a beacon must carry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Param {
-    Event,
-    Domain,
-    FileId,
-}
-
-impl Param {
-    pub fn name(self) -> &'static str {
-        match self {
-            Param::Event => "event",
-            Param::Domain => "domain",
-            Param::FileId => "file_id",
-        }
-    }
-}
-
-/// Why a beacon is rejected (always a 400). Allocation-free.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Rejection {
-    Missing(Param),
-    Duplicate(Param),
-    Empty(Param),
-    BadEvent,
-    EventNotAllowed,
-    BadDomain,
-    NonAsciiDomain,
-    BadFileId,
-    BadPercentEncoding,
-    BadUtf8,
-}
-
-impl Rejection {
-    /// One line, no newline, for the response body.
-    pub fn reason(self) -> &'static str {
-        match self {
-            Rejection::Missing(Param::Event) => "missing parameter: event",
-            Rejection::Missing(Param::Domain) => "missing parameter: domain",
-            Rejection::Missing(Param::FileId) => "missing parameter: file_id",
-            Rejection::Duplicate(Param::Event) => "duplicated parameter: event",
-            Rejection::Duplicate(Param::Domain) => "duplicated parameter: domain",
-            Rejection::Duplicate(Param::FileId) => "duplicated parameter: file_id",
-            Rejection::Empty(Param::Event) => "empty parameter: event",
-            Rejection::Empty(Param::Domain) => "empty parameter: domain",
-            Rejection::Empty(Param::FileId) => "empty parameter: file_id",
-            Rejection::BadEvent => "event must match [a-z0-9_]{1,32}",
-            Rejection::EventNotAllowed => "event not in ingest.events allowlist",
-            Rejection::BadDomain => "domain is not a valid hostname",
-            Rejection::NonAsciiDomain => {
-                "domain must be ASCII; send internationalised names as punycode (xn--...)"
-            }
-            Rejection::BadFileId => "file_id must be an integer >= 1",
-            Rejection::BadPercentEncoding => "invalid percent-encoding",
-            Rejection::BadUtf8 => "parameter is not valid UTF-8",
-        }
-    }
-
-    /// Label for `ingest_events_rejected_total{reason=...}`.
-    pub fn label(self) -> &'static str {
-        match self {
-            Rejection::Missing(_) => "missing_param",
-            Rejection::Duplicate(_) => "duplicate_param",
-            Rejection::Empty(_) => "empty_param",
-            Rejection::BadEvent => "bad_event",
-            Rejection::EventNotAllowed => "event_not_allowed",
-            Rejection::BadDomain | Rejection::NonAsciiDomain => "bad_domain",
-            Rejection::BadFileId => "bad_file_id",
-            Rejection::BadPercentEncoding | Rejection::BadUtf8 => "bad_encoding",
-        }
-    }
-
-    /// HTTP status of the answer.
-    pub fn status(self) -> u16 {
-        400
-    }
-}
-
-impl std::fmt::Display for Rejection {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.reason())
-    }
-}
-
-impl std::error::Error for Rejection {}
-
-/// Validates the raw query of a `/log` request into an event stamped `ts_ms`. The event's
+/// Validates the raw query of a `/log` request into a beacon stamped `ts_ms`. The event's
 /// strings live in `scratch`.
 pub fn parse_beacon<'s>(
     query: &str,
     ts_ms: u64,
-    allow: &EventAllowlist,
+    rules: &Rules,
     scratch: &'s mut QueryScratch,
-) -> Result<Event<'s>, Rejection> {
+) -> Result<Beacon<'s>, Rejection> {
     let raw = find_params(query)?;
     let event = raw.event.ok_or(Rejection::Missing(Param::Event))?;
     let domain = raw.domain.ok_or(Rejection::Missing(Param::Domain))?;
     let file_id = raw.file_id.ok_or(Rejection::Missing(Param::FileId))?;
+    let event_id = match raw.event_id {
+        Some(raw) => Some(decode_event_id(raw)?),
+        None => None,
+    };
     let QueryScratch { event: event_buf, domain: domain_buf } = scratch;
-    Ok(Event {
+    let event = Event {
         ts_ms,
-        event: validate_event(event, allow, event_buf)?,
+        event: validate_event(event, &rules.allow, event_buf)?,
         domain: validate_domain(domain, domain_buf)?,
         file_id: validate_file_id(file_id)?,
-    })
+    };
+    require_id(Beacon { event, event_id }, rules)
+}
+
+/// `Missing(EventId)` for a beacon without an id when `ingest.require_event_id` is set.
+fn require_id<'s>(beacon: Beacon<'s>, rules: &Rules) -> Result<Beacon<'s>, Rejection> {
+    if rules.require_event_id && beacon.event_id.is_none() {
+        return Err(Rejection::Missing(Param::EventId));
+    }
+    Ok(beacon)
+}
+
+/// An `eid` value: percent-decoded (a UUID needs no escapes, but a client may still send
+/// them), then parsed.
+fn decode_event_id(raw: &str) -> Result<EventId, Rejection> {
+    if raw.is_empty() {
+        return Err(Rejection::Empty(Param::EventId));
+    }
+    const LONGEST: usize = 36; // the hyphenated form
+    let mut decoded = [0u8; LONGEST];
+    let mut len = 0;
+    for byte in PercentDecode::new(raw) {
+        *decoded.get_mut(len).ok_or(Rejection::BadEventId)? = byte?;
+        len += 1;
+    }
+    EventId::parse(&decoded[..len]).map_err(|_| Rejection::BadEventId)
 }
 
 /// A `file_id` as it arrives in a JSON body: a number or a decimal string.
@@ -202,31 +171,43 @@ pub enum FileIdField<'a> {
     Text(&'a str),
 }
 
+/// The fields of one JSON item, already decoded by the JSON parser; `None` is a missing key.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Fields<'a> {
+    pub event: Option<&'a str>,
+    pub domain: Option<&'a str>,
+    pub file_id: Option<FileIdField<'a>>,
+    pub event_id: Option<&'a str>,
+}
+
 /// Validates values that are already decoded (a JSON item) with the rules of
 /// [`parse_beacon`]. The caller rejects `%` and `+` in them first, so the percent-decoding
-/// the validators apply is the identity here. `None` is a missing parameter.
+/// the validators apply is the identity here.
 pub fn validate_fields<'s>(
-    event: Option<&str>,
-    domain: Option<&str>,
-    file_id: Option<FileIdField<'_>>,
+    fields: &Fields<'_>,
     ts_ms: u64,
-    allow: &EventAllowlist,
+    rules: &Rules,
     scratch: &'s mut QueryScratch,
-) -> Result<Event<'s>, Rejection> {
-    let event = event.ok_or(Rejection::Missing(Param::Event))?;
-    let domain = domain.ok_or(Rejection::Missing(Param::Domain))?;
-    let file_id = match file_id.ok_or(Rejection::Missing(Param::FileId))? {
+) -> Result<Beacon<'s>, Rejection> {
+    let event = fields.event.ok_or(Rejection::Missing(Param::Event))?;
+    let domain = fields.domain.ok_or(Rejection::Missing(Param::Domain))?;
+    let file_id = match fields.file_id.ok_or(Rejection::Missing(Param::FileId))? {
         FileIdField::Number(0) => return Err(Rejection::BadFileId),
         FileIdField::Number(n) => n,
         FileIdField::Text(text) => validate_file_id(text)?,
     };
+    let event_id = match fields.event_id {
+        Some(text) => Some(EventId::parse(text.as_bytes()).map_err(|_| Rejection::BadEventId)?),
+        None => None,
+    };
     let QueryScratch { event: event_buf, domain: domain_buf } = scratch;
-    Ok(Event {
+    let event = Event {
         ts_ms,
-        event: validate_event(event, allow, event_buf)?,
+        event: validate_event(event, &rules.allow, event_buf)?,
         domain: validate_domain(domain, domain_buf)?,
         file_id,
-    })
+    };
+    require_id(Beacon { event, event_id }, rules)
 }
 
 /// Still-encoded values of the parameters we use, each seen at most once.
@@ -235,6 +216,7 @@ struct RawParams<'q> {
     event: Option<&'q str>,
     domain: Option<&'q str>,
     file_id: Option<&'q str>,
+    event_id: Option<&'q str>,
 }
 
 fn find_params(query: &str) -> Result<RawParams<'_>, Rejection> {
@@ -257,19 +239,13 @@ fn find_params(query: &str) -> Result<RawParams<'_>, Rejection> {
             Param::Event => &mut raw.event,
             Param::Domain => &mut raw.domain,
             Param::FileId => &mut raw.file_id,
+            Param::EventId => &mut raw.event_id,
         };
         if slot.replace(value).is_some() {
             return Err(Rejection::Duplicate(param));
         }
     }
     Ok(raw)
-}
-
-/// `str::split_once` for an ASCII separator, without the UTF-8 char searcher (hot path).
-pub(crate) fn split_once_byte(s: &str, sep: u8) -> Option<(&str, &str)> {
-    debug_assert!(sep.is_ascii());
-    let at = s.bytes().position(|b| b == sep)?;
-    Some((s.get(..at)?, s.get(at + 1..)?))
 }
 
 /// Which of our parameters the encoded `name` decodes to, if any.
@@ -296,13 +272,9 @@ fn param_named(decoded: &[u8]) -> Option<Param> {
         [b'e', b'v', b'e', b'n', b't'] => Some(Param::Event),
         [b'd', b'o', b'm', b'a', b'i', b'n'] => Some(Param::Domain),
         [b'f', b'i', b'l', b'e', b'_', b'i', b'd'] => Some(Param::FileId),
+        [b'e', b'i', b'd'] => Some(Param::EventId),
         _ => None,
     }
-}
-
-/// Whether `raw` differs from its decoding; most beacons need no decoding at all.
-fn needs_decoding(raw: &str) -> bool {
-    raw.bytes().any(|b| b == b'%' || b == b'+')
 }
 
 fn validate_event<'s>(raw: &str, allow: &EventAllowlist, buf: &'s mut String) -> Result<&'s str, Rejection> {
@@ -400,55 +372,6 @@ fn decode_value(raw: &str, max_bytes: usize, too_long: Rejection, buf: &mut Stri
     Ok(())
 }
 
-/// Form-encoding decoder: `%XX` is a byte, `+` a space, anything else itself.
-pub(crate) struct PercentDecode<'a> {
-    rest: &'a [u8],
-}
-
-impl<'a> PercentDecode<'a> {
-    pub(crate) fn new(raw: &'a str) -> Self {
-        PercentDecode { rest: raw.as_bytes() }
-    }
-}
-
-impl Iterator for PercentDecode<'_> {
-    type Item = Result<u8, Rejection>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        let (&first, rest) = self.rest.split_first()?;
-        self.rest = rest;
-        Some(match first {
-            b'+' => Ok(b' '),
-            b'%' => self.escape(),
-            other => Ok(other),
-        })
-    }
-}
-
-impl PercentDecode<'_> {
-    /// The two hex digits after a `%`.
-    fn escape(&mut self) -> Result<u8, Rejection> {
-        let Some((&[hi, lo], rest)) = self.rest.split_first_chunk::<2>() else {
-            self.rest = &[];
-            return Err(Rejection::BadPercentEncoding);
-        };
-        self.rest = rest;
-        match (hex_value(hi), hex_value(lo)) {
-            (Some(hi), Some(lo)) => Ok(hi << 4 | lo),
-            _ => Err(Rejection::BadPercentEncoding),
-        }
-    }
-}
-
-fn hex_value(digit: u8) -> Option<u8> {
-    match digit {
-        b'0'..=b'9' => Some(digit - b'0'),
-        b'a'..=b'f' => Some(digit - b'a' + 10),
-        b'A'..=b'F' => Some(digit - b'A' + 10),
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -457,9 +380,15 @@ mod tests {
         parse_with(query, &EventAllowlist::default())
     }
 
+    fn rules(allow: &EventAllowlist) -> Rules {
+        Rules { allow: allow.clone(), require_event_id: false }
+    }
+
     fn parse_with(query: &str, allow: &EventAllowlist) -> Result<(String, String, u64), Rejection> {
         let mut scratch = QueryScratch::new();
-        let ev = parse_beacon(query, 42, allow, &mut scratch)?;
+        let beacon = parse_beacon(query, 42, &rules(allow), &mut scratch)?;
+        assert_eq!(beacon.event_id, None);
+        let ev = beacon.event;
         assert_eq!(ev.ts_ms, 42);
         Ok((ev.event.to_owned(), ev.domain.to_owned(), ev.file_id))
     }
@@ -663,6 +592,10 @@ mod tests {
             Rejection::BadFileId,
             Rejection::BadPercentEncoding,
             Rejection::BadUtf8,
+            Rejection::BadEventId,
+            Rejection::Missing(Param::EventId),
+            Rejection::Duplicate(Param::EventId),
+            Rejection::Empty(Param::EventId),
         ];
         for r in all {
             assert_eq!(r.status(), 400);
@@ -670,6 +603,7 @@ mod tests {
             assert!(r.label().bytes().all(|b| b.is_ascii_lowercase() || b == b'_'), "{r:?}");
         }
         for p in [Param::Event, Param::Domain, Param::FileId] {
+            assert_eq!(Rejection::Missing(p).label(), "missing_param");
             assert!(Rejection::Missing(p).reason().ends_with(p.name()));
             assert!(Rejection::Duplicate(p).reason().ends_with(p.name()));
             assert!(Rejection::Empty(p).reason().ends_with(p.name()));
@@ -680,7 +614,7 @@ mod tests {
     fn scratch_is_reused_without_growing() {
         let mut scratch = QueryScratch::new();
         let caps = (scratch.event.capacity(), scratch.domain.capacity());
-        let allow = EventAllowlist::default();
+        let allow = Rules::default();
         let a63 = "a".repeat(63);
         let domain253 = format!("{a63}.{a63}.{a63}.{}", "b".repeat(61));
         let longest = beacon(&"e".repeat(32), &domain253, "1");
@@ -688,9 +622,69 @@ mod tests {
         for q in [longest.as_str(), "event=a&domain=b&file_id=1", junk.as_str()] {
             let _ = parse_beacon(q, 0, &allow, &mut scratch);
         }
-        let ev = parse_beacon(&longest, 0, &allow, &mut scratch).expect("longest valid beacon");
+        let ev = parse_beacon(&longest, 0, &allow, &mut scratch).expect("longest valid beacon").event;
         assert_eq!((ev.event.len(), ev.domain.len()), (32, 253));
         assert_eq!((scratch.event.capacity(), scratch.domain.capacity()), caps);
+    }
+
+    const UUID: &str = "3f2b8c1e-9d4a-4c6b-8e21-7a5f0d9c1b2e";
+
+    fn event_id_of(query: &str, rules: &Rules) -> Result<Option<String>, Rejection> {
+        let mut scratch = QueryScratch::new();
+        parse_beacon(query, 1, rules, &mut scratch).map(|b| b.event_id.map(|id| id.to_string()))
+    }
+
+    #[test]
+    fn event_ids_in_the_query() {
+        let optional = Rules::default();
+        let q = |eid: &str| format!("event=play&domain=a.b&file_id=1&eid={eid}");
+        assert_eq!(event_id_of(&q(UUID), &optional), Ok(Some(UUID.into())));
+        assert_eq!(event_id_of(&q(&UUID.to_uppercase()), &optional), Ok(Some(UUID.into())));
+        assert_eq!(event_id_of(&q(&UUID.replace('-', "%2D")), &optional), Ok(Some(UUID.into())));
+        assert_eq!(event_id_of(&q(&UUID.replace('-', "")), &optional), Ok(Some(UUID.into())));
+        assert_eq!(event_id_of("event=play&domain=a.b&file_id=1", &optional), Ok(None));
+        for bad in [
+            "x",
+            "00000000-0000-0000-0000-000000000000",
+            &format!("{UUID}0"),
+            "%zz",
+            &UUID.replace('-', "%2D%2D"),
+        ] {
+            let want = if bad == "%zz" { Rejection::BadPercentEncoding } else { Rejection::BadEventId };
+            assert_eq!(event_id_of(&q(bad), &optional), Err(want), "{bad}");
+        }
+        assert_eq!(event_id_of(&q(""), &optional), Err(Rejection::Empty(Param::EventId)));
+        let twice = format!("{}&eid={UUID}", q(UUID));
+        assert_eq!(event_id_of(&twice, &optional), Err(Rejection::Duplicate(Param::EventId)));
+        assert_eq!(Rejection::BadEventId.label(), "bad_event_id");
+    }
+
+    #[test]
+    fn required_event_ids() {
+        let required = Rules { require_event_id: true, ..Rules::default() };
+        let q = "event=play&domain=a.b&file_id=1";
+        assert_eq!(event_id_of(q, &required), Err(Rejection::Missing(Param::EventId)));
+        assert_eq!(Rejection::Missing(Param::EventId).label(), "bad_event_id");
+        assert!(Rejection::Missing(Param::EventId).reason().contains("ingest.require_event_id"));
+        assert_eq!(event_id_of(&format!("{q}&eid={UUID}"), &required), Ok(Some(UUID.into())));
+        // Other missing parameters are named first.
+        assert_eq!(event_id_of("event=play&domain=a.b", &required), Err(Rejection::Missing(Param::FileId)));
+        let mut scratch = QueryScratch::new();
+        let fields = Fields {
+            event: Some("play"),
+            domain: Some("a.b"),
+            file_id: Some(FileIdField::Number(3)),
+            event_id: None,
+        };
+        assert_eq!(
+            validate_fields(&fields, 1, &required, &mut scratch).err(),
+            Some(Rejection::Missing(Param::EventId))
+        );
+        let fields = Fields { event_id: Some(UUID), ..fields };
+        let beacon = validate_fields(&fields, 1, &required, &mut scratch).unwrap();
+        assert_eq!(beacon.event_id.map(|id| id.to_string()).as_deref(), Some(UUID));
+        let fields = Fields { event_id: Some("nope"), ..fields };
+        assert_eq!(validate_fields(&fields, 1, &required, &mut scratch).err(), Some(Rejection::BadEventId));
     }
 
     /// Independent restatement of the rules, for the property tests.
@@ -734,8 +728,8 @@ mod tests {
             query in "(event=|&domain=|&file_id=|event|domain|file_id|[a-z0-9_.=&%+-]|%[0-9a-fA-F]{2}|%[^0-9a-fA-F]|\\PC){0,60}"
         ) {
             let mut scratch = QueryScratch::new();
-            if let Ok(ev) = parse_beacon(&query, 1, &EventAllowlist::default(), &mut scratch) {
-                proptest::prop_assert!(satisfies_rules(&ev), "{query:?} -> {ev:?}");
+            if let Ok(beacon) = parse_beacon(&query, 1, &Rules::default(), &mut scratch) {
+                proptest::prop_assert!(satisfies_rules(&beacon.event), "{query:?} -> {beacon:?}");
             }
         }
 
@@ -754,7 +748,7 @@ mod tests {
                 spell(&event, mask.rotate_left(7), 0),
             );
             let mut scratch = QueryScratch::new();
-            let ev = parse_beacon(&query, 9, &EventAllowlist::default(), &mut scratch);
+            let ev = parse_beacon(&query, 9, &Rules::default(), &mut scratch).map(|b| b.event);
             proptest::prop_assert_eq!(
                 ev,
                 Ok(Event { ts_ms: 9, event: event.as_str(), domain: domain.as_str(), file_id })

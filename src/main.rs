@@ -8,7 +8,10 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use psc::config::{Config, LogFormat};
+use psc::cursor::CursorError;
 use psc::server::{self, signals};
+use psc::wal::identity::{self, IdentityError, LaneId};
+use psc::wal::Position;
 
 #[derive(Parser)]
 #[command(version, about = "Durable beacon collector: HTTP -> per-core WAL -> MySQL, exactly once")]
@@ -26,7 +29,7 @@ enum Command {
     Serve,
     /// Apply the database migrations (idempotent; serving applies them too) and exit.
     Migrate,
-    /// Read-only WAL tools; safe while the collector runs.
+    /// WAL tools: `inspect` and `verify` only read (safe while the collector runs).
     Wal {
         #[command(subcommand)]
         action: WalAction,
@@ -40,6 +43,9 @@ enum WalAction {
     /// Like inspect, but exits with status 1 if a record is corrupt (a torn tail of the
     /// newest segment is reported, not counted: recovery cuts it).
     Verify,
+    /// Makes the WAL in wal.dir this node's after a hostname or ingest.node_id change: keeps
+    /// its WAL id, so its cursors carry over. Refused while a collector runs on it.
+    Adopt,
 }
 
 fn main() -> ExitCode {
@@ -126,10 +132,65 @@ fn migrate(config: &Config) -> anyhow::Result<ExitCode> {
 
 fn wal_tool(config: &Config, action: WalAction) -> anyhow::Result<ExitCode> {
     let dir = &config.wal.dir;
-    let found = psc::wal::inspect::inspect(dir).with_context(|| format!("inspecting {}", dir.display()))?;
+    if matches!(action, WalAction::Adopt) {
+        return wal_adopt(config);
+    }
+    let committed =
+        committed_lanes(dir).with_context(|| format!("reading commit.meta in {}", dir.display()))?;
+    let found = psc::wal::inspect::inspect(dir, &committed)
+        .with_context(|| format!("inspecting {}", dir.display()))?;
     print!("{}", psc::wal::inspect::render(&found, dir));
     let corrupt = found.corrupt_segments() > 0;
     Ok(if matches!(action, WalAction::Verify) && corrupt { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+/// Each lane's cursor in `commit.meta` (the least over its shards); none without IDENTITY.
+fn committed_lanes(dir: &Path) -> anyhow::Result<Vec<(LaneId, Position)>> {
+    let Some(identity) = identity::read_identity(dir)? else {
+        return Ok(Vec::new());
+    };
+    let Some(meta) = psc::cursor::read_commit_meta(dir, &identity)? else {
+        return Ok(Vec::new());
+    };
+    let mut lanes: Vec<LaneId> = meta.cursors().iter().map(|c| c.lane).collect();
+    lanes.dedup();
+    Ok(lanes.into_iter().filter_map(|lane| Some((lane, meta.lane_floor(lane)?))).collect())
+}
+
+/// `wal adopt`: under the WAL's lock, upgrades a WAL of the previous version if needed (as a
+/// start would), then rewrites its node id. Prints what it did.
+fn wal_adopt(config: &Config) -> anyhow::Result<ExitCode> {
+    let dir = &config.wal.dir;
+    let _lock = psc::server::lock::lock_wal_dir(dir)
+        .with_context(|| format!("locking {} (is a collector running on it?)", dir.display()))?;
+    if identity::read_identity(dir)?.is_none() && !identity::holds_wal_data(dir)? {
+        anyhow::bail!("{} holds no WAL: nothing to adopt", dir.display());
+    }
+    let hostname = psc::config::hostname();
+    let node = &config.ingest.node_id;
+    match psc::cursor::open_wal_identity(dir, node, &hostname) {
+        Ok(_) | Err(CursorError::Identity(IdentityError::NodeMismatch { .. })) => {}
+        Err(e) => return Err(e).context("opening the WAL's identity"),
+    }
+    let adopted = identity::adopt(dir, node, &hostname)?;
+    let (before, now) = (&adopted.previous, &adopted.now);
+    if before == now {
+        println!(
+            "WAL {} (wal id {}) already belongs to node {}: nothing to do",
+            dir.display(),
+            now.wal,
+            now.node
+        );
+    } else {
+        println!(
+            "WAL {} (wal id {}) adopted: node {} -> {}; its cursors are keyed by the wal id and carry over",
+            dir.display(),
+            now.wal,
+            before.node,
+            now.node
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Writes `addr` to `path` atomically (tests start the server on port 0 and read it back).

@@ -7,13 +7,15 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use crate::ingest::encoding::{CodingCounters, CodingTotals};
+
 /// Status codes the collector answers with, the `code` label of `ingest_requests_total`.
-pub const STATUS_CODES: [u16; 17] =
-    [200, 204, 400, 403, 404, 405, 408, 411, 413, 414, 415, 431, 500, 501, 503, 505, 0];
+pub const STATUS_CODES: [u16; 19] =
+    [100, 200, 204, 400, 403, 404, 405, 408, 411, 413, 414, 415, 417, 431, 500, 501, 503, 505, 0];
 
 /// `reason` label values of `ingest_events_rejected_total`: validation failures (see
 /// `crate::ingest::Rejection::label`), then server-side ones.
-pub const REJECT_REASONS: [&str; 18] = [
+pub const REJECT_REASONS: [&str; 23] = [
     "missing_param",
     "duplicate_param",
     "empty_param",
@@ -22,6 +24,7 @@ pub const REJECT_REASONS: [&str; 18] = [
     "bad_file_id",
     "bad_encoding",
     "event_not_allowed",
+    "bad_event_id",
     // POST bodies and CORS (`crate::ingest::body::BodyError::label`, `crate::http::dialect`).
     "content_type",
     "bad_body",
@@ -29,6 +32,11 @@ pub const REJECT_REASONS: [&str; 18] = [
     "batch_events",
     "cors_origin",
     "bad_preflight",
+    // Compressed bodies (`crate::ingest::encoding`) and bots (`ingest.drop_bots`).
+    "content_encoding",
+    "bad_compression",
+    "body_bomb",
+    "bot",
     "wal_full",
     "wal_error",
     "shutting_down",
@@ -39,7 +47,7 @@ pub const REJECT_REASONS: [&str; 18] = [
 /// Framing errors (`malformed`, `content_length`, `version`, `transfer_encoding`) are counted
 /// here too: each closes its connection, like a limit hit. `fds`: `accept` failed with
 /// `EMFILE`/`ENFILE` (the descriptor limit, see `crate::server::fd_limit`).
-pub const LIMITS: [&str; 12] = [
+pub const LIMITS: [&str; 18] = [
     "header_bytes",
     "url_bytes",
     "body_bytes",
@@ -51,6 +59,13 @@ pub const LIMITS: [&str; 12] = [
     "content_length",
     "version",
     "transfer_encoding",
+    // Connection hygiene and compressed bodies (issue 14).
+    "connection_requests",
+    "connection_age",
+    "decompressed_bytes",
+    "decompression_ratio",
+    "expect",
+    "bot_cache_entries",
     "other",
 ];
 
@@ -78,6 +93,8 @@ pub struct CoreCounters {
     pub heartbeat_unix_ms: AtomicU64,
     /// Bytes cut from torn tails at startup.
     pub wal_truncated_bytes: AtomicU64,
+    /// POST bodies by `Content-Encoding`: bodies, bytes in and out, bombs refused.
+    pub codings: CodingCounters,
     /// 1 while this core's WAL refuses new events (disk budget used up, or writes failing).
     /// Written by the core's WAL writer and housekeeping; `/readyz` answers 503 while any
     /// core has it set.
@@ -121,6 +138,7 @@ pub struct CoreTotals {
     pub connections_accepted: u64,
     pub connections_open: u64,
     pub wal_truncated_bytes: u64,
+    pub codings: CodingTotals,
 }
 
 /// Adds up the per-core counters.
@@ -145,6 +163,7 @@ pub fn sum<'a>(cores: impl IntoIterator<Item = &'a CoreCounters>) -> CoreTotals 
         t.connections_accepted += get(&c.connections_accepted);
         t.connections_open += get(&c.connections_open);
         t.wal_truncated_bytes += get(&c.wal_truncated_bytes);
+        c.codings.add_to(&mut t.codings);
     }
     t
 }

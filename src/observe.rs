@@ -1,7 +1,7 @@
 //! What operators see: `/healthz`, `/readyz`, `/metrics`, `/stats` and `/debug/domain-cache`.
 //!
 //! The observer only reads: per-core counters and progress (each written by its own core),
-//! the flusher's [`FlushStats`], the queue depth and a cached listing of the WAL directory.
+//! the flusher's [`FlushStats`], the MySQL sink's [`MysqlStats`], the queue depth and a cached listing of the WAL directory.
 //! It is shared by all cores through an `Arc` and never touched on the per-request path; a
 //! scrape is answered on whichever core received it, so everything here is cheap and bounded:
 //! the only IO is the WAL listing, at most once per [`wal_usage::LISTING_MAX_AGE`], plus
@@ -24,6 +24,7 @@ use std::time::Instant;
 
 use crate::flush::stats::FlushStats;
 use crate::metrics::CoreCounters;
+use crate::mysql::MysqlStats;
 use crate::queue::CoreProgress;
 
 /// A core whose heartbeat is older than this is reported as wedged by /healthz.
@@ -34,6 +35,7 @@ pub struct ObserverInputs {
     pub cores: Vec<Arc<CoreCounters>>,
     pub progress: Vec<Arc<CoreProgress>>,
     pub flush: Arc<FlushStats>,
+    pub mysql: Arc<MysqlStats>,
     pub queue_depth: Arc<AtomicUsize>,
     pub queue_capacity: usize,
     pub wal_dir: PathBuf,
@@ -45,6 +47,8 @@ pub struct Observer {
     /// Per core: end of the last completed WAL write.
     pub progress: Vec<Arc<CoreProgress>>,
     pub flush: Arc<FlushStats>,
+    /// The MySQL sink's domain cache, statement limit and dead letters.
+    pub mysql: Arc<MysqlStats>,
     /// Events in the core → flusher queue right now.
     pub queue_depth: Arc<AtomicUsize>,
     pub queue_capacity: usize,
@@ -73,6 +77,7 @@ impl Observer {
             cores: inputs.cores,
             progress: inputs.progress,
             flush: inputs.flush,
+            mysql: inputs.mysql,
             queue_depth: inputs.queue_depth,
             queue_capacity: inputs.queue_capacity,
             wal_dir: inputs.wal_dir,
@@ -169,6 +174,7 @@ pub(crate) mod tests {
             cores: counters,
             progress: (0..cores).map(|_| Arc::default()).collect(),
             flush: Arc::new(FlushStats::new(cores)),
+            mysql: Arc::default(),
             queue_depth: Arc::default(),
             queue_capacity: 100,
             wal_dir,

@@ -121,7 +121,8 @@ fn crash_between_commit_and_commit_meta_duplicates_nothing() {
     let mut collector = Collector::start(dir.path(), &db.url, extra);
     restart_with_env(
         &mut collector,
-        &[("PSC_FAILPOINT", "crash_after_commit"), ("PSC_FAILPOINT_AFTER", "3")],
+        // The first two commits pass; the third aborts (crate::failpoint's env syntax).
+        &[("PSC_FAILPOINT", "crash_after_commit:after=2")],
     );
     let load = Load::start(collector.addr, LoadShape::default());
     let deadline = Instant::now() + Duration::from_secs(60);

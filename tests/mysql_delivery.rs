@@ -20,6 +20,8 @@ use psc::cursor::read_commit_meta;
 use psc::flush::stats::FlushStats;
 use psc::flush::{self, FlusherHandle};
 use psc::queue::{self, CoreProgress, Offer, QueueReceiver, WalChunk};
+use psc::wal::identity::read_identity;
+use psc::wal::lane::read_lane;
 use psc::wal::record::{encode, Context, Event};
 use psc::wal::segment::{core_dir, segment_path};
 use psc::wal::Position;
@@ -86,7 +88,7 @@ fn start_flusher(config: &Config, queue: QueueReceiver, cores: Vec<Arc<CoreProgr
     let stats = Arc::new(FlushStats::new(cores.len()));
     let shutdown = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
-    let handle = flush::spawn(config, queue, cores, stats.clone(), shutdown.clone()).unwrap();
+    let handle = flush::spawn(config, queue, cores, stats.clone(), Arc::default(), shutdown.clone()).unwrap();
     Running { handle, stats, shutdown, started }
 }
 
@@ -115,11 +117,22 @@ impl Running {
 
 fn db_cursors(db: &MariaDb) -> Vec<Position> {
     db.query_rows(&format!(
-        "SELECT segment, `offset` FROM ingest_cursors WHERE node = '{NODE}' ORDER BY core"
+        "SELECT segment, `offset` FROM ingest_cursors_v1 WHERE node = '{NODE}' ORDER BY core"
     ))
     .iter()
     .map(|r| Position::new(r[0].parse().unwrap(), r[1].parse().unwrap()))
     .collect()
+}
+
+/// The cursor `commit.meta` holds for each core's lane (shard 0), in core order.
+fn commit_meta_cursors(wal: &Path) -> Vec<Position> {
+    let identity = read_identity(wal).unwrap().expect("IDENTITY");
+    let meta = read_commit_meta(wal, &identity).unwrap().expect("commit.meta");
+    let mut cursors = Vec::new();
+    while let Some(lane) = read_lane(&core_dir(wal, cursors.len() as u16)).unwrap() {
+        cursors.push(meta.get(lane, 0).unwrap_or_default());
+    }
+    cursors
 }
 
 fn db_per_domain(db: &MariaDb) -> HashMap<String, u64> {
@@ -162,7 +175,7 @@ fn replays_a_wal_into_mysql_exactly_once() {
     assert!(stats.replay_done.load(Ordering::Relaxed));
     assert_eq!(stats.corrupt_records.load(Ordering::Relaxed), 0);
     assert_eq!(db_cursors(&db), tails);
-    assert_eq!(read_commit_meta(wal.path()).unwrap().unwrap().cores, tails);
+    assert_eq!(commit_meta_cursors(wal.path()), tails);
     // Each run of 5000 consecutive file ids covers every millisecond 000..999 five times.
     assert_eq!(
         db.query_count("SELECT COUNT(*) FROM events WHERE received_at = '2025-11-23 18:39:30.123'"),
@@ -197,7 +210,7 @@ fn restart_delivers_only_new_events() {
     assert_eq!(stats.events_flushed.load(Ordering::Relaxed), 500);
     assert_eq!(stats.wal_replay_total.load(Ordering::Relaxed), 500, "committed events re-read");
     assert_eq!(db_cursors(&db), tails);
-    assert_eq!(read_commit_meta(wal.path()).unwrap().unwrap().cores, tails);
+    assert_eq!(commit_meta_cursors(wal.path()), tails);
 }
 
 /// MySQL down at start and `commit.meta` lost: the flusher must learn MySQL's cursors on
@@ -231,7 +244,7 @@ fn mysql_unreachable_at_start_then_back_delivers_exactly_once() {
     assert_eq!(stats.events_flushed.load(Ordering::Relaxed), 500);
     assert!(stats.mysql_up.load(Ordering::Relaxed));
     assert_eq!(db_cursors(&db), tails);
-    assert_eq!(read_commit_meta(wal.path()).unwrap().unwrap().cores, tails);
+    assert_eq!(commit_meta_cursors(wal.path()), tails);
 }
 
 /// What a core does, simplified: append a chunk to its segment, publish it, offer it.
@@ -316,7 +329,7 @@ fn queue_path_with_full_queue_loses_and_duplicates_nothing() {
     assert_eq!(stats.events_flushed.load(Ordering::Relaxed), 10_000);
     let tails: Vec<Position> = progress.iter().map(|p| p.written_end()).collect();
     assert_eq!(db_cursors(&db), tails);
-    assert_eq!(read_commit_meta(wal.path()).unwrap().unwrap().cores, tails);
+    assert_eq!(commit_meta_cursors(wal.path()), tails);
     assert!(tails.iter().all(|t| t.segment == 2));
 }
 
@@ -382,14 +395,25 @@ fn migrate_blocking_applies_each_migration_once() {
     let config = config(wal.path(), &db.url, 5000);
     assert_eq!(
         psc::mysql::migrate_blocking(&config).unwrap(),
-        vec!["001_init".to_owned(), "002_client_context".to_owned()]
+        vec!["001_init".to_owned(), "002_client_context".to_owned(), "003_lanes".to_owned()]
     );
     assert!(psc::mysql::migrate_blocking(&config).unwrap().is_empty());
-    assert_eq!(db.query_count("SELECT COUNT(*) FROM schema_migrations"), 2);
+    assert_eq!(db.query_count("SELECT COUNT(*) FROM schema_migrations"), 3);
     let tables = db.query_rows("SHOW TABLES");
     let mut names: Vec<&str> = tables.iter().map(|r| r[0].as_str()).collect();
     names.sort_unstable();
-    assert_eq!(names, ["domains", "events", "ingest_cursors", "schema_migrations", "user_agents"]);
+    assert_eq!(
+        names,
+        [
+            "domains",
+            "events",
+            "ingest_cursors",
+            "ingest_cursors_v1",
+            "ingest_rejects",
+            "schema_migrations",
+            "user_agents"
+        ]
+    );
     // 002 re-applied statement by statement (a crash half-way) is harmless.
     for statement in psc::mysql::split_statements(psc::mysql::MIGRATIONS[1].1) {
         db.query_rows(&statement);

@@ -55,16 +55,20 @@ use tracing::{debug, error, info, warn};
 
 use crate::clock::unix_ms;
 use crate::config::Config;
-use crate::cursor::{read_commit_meta, write_commit_meta, CommitMeta};
-use crate::mysql::domains::DomainCache;
-use crate::mysql::{Db, MysqlError};
+use crate::cursor::{open_wal_identity, read_commit_meta, write_commit_meta, CommitMeta};
+use crate::mysql::domains::DomainResolver;
+use crate::mysql::sink::statement_limit;
+use crate::mysql::sql::{self, SqlBuffer};
+use crate::mysql::{legacy, migrate, Db, DbError, MysqlStats};
 use crate::queue::{CoreProgress, QueueReceiver, WalChunk};
+use crate::wal::identity::{LaneId, WalIdentity};
+use crate::wal::lane::open_lane;
 use crate::wal::quarantine::quarantine_segment;
 use crate::wal::reader::{CoreWalReader, WalReadError};
 use crate::wal::record::{decode_with_context, RecordError};
 use crate::wal::segment::core_dir;
 use crate::wal::Position;
-use batch::{Batch, SqlBuffer};
+use batch::Batch;
 use stats::FlushStats;
 
 /// Longest the flusher blocks on the queue before looking at shutdown and idle cores again.
@@ -89,12 +93,20 @@ pub fn spawn(
     queue: QueueReceiver,
     cores: Vec<Arc<CoreProgress>>,
     stats: Arc<FlushStats>,
+    mysql_stats: Arc<MysqlStats>,
     shutdown: Arc<AtomicBool>,
 ) -> std::io::Result<FlusherHandle> {
-    let meta = read_commit_meta(&config.wal.dir)
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+    let invalid = |e: crate::cursor::CursorError| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
+    let dir = &config.wal.dir;
+    let identity =
+        open_wal_identity(dir, &config.ingest.node_id, &crate::config::hostname()).map_err(invalid)?;
+    let lanes = (0..cores.len() as u16)
+        .map(|core| open_lane(dir, core).map_err(|e| invalid(e.into())))
+        .collect::<Result<Vec<_>, _>>()?;
+    let meta = read_commit_meta(dir, &identity).map_err(invalid)?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let flusher = Flusher::new(config.clone(), queue, cores, stats, shutdown, meta);
+    let flusher =
+        Flusher::new(config.clone(), queue, cores, stats, mysql_stats, shutdown, (identity, lanes, meta));
     let thread =
         std::thread::Builder::new().name("flusher".into()).spawn(move || runtime.block_on(flusher.run()))?;
     Ok(FlusherHandle { thread })
@@ -116,6 +128,8 @@ enum Mode {
 
 /// The flusher's state for one core.
 struct Lane {
+    /// The lane's id in `commit.meta` (this flusher writes shard 0 only).
+    id: LaneId,
     committed: Position,
     read: Position,
     mode: Mode,
@@ -143,6 +157,7 @@ struct Replay {
 
 struct Flusher {
     config: Config,
+    identity: WalIdentity,
     queue: QueueReceiver,
     cores: Vec<Arc<CoreProgress>>,
     stats: Arc<FlushStats>,
@@ -158,7 +173,9 @@ struct Flusher {
     /// Domain id of each batch row, rebuilt per delivery.
     domain_ids: Vec<u32>,
     sql: SqlBuffer,
-    domains: DomainCache,
+    domains: DomainResolver,
+    /// Statement limit of the current connection (see `crate::mysql::sink`).
+    max_statement_bytes: usize,
     db: Option<Db>,
     /// Migrations and the domain cache preload ran on some connection already.
     initialised: bool,
@@ -178,18 +195,18 @@ impl Flusher {
         queue: QueueReceiver,
         cores: Vec<Arc<CoreProgress>>,
         stats: Arc<FlushStats>,
+        mysql_stats: Arc<MysqlStats>,
         shutdown: Arc<AtomicBool>,
-        meta: Option<CommitMeta>,
+        (identity, lane_ids, meta): (WalIdentity, Vec<LaneId>, Option<CommitMeta>),
     ) -> Flusher {
-        let meta_cores = meta.map(|m| m.cores).unwrap_or_default();
-        if meta_cores.len() > cores.len() {
-            warn!(cores = cores.len(), in_meta = meta_cores.len(), "commit.meta lists more cores than run");
-        }
-        let lanes = (0..cores.len())
-            .map(|c| {
-                let committed = meta_cores.get(c).copied().unwrap_or_default();
-                let dir = core_dir(&config.wal.dir, c as u16);
+        debug_assert_eq!(lane_ids.len(), cores.len());
+        let lanes = lane_ids
+            .into_iter()
+            .map(|id| {
+                let committed = meta.as_ref().and_then(|m| m.get(id, 0)).unwrap_or_default();
+                let dir = core_dir(&config.wal.dir, id.core);
                 Lane {
+                    id,
                     committed,
                     read: committed,
                     mode: Mode::CatchingUp,
@@ -200,10 +217,16 @@ impl Flusher {
             .collect();
         let now = Instant::now();
         Flusher {
-            batch: Batch::new(cores.len(), config.mysql.batch_rows),
-            next: Batch::new(cores.len(), config.mysql.batch_rows),
-            domains: DomainCache::new(config.domains.cache_entries),
+            batch: Batch::new(cores.len()),
+            next: Batch::new(cores.len()),
+            domains: DomainResolver::new(
+                config.domains.cache_entries,
+                mysql_stats,
+                config.mysql.flush_interval_ms,
+            ),
+            max_statement_bytes: config.mysql.max_statement_bytes,
             config,
+            identity,
             queue,
             cores,
             stats,
@@ -570,7 +593,7 @@ impl Flusher {
 
     /// One attempt: (re)connect, resolve domains, one transaction. On error the connection
     /// is dropped (it is not put back).
-    async fn try_deliver(&mut self) -> Result<(), MysqlError> {
+    async fn try_deliver(&mut self) -> Result<(), DbError> {
         let mut db = match self.db.take() {
             Some(db) => db,
             None => self.connect().await?,
@@ -581,17 +604,13 @@ impl Flusher {
             return Ok(());
         }
         let started = Instant::now();
-        self.resolve_domains(&mut db).await?;
+        let max = self.max_statement_bytes;
+        self.domains.resolve(&mut db, self.batch.rows(), max, &mut self.domain_ids).await?;
         self.sql.clear();
-        batch::build_event_inserts(
-            &self.batch,
-            &self.domain_ids,
-            self.config.mysql.max_statement_bytes,
-            &mut self.sql,
-        );
-        batch::build_user_agent_inserts(&self.batch, self.config.mysql.max_statement_bytes, &mut self.sql);
+        sql::build_event_inserts(self.batch.rows(), &self.domain_ids, max, &mut self.sql)?;
+        sql::build_user_agent_inserts(self.batch.rows(), max, &mut self.sql)?;
         let ends = self.batch_ends();
-        batch::build_cursor_upsert(&self.config.ingest.node_id, &ends, &mut self.sql);
+        legacy::build_cursor_upsert(&self.config.ingest.node_id, &ends, &mut self.sql);
         db.execute("start transaction", b"START TRANSACTION").await?;
         let sql = std::mem::take(&mut self.sql);
         let (inserted, ()) = tokio::join!(execute_all(&mut db, &sql), async { self.prefetch() });
@@ -600,7 +619,8 @@ impl Flusher {
         self.commit_in_doubt = true;
         db.execute("commit", b"COMMIT").await?;
         self.commit_in_doubt = false;
-        failpoint_after_commit(self.stats.batches.load(Ordering::Relaxed) + 1);
+        // `PSC_FAILPOINT=crash_after_commit[:after=N]`: abort between COMMIT and commit.meta.
+        crate::failpoint::crash("crash_after_commit");
         self.db = Some(db);
         self.committed(&ends, started);
         Ok(())
@@ -612,17 +632,19 @@ impl Flusher {
 
     /// Opens a connection; the first one also migrates and preloads the domain cache. Every
     /// one re-reads this node's cursors and reconciles before anything is inserted.
-    async fn connect(&mut self) -> Result<Db, MysqlError> {
+    async fn connect(&mut self) -> Result<Db, DbError> {
         let mut db = Db::connect(&self.config.mysql).await?;
         if !self.initialised {
-            let applied = db.migrate().await?;
+            let applied = migrate::migrate(&mut db).await?;
             if !applied.is_empty() {
                 info!(?applied, "migrations applied");
             }
-            self.preload_domains(&mut db).await?;
+            self.domains.preload(&mut db).await?;
             self.initialised = true;
         }
-        let cursors = db.read_cursors(&self.config.ingest.node_id).await?;
+        self.max_statement_bytes =
+            statement_limit(self.config.mysql.max_statement_bytes, db.facts().max_allowed_packet);
+        let cursors = legacy::read_cursors(&mut db, &self.config.ingest.node_id).await?;
         self.reconcile(&cursors);
         Ok(db)
     }
@@ -668,77 +690,6 @@ impl Flusher {
         self.publish_positions();
     }
 
-    /// Loads up to `domains.cache_entries` most recently created domains.
-    async fn preload_domains(&mut self, db: &mut Db) -> Result<(), MysqlError> {
-        let mut sql = b"SELECT id, name FROM domains ORDER BY id DESC LIMIT ".to_vec();
-        sql.extend_from_slice(itoa::Buffer::new().format(self.domains.capacity()).as_bytes());
-        let rows: Vec<(u32, String)> = db.query("preload domains", &sql).await?;
-        for (id, name) in rows.iter().rev() {
-            self.domains.insert(name, *id);
-        }
-        self.stats.domain_cache_loaded_unix_ms.store(unix_ms(), Ordering::Relaxed);
-        self.stats.publish_domain_cache(&self.domains, unix_ms(), 0);
-        Ok(())
-    }
-
-    /// Fills `domain_ids` for the batch: cache hits first, then one INSERT IGNORE and one
-    /// SELECT for the names the cache does not know (outside the event transaction: both are
-    /// idempotent).
-    async fn resolve_domains(&mut self, db: &mut Db) -> Result<(), MysqlError> {
-        self.domain_ids.clear();
-        let mut missing = Vec::new();
-        for (i, row) in self.batch.rows().iter().enumerate() {
-            let id = self.domains.get(self.batch.domain(row));
-            self.domain_ids.push(id.unwrap_or(0));
-            if id.is_none() {
-                missing.push(i);
-            }
-        }
-        let misses = missing.len() as u64;
-        self.stats.domain_cache_hits.fetch_add(self.batch.len() as u64 - misses, Ordering::Relaxed);
-        self.stats.domain_cache_misses.fetch_add(misses, Ordering::Relaxed);
-        if missing.is_empty() {
-            self.stats.publish_domain_cache(&self.domains, unix_ms(), self.config.mysql.flush_interval_ms);
-            return Ok(());
-        }
-        let found = self.fetch_domain_ids(db, &missing).await?;
-        for &i in &missing {
-            let name = self.batch.domain(&self.batch.rows()[i]);
-            let id = *found.get(name).ok_or_else(|| MysqlError::DomainMissing(name.to_owned()))?;
-            self.domain_ids[i] = id;
-            self.domains.insert(name, id);
-        }
-        self.stats.domain_cache_refreshed_unix_ms.store(unix_ms(), Ordering::Relaxed);
-        self.stats.publish_domain_cache(&self.domains, unix_ms(), self.config.mysql.flush_interval_ms);
-        Ok(())
-    }
-
-    /// Inserts the distinct names of rows `missing` and reads their ids back.
-    async fn fetch_domain_ids(
-        &mut self,
-        db: &mut Db,
-        missing: &[usize],
-    ) -> Result<std::collections::HashMap<String, u32>, MysqlError> {
-        let mut names: Vec<&str> =
-            missing.iter().map(|&i| self.batch.domain(&self.batch.rows()[i])).collect();
-        names.sort_unstable();
-        names.dedup();
-        let max = self.config.mysql.max_statement_bytes;
-        self.sql.clear();
-        batch::build_domain_inserts(names.iter().copied(), max, &mut self.sql);
-        for statement in self.sql.statements() {
-            db.execute("insert domains", statement).await?;
-        }
-        self.sql.clear();
-        batch::build_domain_selects(names.iter().copied(), max, &mut self.sql);
-        let mut found = std::collections::HashMap::with_capacity(names.len());
-        for statement in self.sql.statements() {
-            let rows: Vec<(u32, String)> = db.query("select domains", statement).await?;
-            found.extend(rows.into_iter().map(|(id, name)| (name, id)));
-        }
-        Ok(found)
-    }
-
     /// Records a committed batch: cursors, stats, the prefetched `next` becomes the batch, then
     /// `commit.meta` and compaction.
     fn committed(&mut self, ends: &[(usize, Position)], started: Instant) {
@@ -772,23 +723,27 @@ impl Flusher {
 
     /// Writes `commit.meta`, then deletes the segments behind it.
     fn write_meta(&mut self) {
-        let meta = CommitMeta {
-            node: self.config.ingest.node_id.clone(),
-            cores: self.lanes.iter().map(|l| l.committed).collect(),
-        };
+        let mut meta = CommitMeta::new(self.identity.clone());
+        for lane in self.lanes.iter().filter(|l| l.committed != Position::default()) {
+            meta.set(lane.id, 0, lane.committed);
+        }
         self.meta_written_at = Instant::now();
         if let Err(e) = write_commit_meta(&self.config.wal.dir, &meta) {
             error!(error = %e, "cannot write commit.meta; segments are kept until it succeeds");
             return;
         }
         self.meta_dirty = false;
-        match crate::compact::compact_measured(&self.config.wal.dir) {
-            Ok(done) if done.segments == 0 => {}
-            Ok(done) => {
-                self.stats.wal_disk_bytes.fetch_sub(done.bytes, Ordering::Relaxed);
-                debug!(deleted = done.segments, bytes = done.bytes, "compacted WAL segments");
+        for lane in &self.lanes {
+            // The cursor was just made durable in commit.meta (and was committed in MySQL).
+            match crate::compact::compact_lane(&core_dir(&self.config.wal.dir, lane.id.core), lane.committed)
+            {
+                Ok(done) if done.segments == 0 => {}
+                Ok(done) => {
+                    self.stats.wal_disk_bytes.fetch_sub(done.bytes, Ordering::Relaxed);
+                    debug!(lane = %lane.id, deleted = done.segments, bytes = done.bytes, "compacted WAL segments");
+                }
+                Err(e) => warn!(lane = %lane.id, error = %e, "WAL compaction failed"),
             }
-            Err(e) => warn!(error = %e, "WAL compaction failed"),
         }
     }
 
@@ -805,7 +760,7 @@ impl Flusher {
         self.stats.mysql_down_since_unix_ms.store(0, Ordering::Relaxed);
     }
 
-    fn link_down(&mut self, e: &MysqlError) {
+    fn link_down(&mut self, e: &DbError) {
         self.db = None;
         if matches!(self.link, Link::Down { .. }) {
             return;
@@ -818,29 +773,12 @@ impl Flusher {
 }
 
 /// Runs every statement of `sql`, in order.
-async fn execute_all(db: &mut Db, sql: &SqlBuffer) -> Result<(), MysqlError> {
+async fn execute_all(db: &mut Db, sql: &SqlBuffer) -> Result<(), DbError> {
     for statement in sql.statements() {
         db.execute("insert", statement).await?;
     }
     Ok(())
 }
-
-/// With feature `failpoints` and `PSC_FAILPOINT=crash_after_commit`: abort right after the
-/// COMMIT of the `PSC_FAILPOINT_AFTER`-th batch (default the first), before `commit.meta`.
-#[cfg(feature = "failpoints")]
-fn failpoint_after_commit(commit_number: u64) {
-    if std::env::var("PSC_FAILPOINT").as_deref() != Ok("crash_after_commit") {
-        return;
-    }
-    let after = std::env::var("PSC_FAILPOINT_AFTER").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
-    if commit_number >= after {
-        eprintln!("failpoint crash_after_commit: aborting after commit {commit_number}");
-        std::process::abort();
-    }
-}
-
-#[cfg(not(feature = "failpoints"))]
-fn failpoint_after_commit(_commit_number: u64) {}
 
 #[cfg(test)]
 mod tests {
@@ -875,7 +813,10 @@ mod tests {
         let (tx, rx) = crate::queue::bounded(16);
         let cores = vec![Arc::new(CoreProgress::new(Position::default()))];
         let stats = Arc::new(FlushStats::new(1));
-        let f = Flusher::new(config, rx, cores, stats, Arc::new(AtomicBool::new(false)), None);
+        let identity = WalIdentity { node: "test".into(), wal: crate::wal::identity::WalId(1) };
+        let lanes = vec![open_lane(wal.path(), 0).unwrap()];
+        let shutdown = Arc::new(AtomicBool::new(false));
+        let f = Flusher::new(config, rx, cores, stats, Arc::default(), shutdown, (identity, lanes, None));
         (f, tx, wal)
     }
 
@@ -946,10 +887,10 @@ mod tests {
         let ends = wal_with_bad_segment(wal.path(), 2);
         f.cores[0].publish_written(Position::new(3, ends[2]));
         f.catch_up();
-        let ids: Vec<u64> = f.batch.rows().iter().map(|r| r.file_id).collect();
+        let ids: Vec<u64> = f.batch.rows().rows().iter().map(|r| r.file_id).collect();
         assert_eq!(ids, vec![10, 11, 12, 13, 20], "records before the bad one, nothing after");
         f.catch_up();
-        let ids: Vec<u64> = f.batch.rows().iter().map(|r| r.file_id).collect();
+        let ids: Vec<u64> = f.batch.rows().rows().iter().map(|r| r.file_id).collect();
         assert_eq!(&ids[5..], &[30, 31, 32, 33], "the next segment follows");
         assert_eq!(f.stats.corrupt_records.load(Ordering::Relaxed), 1);
         assert_eq!(f.stats.quarantined_segments.load(Ordering::Relaxed), 1);
@@ -973,7 +914,7 @@ mod tests {
         f.cores[0].publish_written(Position::new(4, record(40).len() as u64));
         f.catch_up();
         f.catch_up();
-        let ids: Vec<u64> = f.batch.rows().iter().map(|r| r.file_id).collect();
+        let ids: Vec<u64> = f.batch.rows().rows().iter().map(|r| r.file_id).collect();
         assert_eq!(ids.last(), Some(&40));
         assert_eq!(f.stats.quarantined_segments.load(Ordering::Relaxed), 1);
         assert_eq!(f.lanes[0].mode, Mode::Queue);

@@ -3,16 +3,11 @@
 //!
 //! Positions are stored packed ([`Position::pack`]) so each fits one `AtomicU64`.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 
-use crate::mysql::domains::{DomainCache, DomainCacheSnapshot};
 use crate::wal::Position;
-
-/// Domains listed by `/debug/domain-cache`.
-pub const DOMAIN_CACHE_TOP_N: usize = 20;
 
 /// What the flusher has done so far, shared read-only with the metrics.
 #[derive(Debug)]
@@ -44,16 +39,6 @@ pub struct FlushStats {
     /// Gauge: bytes of WAL segments on disk, all cores. Core writers add what they write,
     /// compaction and quarantine subtract what they remove (see `crate::wal::budget`).
     pub wal_disk_bytes: AtomicU64,
-    /// Entries in the domain name → id cache.
-    pub domain_cache_entries: AtomicU64,
-    pub domain_cache_hits: AtomicU64,
-    pub domain_cache_misses: AtomicU64,
-    /// Unix ms of the last domain cache preload from MySQL; 0 = never.
-    pub domain_cache_loaded_unix_ms: AtomicU64,
-    /// Unix ms of the last fetch of names the cache missed; 0 = never.
-    pub domain_cache_refreshed_unix_ms: AtomicU64,
-    /// Copy of the cache's shape and hottest names for `/debug/domain-cache`.
-    pub domain_cache: Mutex<DomainCacheSnapshot>,
     /// Per core: packed position durable in MySQL.
     pub committed: Vec<AtomicU64>,
     /// Per core: packed position up to which records are in the batch or committed.
@@ -81,58 +66,10 @@ impl FlushStats {
             corrupt_records: AtomicU64::new(0),
             quarantined_segments: AtomicU64::new(0),
             wal_disk_bytes: AtomicU64::new(0),
-            domain_cache_entries: AtomicU64::new(0),
-            domain_cache_hits: AtomicU64::new(0),
-            domain_cache_misses: AtomicU64::new(0),
-            domain_cache_loaded_unix_ms: AtomicU64::new(0),
-            domain_cache_refreshed_unix_ms: AtomicU64::new(0),
-            domain_cache: Mutex::new(DomainCacheSnapshot::default()),
             committed: positions(),
             read: positions(),
             flush_duration_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             batch_rows: Histogram::new(exponential_buckets(1.0, 4.0, 10)),
         }
-    }
-}
-
-impl FlushStats {
-    /// Publishes a snapshot of `cache` unless one was taken less than `min_interval_ms` ago
-    /// (`0` forces it). Called by the flusher only; sorting the top names is O(entries).
-    pub fn publish_domain_cache(&self, cache: &DomainCache, now_unix_ms: u64, min_interval_ms: u64) {
-        self.domain_cache_entries.store(cache.len() as u64, Ordering::Relaxed);
-        let Ok(mut snapshot) = self.domain_cache.lock() else { return };
-        if min_interval_ms > 0 && now_unix_ms.saturating_sub(snapshot.published_unix_ms) < min_interval_ms {
-            return;
-        }
-        *snapshot = DomainCacheSnapshot {
-            size: cache.len(),
-            capacity: cache.capacity(),
-            last_load_unix_ms: self.domain_cache_loaded_unix_ms.load(Ordering::Relaxed),
-            last_refresh_unix_ms: self.domain_cache_refreshed_unix_ms.load(Ordering::Relaxed),
-            published_unix_ms: now_unix_ms,
-            top: cache.top_by_hits(DOMAIN_CACHE_TOP_N),
-        };
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn domain_cache_snapshot_is_rate_limited_unless_forced() {
-        let stats = FlushStats::new(1);
-        let mut cache = DomainCache::new(10);
-        cache.insert("a.org", 1);
-        stats.publish_domain_cache(&cache, 1_000, 0);
-        cache.insert("b.org", 2);
-        stats.publish_domain_cache(&cache, 1_500, 1_000);
-        assert_eq!(stats.domain_cache.lock().unwrap().size, 1, "published again too soon");
-        stats.publish_domain_cache(&cache, 2_000, 1_000);
-        let snap = stats.domain_cache.lock().unwrap().clone();
-        assert_eq!(snap.size, 2);
-        assert_eq!(snap.capacity, 10);
-        assert_eq!(snap.top.len(), 2);
-        assert_eq!(stats.domain_cache_entries.load(Ordering::Relaxed), 2);
     }
 }

@@ -15,8 +15,18 @@ pub struct HttpConfig {
     pub max_header_bytes: usize,
     /// Longest request target (path + query); past it: 414. Default 8192 bytes.
     pub max_url_bytes: usize,
-    /// Largest request body; past it: 413. Default 65536 bytes.
+    /// Largest request body, on the wire and, for a compressed body, once decompressed too;
+    /// past it: 413. Default 65536 bytes.
     pub max_body_bytes: usize,
+    /// Most a compressed body may expand (decompressed bytes / compressed bytes); past it:
+    /// 413, counted as a bomb. JSON batches compress 5-20x. Default 100.
+    pub max_decompression_ratio: usize,
+    /// Requests answered on one connection before it is closed (`Connection: close` on the
+    /// last answer), so L4 balancers can move clients. Default 0: no limit.
+    pub max_requests_per_connection: u64,
+    /// Age of a connection after which its next answer closes it (`Connection: close`).
+    /// Default 0 ms: no limit.
+    pub max_connection_age_ms: u64,
     /// Most headers in one request; past it: 431. Default 64.
     pub max_headers: usize,
     /// Open connections per core; past it new connections are closed at once. Default 10000.
@@ -43,6 +53,9 @@ impl Default for HttpConfig {
             max_header_bytes: 8192,
             max_url_bytes: 8192,
             max_body_bytes: 64 * 1024,
+            max_decompression_ratio: 100,
+            max_requests_per_connection: 0,
+            max_connection_age_ms: 0,
             max_headers: 64,
             max_connections_per_core: 10_000,
             idle_timeout_ms: 30_000,
@@ -67,6 +80,9 @@ impl HttpConfig {
         }
         if self.max_connections_per_core == 0 {
             return InvalidKey::err("http.max_connections_per_core", "must be at least 1");
+        }
+        if self.max_decompression_ratio == 0 {
+            return InvalidKey::err("http.max_decompression_ratio", "must be at least 1");
         }
         if self.max_pipelined_requests == 0 {
             return InvalidKey::err("http.max_pipelined_requests", "must be at least 1");

@@ -12,7 +12,11 @@
 //! - a partial request must complete within `idle_timeout_ms` of its first byte (no slowloris),
 //!   and an idle keep-alive connection closes after `idle_timeout_ms`: each read arms the
 //!   connection's [`Watch`] in the core's [`Registry`], whose sweep shuts overdue reads
-//!   (`super::idle`), so no read carries a timer of its own.
+//!   (`super::idle`), so no read carries a timer of its own;
+//! - a request with `Expect: 100-continue` whose body is not buffered yet gets one
+//!   `100 Continue` before the next read; any other expectation is 417 and closes;
+//! - past `max_requests_per_connection` requests or `max_connection_age_ms` of age, the next
+//!   answer carries `Connection: close` and the connection ends (L4 balancers rebalance).
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -26,7 +30,7 @@ use super::answer::{self, BeaconKind};
 use super::chunked::{self, Dechunk};
 use super::dialect::{DialectScratch, Dialects};
 use super::idle::{Registry, Watch};
-use super::request::{self, Body, Parsed};
+use super::request::{self, Body, Expect, Parsed, Request};
 use super::response;
 use super::router::{route, Reply, Turn};
 use crate::config::Config;
@@ -46,6 +50,10 @@ pub struct ConnContext {
     limits: request::Limits,
     idle_timeout_ms: u64,
     max_pipelined: usize,
+    /// `http.max_requests_per_connection`, 0 = no limit.
+    max_requests: u64,
+    /// `http.max_connection_age_ms`, 0 = no limit.
+    max_age_ms: u64,
     /// Where accepted events go (the core's open WAL tick).
     pub(super) intake: Intake,
     pub(super) counters: Arc<CoreCounters>,
@@ -69,6 +77,8 @@ impl ConnContext {
             limits: request::Limits::from(&config.http),
             idle_timeout_ms: config.http.idle_timeout_ms,
             max_pipelined: config.http.max_pipelined_requests,
+            max_requests: config.http.max_requests_per_connection,
+            max_age_ms: config.http.max_connection_age_ms,
             intake,
             counters,
             observer,
@@ -114,6 +124,37 @@ struct Connection {
     partial_since_ms: Option<u64>,
     /// This connection's entry in the core's registry.
     watch: Rc<Watch>,
+    /// Requests and age, against the connection limits.
+    life: Lifetime,
+    /// The buffered request waits for its body and asked for `100 Continue`; not sent yet.
+    continue_owed: bool,
+    /// `100 Continue` was sent for the buffered request.
+    continue_sent: bool,
+}
+
+/// How long a connection has served, for `http.max_requests_per_connection` and
+/// `http.max_connection_age_ms`.
+struct Lifetime {
+    requests: u64,
+    /// Unix ms of the accept.
+    opened_at_ms: u64,
+}
+
+impl Lifetime {
+    /// Counts one more request; false once it reaches a connection limit (its answer then
+    /// closes the connection), counting the limit hit.
+    fn may_continue(&mut self, now_ms: u64, ctx: &ConnContext) -> bool {
+        self.requests += 1;
+        if ctx.max_requests != 0 && self.requests >= ctx.max_requests {
+            ctx.counters.count_limit_hit("connection_requests");
+            return false;
+        }
+        if ctx.max_age_ms != 0 && now_ms.saturating_sub(self.opened_at_ms) >= ctx.max_age_ms {
+            ctx.counters.count_limit_hit("connection_age");
+            return false;
+        }
+        true
+    }
 }
 
 /// Serves one accepted connection until it closes.
@@ -131,6 +172,9 @@ pub async fn serve(
         dialect: DialectScratch::new(peer.ip()),
         partial_since_ms: None,
         watch,
+        life: Lifetime { requests: 0, opened_at_ms: crate::clock::unix_ms() },
+        continue_owed: false,
+        continue_sent: false,
     };
     loop {
         let close = conn.answer_buffered(&ctx).await;
@@ -144,6 +188,9 @@ pub async fn serve(
             continue; // more pipelined requests than one turn answers
         }
         if ctx.draining.get() && conn.read_buf.is_empty() {
+            return;
+        }
+        if conn.continue_owed && !conn.send_continue(&mut stream, &ctx.counters).await {
             return;
         }
         match conn.read_more(&mut stream, &ctx).await {
@@ -161,6 +208,44 @@ pub async fn serve(
             }
         }
     }
+}
+
+/// How much of `rest` (the bytes after the head) is the body of `req`, with the body (if
+/// any) copied or de-chunked into `body`.
+fn frame_body(req: &Request<'_>, rest: &[u8], body: &mut Vec<u8>, ctx: &ConnContext) -> Framing {
+    if req.expect == Expect::Unsupported {
+        ctx.counters.count_limit_hit("expect");
+        return Framing::Refused { status: 417, reason: "only Expect: 100-continue is supported" };
+    }
+    match req.body {
+        Body::None => Framing::Ready(0),
+        Body::Length(n) => match rest.get(..n) {
+            Some(bytes) => {
+                body.clear();
+                body.extend_from_slice(bytes);
+                Framing::Ready(n)
+            }
+            None => Framing::Wait, // the body is still on its way
+        },
+        Body::Chunked => match chunked::dechunk(rest, ctx.limits.max_body_bytes, body) {
+            Dechunk::Complete { wire_len } => Framing::Ready(wire_len),
+            Dechunk::Partial => Framing::Wait,
+            failed @ (Dechunk::TooLarge | Dechunk::Malformed) => {
+                let (status, reason) = chunk_error(&ctx.counters, failed);
+                Framing::Refused { status, reason }
+            }
+        },
+    }
+}
+
+/// Where the body of a parsed request stands.
+enum Framing {
+    /// Complete: this many bytes after the head are its body (framing included).
+    Ready(usize),
+    /// Not all here yet: read more.
+    Wait,
+    /// Cannot be read: answer and close.
+    Refused { status: u16, reason: &'static str },
 }
 
 enum ReadOutcome {
@@ -196,38 +281,27 @@ impl Connection {
                 }
                 Parsed::Complete(req) => req,
             };
-            let after_head = consumed + req.head_len;
-            let body_len = match req.body {
-                Body::None => 0,
-                Body::Length(n) => {
-                    let Some(body) = self.read_buf.get(after_head..after_head + n) else {
-                        break; // the body is still on its way
-                    };
-                    self.dialect.body.clear();
-                    self.dialect.body.extend_from_slice(body);
-                    n
-                }
-                Body::Chunked => {
-                    let max = ctx.limits.max_body_bytes;
-                    match chunked::dechunk(&self.read_buf[after_head..], max, &mut self.dialect.body) {
-                        Dechunk::Complete { wire_len } => wire_len,
-                        Dechunk::Partial => break,
-                        failed @ (Dechunk::TooLarge | Dechunk::Malformed) => {
-                            let (status, reason) = chunk_error(&ctx.counters, failed);
-                            self.pending.push(Pending {
-                                reply: Reply::Error { status, reason },
-                                close: true,
-                                minor_version: 1,
-                            });
-                            close = true;
-                            consumed = self.read_buf.len();
-                            break;
-                        }
-                    }
+            let rest = &self.read_buf[consumed + req.head_len..];
+            let framing = frame_body(&req, rest, &mut self.dialect.body, ctx);
+            if matches!(framing, Framing::Wait) && req.expect == Expect::Continue && !self.continue_sent {
+                self.continue_owed = true;
+            }
+            let body_len = match framing {
+                Framing::Ready(body_len) => body_len,
+                Framing::Wait => break,
+                Framing::Refused { status, reason } => {
+                    self.pending.push(Pending {
+                        reply: Reply::Error { status, reason },
+                        close: true,
+                        minor_version: 1,
+                    });
+                    close = true;
+                    consumed = self.read_buf.len();
+                    break;
                 }
             };
             let request_len = req.head_len + body_len;
-            let keep_alive = req.keep_alive && !ctx.draining.get();
+            let keep_alive = req.keep_alive && !ctx.draining.get() && self.life.may_continue(now_ms, ctx);
             let turn =
                 Turn { now_ms, query: &mut self.scratch, dialect: &mut self.dialect, ticket: &mut ticket };
             let reply = route(&req, ctx, turn);
@@ -237,6 +311,10 @@ impl Connection {
                 close = true;
                 break;
             }
+        }
+        if consumed > 0 {
+            self.continue_owed = false;
+            self.continue_sent = false;
         }
         self.read_buf.drain(..consumed);
         let now_ms = ctx.registry.now_ms();
@@ -249,12 +327,25 @@ impl Connection {
         close
     }
 
+    /// Writes the interim `100 Continue` the buffered request asked for.
+    async fn send_continue(&mut self, stream: &mut TcpStream, counters: &CoreCounters) -> bool {
+        self.continue_owed = false;
+        self.continue_sent = true;
+        counters.count_response(100);
+        self.write_buf.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+        self.flush(stream).await
+    }
+
     fn render(&mut self, outcome: TickOutcome, counters: &CoreCounters, dialects: &Dialects) {
         for p in self.pending.drain(..) {
             let out = &mut self.write_buf;
             let status = match p.reply {
                 Reply::Beacon if outcome == TickOutcome::Written => {
                     bump(&counters.events_accepted, 1);
+                    out.extend_from_slice(response::no_content(p.minor_version, !p.close));
+                    204
+                }
+                Reply::DroppedBot => {
                     out.extend_from_slice(response::no_content(p.minor_version, !p.close));
                     204
                 }

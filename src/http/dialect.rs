@@ -17,8 +17,9 @@ use super::request::Request;
 use crate::config::Config;
 use crate::ingest::body::{self, BatchScratch, BodyRules, JsonParser};
 use crate::ingest::client::{self, TrustedProxies};
+use crate::ingest::encoding;
 use crate::ingest::extra::KeepParams;
-use crate::ingest::intake::Intake;
+use crate::ingest::intake::{Accepted, Intake};
 use crate::wal::group::Ticket;
 use crate::wal::record::Context;
 
@@ -88,6 +89,8 @@ pub enum Outcome {
     Accepted { kind: BeaconKind, events: u32, grant: Option<Grant>, ticket: Ticket },
     /// A preflight from an allowed origin.
     Preflight(Grant),
+    /// A valid batch from a bot, dropped (`ingest.drop_bots`).
+    DroppedBot,
     /// Refused; `label` for the rejection metric.
     Rejected { status: u16, message: String, label: &'static str },
 }
@@ -95,9 +98,9 @@ pub enum Outcome {
 /// The client context of `req`, with each part switched on in the config.
 pub fn client_context<'a>(req: &Request<'a>, d: &Dialects, s: &'a mut DialectScratch) -> Context<'a> {
     let DialectScratch { peer, peer_text, forwarded_ip, referer_host, extra, .. } = s;
-    let ip = d.client_ip.then(|| match req.forwarded_for {
-        Some(xff) if !d.proxies.is_empty() => {
-            let ip = d.proxies.client_ip(*peer, Some(xff));
+    let ip = d.client_ip.then(|| match &req.forwarded_for {
+        xff if !xff.is_empty() && !d.proxies.is_empty() => {
+            let ip = d.proxies.client_ip(*peer, xff);
             client::write_ip(ip, forwarded_ip);
             forwarded_ip.as_str()
         }
@@ -111,7 +114,7 @@ pub fn client_context<'a>(req: &Request<'a>, d: &Dialects, s: &'a mut DialectScr
         _ => None,
     };
     let extra = (!d.keep.is_empty() && d.keep.extract(req.query, extra)).then_some(extra.as_str());
-    Context { ip, ua, referer_host, extra }
+    Context { ip, ua, referer_host, extra, event_id: None }
 }
 
 /// The CORS grant of a request, `None` without `Origin` or for an origin not allowed.
@@ -136,7 +139,8 @@ pub fn preflight(req: &Request<'_>, d: &Dialects) -> Outcome {
     }
 }
 
-/// `POST /log`: validates the body in `s.body` whole, then hands every event to `intake`.
+/// `POST /log`: decodes the body in `s.body` (`Content-Encoding`), validates it whole, then
+/// hands every event to `intake`.
 pub fn post_beacon(
     req: &Request<'_>,
     now_ms: u64,
@@ -144,12 +148,14 @@ pub fn post_beacon(
     d: &Dialects,
     s: &mut DialectScratch,
 ) -> Outcome {
+    if let Err(refused) = decode_body(req, intake, &mut s.body) {
+        return refused;
+    }
     let kind = match body::body_kind(req.content_type, &s.body) {
         Ok(kind) => kind,
         Err(e) => return rejected(e),
     };
-    let rules =
-        BodyRules { allow: intake.allowlist(), max_events: d.max_batch_events, parser: JsonParser::Simd };
+    let rules = BodyRules { rules: intake.rules(), max_events: d.max_batch_events, parser: JsonParser::Simd };
     let mut batch = std::mem::take(&mut s.batch);
     let mut body = std::mem::take(&mut s.body);
     let parsed = body::parse_body(kind, &mut body, &rules, &mut batch);
@@ -164,10 +170,11 @@ pub fn post_beacon(
             };
             let with_body_query = Request { query, ..*req };
             let context = client_context(&with_body_query, d, s);
-            match intake.accept_batch(batch.events(now_ms), &context) {
-                (events, Some(ticket)) => {
+            match intake.accept_batch(batch.beacons(now_ms), req.user_agent, &context) {
+                (events, Some(Accepted::Stored(ticket))) => {
                     Outcome::Accepted { kind: BeaconKind::NoContent, events, grant, ticket }
                 }
+                (_, Some(Accepted::Bot)) => Outcome::DroppedBot,
                 // `parse_body` refuses an empty batch; should one slip through, nothing was stored.
                 (_, None) => rejected(body::BodyError::Empty),
             }
@@ -176,6 +183,22 @@ pub fn post_beacon(
     s.body = body;
     s.batch = batch;
     outcome
+}
+
+/// Decodes the body in place per its `Content-Encoding`; the refusal if it cannot be.
+fn decode_body(req: &Request<'_>, intake: &Intake, body: &mut Vec<u8>) -> Result<(), Outcome> {
+    let coding = match encoding::coding_of(req.content_encoding) {
+        Ok(coding) if !req.content_encoding_repeated => coding,
+        _ => {
+            let message = encoding::UnsupportedEncoding.reason().to_owned();
+            return Err(Outcome::Rejected { status: 415, message, label: "content_encoding" });
+        }
+    };
+    intake.decode_body(coding, body).map_err(|e| Outcome::Rejected {
+        status: e.status(),
+        message: e.to_string(),
+        label: e.label(),
+    })
 }
 
 fn rejected(e: body::BodyError) -> Outcome {
@@ -247,7 +270,8 @@ User-Agent: UA \"1\"\r\nReferer: https://Site.example/p\r\nX-Forwarded-For: 9.9.
     fn a_batch_is_one_tick_and_a_bad_batch_appends_nothing() {
         let d = dialects(|_| {});
         let group = std::rc::Rc::new(crate::wal::group::GroupCommit::new(1 << 20));
-        let intake = Intake::new(crate::ingest::EventAllowlist::new(&[]), group.clone());
+        let policy = crate::ingest::intake::Policy::default();
+        let intake = Intake::new(policy, group.clone(), std::sync::Arc::default());
         let mut s = DialectScratch::new("127.0.0.1".parse().unwrap());
         let head = b"POST /log HTTP/1.1\r\nContent-Type: application/json\r\nUser-Agent: T\r\n\r\n";
         s.body = br#"[{"event":"a","domain":"a.org","file_id":1},{"event":"b","domain":"a.org","file_id":2},

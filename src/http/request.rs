@@ -22,6 +22,7 @@ use std::mem::MaybeUninit;
 
 use super::config::HttpConfig;
 pub use super::config::MAX_HEADERS_CAP;
+use crate::ingest::client::ForwardedFor;
 
 /// Request size limits, one per way a request can be too big.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,13 +109,29 @@ pub struct Request<'a> {
     pub user_agent: Option<&'a [u8]>,
     /// `Referer` header value (first one), for the client context.
     pub referer: Option<&'a [u8]>,
-    /// `X-Forwarded-For` values; several header lines are one list (RFC 9110 §5.3), and only
-    /// the last line is kept: the right-most entries are the ones a trusted proxy wrote.
-    pub forwarded_for: Option<&'a [u8]>,
+    /// `X-Forwarded-For` lines, in order; several lines are one list (RFC 9110 §5.3).
+    pub forwarded_for: ForwardedFor<'a>,
+    /// `Content-Encoding` of the body (first line); `None` without the header.
+    pub content_encoding: Option<&'a [u8]>,
+    /// More than one `Content-Encoding` line: refused as a stacked coding (415).
+    pub content_encoding_repeated: bool,
+    /// `Expect`, HTTP/1.1 only (RFC 9110 §10.1.1: a 1.0 request's is ignored).
+    pub expect: Expect,
     /// `Access-Control-Request-Method`: present only on a CORS preflight.
     pub cors_request_method: Option<&'a [u8]>,
     /// `Accept` header value (first one), for the `/metrics` format.
     pub accept: Option<&'a [u8]>,
+}
+
+/// What an `Expect` header asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Expect {
+    #[default]
+    Nothing,
+    /// `100-continue`: answer `100 Continue` before reading the body.
+    Continue,
+    /// Any other expectation: 417.
+    Unsupported,
 }
 
 /// Outcome of [`parse`].
@@ -211,7 +228,7 @@ pub fn parse<'a>(buf: &'a [u8], limits: &Limits) -> Parsed<'a> {
     let slots = &mut slots[..limits.max_headers.min(MAX_HEADERS_CAP)];
     let mut req = httparse::Request::new(&mut []);
     match req.parse_with_uninit_headers(window, slots) {
-        Ok(httparse::Status::Complete(head_len)) => match build(&req, head_len, limits) {
+        Ok(httparse::Status::Complete(head_len)) => match build(&req, window, head_len, limits) {
             Ok(request) => Parsed::Complete(request),
             Err(e) => Parsed::Invalid(e),
         },
@@ -263,6 +280,7 @@ fn version_error(window: &[u8]) -> HttpError {
 
 fn build<'a>(
     req: &httparse::Request<'_, 'a>,
+    window: &'a [u8],
     head_len: usize,
     limits: &Limits,
 ) -> Result<Request<'a>, HttpError> {
@@ -277,7 +295,7 @@ fn build<'a>(
         Some(at) => (&target[..at], &target[at + 1..]),
         None => (target, ""),
     };
-    let h = scan_headers(req.headers)?;
+    let h = scan_headers(req.headers, window)?;
     Ok(Request {
         method: Method::from_token(method),
         path,
@@ -290,7 +308,10 @@ fn build<'a>(
         content_type: h.content_type,
         user_agent: h.user_agent,
         referer: h.referer,
-        forwarded_for: h.forwarded_for,
+        forwarded_for: h.forwarded.of(window),
+        content_encoding: h.content_encoding,
+        content_encoding_repeated: h.content_encoding_lines > 1,
+        expect: if minor_version >= 1 { h.expect } else { Expect::Nothing },
         cors_request_method: h.cors_request_method,
         accept: h.accept,
     })
@@ -306,7 +327,10 @@ struct Interesting<'a> {
     content_type: Option<&'a [u8]>,
     user_agent: Option<&'a [u8]>,
     referer: Option<&'a [u8]>,
-    forwarded_for: Option<&'a [u8]>,
+    forwarded: ForwardedSpan,
+    content_encoding: Option<&'a [u8]>,
+    content_encoding_lines: u8,
+    expect: Expect,
     cors_request_method: Option<&'a [u8]>,
     accept: Option<&'a [u8]>,
 }
@@ -317,7 +341,35 @@ struct ConnectionTokens {
     keep_alive: bool,
 }
 
-fn scan_headers<'a>(headers: &[httparse::Header<'a>]) -> Result<Interesting<'a>, HttpError> {
+/// Where the `X-Forwarded-For` lines are in the head: offsets of the first value's start and
+/// the last value's end, and the number of lines.
+#[derive(Default, Clone, Copy)]
+struct ForwardedSpan {
+    start: usize,
+    end: usize,
+    lines: u16,
+}
+
+impl ForwardedSpan {
+    fn add(&mut self, window: &[u8], value: &[u8]) {
+        // httparse's values are slices of `window`; their offsets are plain address arithmetic.
+        let start = (value.as_ptr() as usize).saturating_sub(window.as_ptr() as usize);
+        if self.lines == 0 {
+            self.start = start;
+        }
+        self.end = start + value.len();
+        self.lines = self.lines.saturating_add(1);
+    }
+
+    fn of<'a>(&self, window: &'a [u8]) -> ForwardedFor<'a> {
+        match window.get(self.start..self.end) {
+            Some(span) if self.lines > 0 => ForwardedFor::spanning(span, self.lines),
+            _ => ForwardedFor::default(),
+        }
+    }
+}
+
+fn scan_headers<'a>(headers: &[httparse::Header<'a>], window: &[u8]) -> Result<Interesting<'a>, HttpError> {
     let mut h = Interesting::default();
     for header in headers {
         let name = header.name.as_bytes();
@@ -343,7 +395,12 @@ fn scan_headers<'a>(headers: &[httparse::Header<'a>]) -> Result<Interesting<'a>,
                 }
                 h.content_length = Some(value);
             }
-            15 if name.eq_ignore_ascii_case(b"x-forwarded-for") => h.forwarded_for = Some(header.value),
+            6 if name.eq_ignore_ascii_case(b"expect") => h.expect = expectation(h.expect, header.value),
+            15 if name.eq_ignore_ascii_case(b"x-forwarded-for") => h.forwarded.add(window, header.value),
+            16 if name.eq_ignore_ascii_case(b"content-encoding") => {
+                h.content_encoding = h.content_encoding.or(Some(header.value));
+                h.content_encoding_lines = h.content_encoding_lines.saturating_add(1);
+            }
             17 if name.eq_ignore_ascii_case(b"transfer-encoding") => {
                 if h.transfer_encoding.is_some() {
                     return Err(HttpError::Malformed);
@@ -357,6 +414,15 @@ fn scan_headers<'a>(headers: &[httparse::Header<'a>]) -> Result<Interesting<'a>,
         }
     }
     Ok(h)
+}
+
+/// `100-continue` (case-insensitive) is the only expectation defined; anything else, or a
+/// second different one, is unsupported.
+fn expectation(seen: Expect, value: &[u8]) -> Expect {
+    match (seen, value.trim_ascii().eq_ignore_ascii_case(b"100-continue")) {
+        (Expect::Nothing | Expect::Continue, true) => Expect::Continue,
+        _ => Expect::Unsupported,
+    }
 }
 
 /// Decimal digits only (httparse already trimmed surrounding whitespace); no sign, no list.
@@ -406,6 +472,7 @@ fn body_framing(minor_version: u8, h: &Interesting<'_>, limits: &Limits) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ingest::client::ForwardedFor;
 
     fn limits() -> Limits {
         Limits::from(&HttpConfig::default())
@@ -538,13 +605,31 @@ mod tests {
         );
         assert_eq!(r.user_agent, Some(&b"UA/1"[..]));
         assert_eq!(r.referer, Some(&b"https://a.b/x"[..]));
-        assert_eq!(r.forwarded_for, Some(&b"2.2.2.2, 3.3.3.3"[..]));
+        let lines: Vec<&[u8]> = r.forwarded_for.values_rev().collect();
+        assert_eq!(lines, [&b"2.2.2.2, 3.3.3.3"[..], b"1.1.1.1"], "both lines, last first");
+        let one = complete(b"GET / HTTP/1.1\r\nX-Forwarded-For:  9.9.9.9 \r\n\r\n").forwarded_for;
+        assert_eq!(one, ForwardedFor::one(b"9.9.9.9"));
         assert_eq!(r.cors_request_method, Some(&b"POST"[..]));
         let r = complete(BEACON);
         assert_eq!(
-            (r.user_agent, r.referer, r.forwarded_for, r.cors_request_method),
-            (None, None, None, None)
+            (r.user_agent, r.referer, r.forwarded_for.is_empty(), r.cors_request_method),
+            (None, None, true, None)
         );
+    }
+
+    #[test]
+    fn content_encoding_and_expect() {
+        let r = complete(b"POST / HTTP/1.1\r\nContent-Encoding: gzip\r\nExpect: 100-Continue\r\n\r\n");
+        assert_eq!((r.content_encoding, r.content_encoding_repeated), (Some(&b"gzip"[..]), false));
+        assert_eq!(r.expect, Expect::Continue);
+        let r = complete(b"POST / HTTP/1.1\r\nContent-Encoding: gzip\r\ncontent-encoding: gzip\r\n\r\n");
+        assert!(r.content_encoding_repeated);
+        assert_eq!(complete(b"POST / HTTP/1.1\r\nExpect: something\r\n\r\n").expect, Expect::Unsupported);
+        let both = b"POST / HTTP/1.1\r\nExpect: 100-continue\r\nExpect: x\r\n\r\n";
+        assert_eq!(complete(both).expect, Expect::Unsupported);
+        assert_eq!(complete(b"POST / HTTP/1.0\r\nExpect: 100-continue\r\n\r\n").expect, Expect::Nothing);
+        let r = complete(BEACON);
+        assert_eq!((r.content_encoding, r.expect), (None, Expect::Nothing));
     }
 
     #[test]

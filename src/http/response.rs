@@ -34,6 +34,7 @@ pub fn no_content(minor_version: u8, keep_alive: bool) -> &'static [u8] {
 /// allows, for any other.
 pub fn status_text(status: u16) -> &'static str {
     match status {
+        100 => "Continue",
         200 => "OK",
         204 => "No Content",
         400 => "Bad Request",
@@ -45,6 +46,7 @@ pub fn status_text(status: u16) -> &'static str {
         413 => "Content Too Large",
         414 => "URI Too Long",
         415 => "Unsupported Media Type",
+        417 => "Expectation Failed",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
         501 => "Not Implemented",

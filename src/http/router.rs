@@ -13,6 +13,7 @@ use super::conn::ConnContext;
 use super::cors::Grant;
 use super::dialect::{self, DialectScratch, Outcome};
 use super::request::{Method, Request};
+use crate::ingest::intake::Accepted;
 use crate::ingest::QueryScratch;
 use crate::metrics::CoreCounters;
 use crate::observe::Observer;
@@ -22,6 +23,8 @@ use crate::wal::group::Ticket;
 pub(super) enum Reply {
     /// A beacon whose record is in the open tick: 204 if the tick is written, else 503.
     Beacon,
+    /// A valid event from a bot, dropped (`ingest.drop_bots`): 204, nothing stored.
+    DroppedBot,
     Error {
         status: u16,
         reason: &'static str,
@@ -113,11 +116,15 @@ fn beacon(req: &Request<'_>, ctx: &ConnContext, turn: Turn<'_>, kind: BeaconKind
         return refusal;
     }
     let Turn { now_ms, query, dialect, ticket } = turn;
-    let accepted = ctx
-        .intake
-        .accept_query(req.query, now_ms, query, move || dialect::client_context(req, &ctx.dialects, dialect));
+    let accepted = ctx.intake.accept_query(req.query, now_ms, query, req.user_agent, move || {
+        dialect::client_context(req, &ctx.dialects, dialect)
+    });
     match accepted {
-        Ok(appended) => {
+        Ok(Accepted::Bot) => {
+            ctx.counters.count_rejection("bot");
+            Reply::DroppedBot
+        }
+        Ok(Accepted::Stored(appended)) => {
             *ticket = Some(appended);
             // Fast path: a plain `/log` without `Origin` is the static 204.
             match (kind, req.origin) {
@@ -161,6 +168,10 @@ fn dialect_reply(outcome: Outcome, counters: &CoreCounters, ticket: &mut Option<
             Reply::Dialect { kind, events, grant }
         }
         Outcome::Preflight(grant) => Reply::Preflight(grant),
+        Outcome::DroppedBot => {
+            counters.count_rejection("bot");
+            Reply::DroppedBot
+        }
         Outcome::Rejected { status, mut message, label } => {
             counters.count_rejection(label);
             message.push('\n');

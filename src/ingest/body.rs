@@ -3,8 +3,9 @@
 //! Bodies browsers actually send:
 //! - `application/x-www-form-urlencoded`: `event=…&domain=…&file_id=…`, one event, the same
 //!   rules as a GET query (it *is* [`super::parse_beacon`]);
-//! - `application/json`: one object or an array of objects with `event`, `domain` and
-//!   `file_id` (a number or a decimal string); other keys are ignored;
+//! - `application/json`: one object or an array of objects with `event`, `domain`,
+//!   `file_id` (a number or a decimal string) and optionally `event_id` (a UUID string); other
+//!   keys are ignored;
 //! - `text/plain` (what `navigator.sendBeacon(url, string)` sends) and no content type: the
 //!   body is sniffed, JSON if its first non-blank byte is `{` or `[`, else form-encoded.
 //!
@@ -19,7 +20,8 @@
 use std::fmt;
 use std::ops::Range;
 
-use super::{validate_fields, EventAllowlist, FileIdField, QueryScratch, Rejection};
+use super::{validate_fields, Beacon, Fields, FileIdField, QueryScratch, Rejection, Rules};
+use crate::event_id::EventId;
 use crate::wal::record::Event;
 
 /// Which JSON parser reads JSON bodies. simd-json is the production choice (see
@@ -132,6 +134,7 @@ struct Item {
     file_id: u64,
     event: Range<usize>,
     domain: Range<usize>,
+    event_id: Option<EventId>,
 }
 
 impl BatchScratch {
@@ -143,13 +146,16 @@ impl BatchScratch {
         self.items.is_empty()
     }
 
-    /// The events of the batch, in body order, stamped `ts_ms`.
-    pub fn events(&self, ts_ms: u64) -> impl Iterator<Item = Event<'_>> + '_ {
-        self.items.iter().map(move |item| Event {
-            ts_ms,
-            event: &self.text[item.event.clone()],
-            domain: &self.text[item.domain.clone()],
-            file_id: item.file_id,
+    /// The beacons of the batch, in body order, stamped `ts_ms`.
+    pub fn beacons(&self, ts_ms: u64) -> impl ExactSizeIterator<Item = Beacon<'_>> + '_ {
+        self.items.iter().map(move |item| Beacon {
+            event: Event {
+                ts_ms,
+                event: &self.text[item.event.clone()],
+                domain: &self.text[item.domain.clone()],
+                file_id: item.file_id,
+            },
+            event_id: item.event_id,
         })
     }
 
@@ -158,19 +164,22 @@ impl BatchScratch {
         self.items.clear();
     }
 
-    fn push(&mut self, event: &Event<'_>) {
+    fn push(&mut self, beacon: &Beacon<'_>) {
+        let Beacon { event, event_id } = beacon;
         let start = self.text.len();
         self.text.push_str(event.event);
         let mid = self.text.len();
         self.text.push_str(event.domain);
-        self.items.push(Item { file_id: event.file_id, event: start..mid, domain: mid..self.text.len() });
+        let (domain, file_id, event_id) = (mid..self.text.len(), event.file_id, *event_id);
+        self.items.push(Item { file_id, event: start..mid, domain, event_id });
     }
 }
 
 /// The rules a body is checked against.
 #[derive(Debug, Clone, Copy)]
 pub struct BodyRules<'a> {
-    pub allow: &'a EventAllowlist,
+    /// `ingest.events` and `ingest.require_event_id`.
+    pub rules: &'a Rules,
     /// `ingest.max_batch_events`.
     pub max_events: usize,
     pub parser: JsonParser,
@@ -202,8 +211,8 @@ fn parse_form(body: &[u8], rules: &BodyRules<'_>, out: &mut BatchScratch) -> Res
         return Err(BodyError::Empty);
     }
     let mut query = std::mem::take(&mut out.query);
-    let parsed = super::parse_beacon(text, 0, rules.allow, &mut query)
-        .map(|event| out.push(&event))
+    let parsed = super::parse_beacon(text, 0, rules.rules, &mut query)
+        .map(|beacon| out.push(&beacon))
         .map_err(|rejection| BodyError::Item { index: 0, rejection });
     out.query = query;
     parsed
@@ -218,10 +227,11 @@ enum Field<'v> {
     Other,
 }
 
-struct Fields<'v> {
+struct JsonFields<'v> {
     event: Field<'v>,
     domain: Field<'v>,
     file_id: Field<'v>,
+    event_id: Field<'v>,
 }
 
 fn parse_json(body: &mut [u8], rules: &BodyRules<'_>, out: &mut BatchScratch) -> Result<(), BodyError> {
@@ -242,12 +252,13 @@ fn parse_json_simd(body: &mut [u8], rules: &BodyRules<'_>, out: &mut BatchScratc
             Some(v) => v.as_u64().map_or(Field::Other, Field::UInt),
         }
     }
-    fn fields<'v>(item: &'v BorrowedValue<'_>) -> Option<Fields<'v>> {
+    fn fields<'v>(item: &'v BorrowedValue<'_>) -> Option<JsonFields<'v>> {
         let obj = item.as_object()?;
-        Some(Fields {
+        Some(JsonFields {
             event: field(obj, "event"),
             domain: field(obj, "domain"),
             file_id: field(obj, "file_id"),
+            event_id: field(obj, "event_id"),
         })
     }
 
@@ -272,12 +283,13 @@ fn parse_json_serde(body: &[u8], rules: &BodyRules<'_>, out: &mut BatchScratch) 
             Some(v) => v.as_u64().map_or(Field::Other, Field::UInt),
         }
     }
-    fn fields(item: &Value) -> Option<Fields<'_>> {
+    fn fields(item: &Value) -> Option<JsonFields<'_>> {
         let obj = item.as_object()?;
-        Some(Fields {
+        Some(JsonFields {
             event: field(obj, "event"),
             domain: field(obj, "domain"),
             file_id: field(obj, "file_id"),
+            event_id: field(obj, "event_id"),
         })
     }
 
@@ -291,7 +303,7 @@ fn parse_json_serde(body: &[u8], rules: &BodyRules<'_>, out: &mut BatchScratch) 
 /// Validates every item (`None`: not a JSON object) into `out`, stopping at the first bad one.
 fn validate_items<'v>(
     count: usize,
-    items: impl Iterator<Item = Option<Fields<'v>>>,
+    items: impl Iterator<Item = Option<JsonFields<'v>>>,
     rules: &BodyRules<'_>,
     out: &mut BatchScratch,
 ) -> Result<(), BodyError> {
@@ -308,8 +320,8 @@ fn validate_items<'v>(
             result = Err(BodyError::Malformed("items must be JSON objects"));
             break;
         };
-        match validate_json_item(&f, rules.allow, &mut query) {
-            Ok(event) => out.push(&event),
+        match validate_json_item(&f, rules.rules, &mut query) {
+            Ok(beacon) => out.push(&beacon),
             Err(rejection) => {
                 result = Err(BodyError::Item { index, rejection });
                 break;
@@ -321,27 +333,32 @@ fn validate_items<'v>(
 }
 
 fn validate_json_item<'s>(
-    f: &Fields<'_>,
-    allow: &EventAllowlist,
+    f: &JsonFields<'_>,
+    rules: &Rules,
     scratch: &'s mut QueryScratch,
-) -> Result<Event<'s>, Rejection> {
-    let event = match f.event {
-        Field::Missing => None,
-        Field::Str(s) if !has_form_escapes(s) => Some(s),
-        _ => return Err(Rejection::BadEvent),
-    };
-    let domain = match f.domain {
-        Field::Missing => None,
-        Field::Str(s) if !has_form_escapes(s) => Some(s),
-        _ => return Err(Rejection::BadDomain),
-    };
+) -> Result<Beacon<'s>, Rejection> {
     let file_id = match f.file_id {
         Field::Missing => None,
         Field::UInt(n) => Some(FileIdField::Number(n)),
         Field::Str(s) if !has_form_escapes(s) => Some(FileIdField::Text(s)),
         _ => return Err(Rejection::BadFileId),
     };
-    validate_fields(event, domain, file_id, 0, allow, scratch)
+    let fields = Fields {
+        event: text(f.event, Rejection::BadEvent)?,
+        domain: text(f.domain, Rejection::BadDomain)?,
+        file_id,
+        event_id: text(f.event_id, Rejection::BadEventId)?,
+    };
+    validate_fields(&fields, 0, rules, scratch)
+}
+
+/// A JSON string field as a value to validate; anything but a plain string is `bad`.
+fn text<'v>(field: Field<'v>, bad: Rejection) -> Result<Option<&'v str>, Rejection> {
+    match field {
+        Field::Missing => Ok(None),
+        Field::Str(s) if !has_form_escapes(s) => Ok(Some(s)),
+        _ => Err(bad),
+    }
 }
 
 /// `%` and `+` mean something in form encoding; in a JSON value they are just invalid.
@@ -362,14 +379,16 @@ mod tests {
         max_events: usize,
         parser: JsonParser,
     ) -> Result<Vec<(String, String, u64)>, BodyError> {
-        let allow = EventAllowlist::new(&[]);
-        let rules = BodyRules { allow: &allow, max_events, parser };
+        let base = Rules::default();
+        let rules = BodyRules { rules: &base, max_events, parser };
         let mut out = BatchScratch::default();
         let mut bytes = body.as_bytes().to_vec();
         let kind = body_kind(ct.map(str::as_bytes), &bytes)?;
         let result = parse_body(kind, &mut bytes, &rules, &mut out);
-        let events: Vec<_> =
-            out.events(7).map(|e| (e.event.to_owned(), e.domain.to_owned(), e.file_id)).collect();
+        let events: Vec<_> = out
+            .beacons(7)
+            .map(|b| (b.event.event.to_owned(), b.event.domain.to_owned(), b.event.file_id))
+            .collect();
         assert_eq!(events.len(), out.len());
         match result {
             Ok(()) => Ok(events),
@@ -514,9 +533,54 @@ mod tests {
     }
 
     #[test]
+    fn json_event_ids_per_item() {
+        const ID: &str = "3f2b8c1e-9d4a-4c6b-8e21-7a5f0d9c1b2e";
+        for parser in PARSERS {
+            let required = Rules { require_event_id: true, ..Rules::default() };
+            let rules = BodyRules { rules: &required, max_events: 10, parser };
+            let mut out = BatchScratch::default();
+            let mut body = format!(
+                r#"[{{"event":"a","domain":"a.org","file_id":1,"event_id":"{ID}"}},
+                   {{"event":"b","domain":"a.org","file_id":2,"event_id":"{}"}}]"#,
+                ID.to_uppercase()
+            )
+            .into_bytes();
+            parse_body(BodyKind::Json, &mut body, &rules, &mut out).unwrap();
+            let ids: Vec<_> = out.beacons(1).map(|b| b.event_id.map(|id| id.to_string())).collect();
+            assert_eq!(ids, [Some(ID.to_string()), Some(ID.to_string())], "{parser:?}");
+            let cases = [
+                (
+                    r#"{"event":"a","domain":"a.org","file_id":1}"#,
+                    Rejection::Missing(crate::ingest::Param::EventId),
+                ),
+                (r#"{"event":"a","domain":"a.org","file_id":1,"event_id":"x"}"#, Rejection::BadEventId),
+                (r#"{"event":"a","domain":"a.org","file_id":1,"event_id":7}"#, Rejection::BadEventId),
+                (
+                    r#"{"event":"a","domain":"a.org","file_id":1,"event_id":"3f2b8c1e%2D9d4a"}"#,
+                    Rejection::BadEventId,
+                ),
+            ];
+            for (body, rejection) in cases {
+                let mut body = body.as_bytes().to_vec();
+                let got = parse_body(BodyKind::Json, &mut body, &rules, &mut out);
+                assert_eq!(got, Err(BodyError::Item { index: 0, rejection }), "{parser:?}");
+            }
+        }
+        let form = format!("event=a&domain=a.org&file_id=1&eid={ID}");
+        let mut out = BatchScratch::default();
+        let base = Rules::default();
+        let rules = BodyRules { rules: &base, max_events: 10, parser: JsonParser::Simd };
+        parse_body(BodyKind::Form, &mut form.into_bytes(), &rules, &mut out).unwrap();
+        assert_eq!(
+            out.beacons(1).next().and_then(|b| b.event_id).map(|id| id.to_string()).as_deref(),
+            Some(ID)
+        );
+    }
+
+    #[test]
     fn scratch_is_reused_and_cleared() {
-        let allow = EventAllowlist::new(&[]);
-        let rules = BodyRules { allow: &allow, max_events: 10, parser: JsonParser::Simd };
+        let base = Rules::default();
+        let rules = BodyRules { rules: &base, max_events: 10, parser: JsonParser::Simd };
         let mut out = BatchScratch::default();
         let mut good =
             br#"[{"event":"a","domain":"a.org","file_id":1},{"event":"b","domain":"b.org","file_id":2}]"#

@@ -7,7 +7,8 @@
 //!   not itself a trusted proxy. Everything left of it was written by the client and may be
 //!   forged, so it is never read. An untrusted peer's `X-Forwarded-For` is ignored entirely
 //!   (spoofing). A malformed entry met while walking from the right stops the walk at the last
-//!   good address (the nearest proxy's own view), never at a client-chosen one;
+//!   good address (the nearest proxy's own view), never at a client-chosen one. Several
+//!   `X-Forwarded-For` lines are one list, in order (RFC 9110 §5.3);
 //! - the User-Agent is stored as text in the WAL (at most [`UA_MAX_BYTES`], cut at a UTF-8
 //!   boundary) and as a 64-bit FNV-1a hash ([`ua_hash`]) in MySQL, with the text once in
 //!   `user_agents`. The hash is computed by the flusher, so the hot path only copies bytes;
@@ -78,6 +79,56 @@ fn prefix_eq(a: u128, b: u128, prefix_len: u8) -> bool {
     a & mask == b & mask
 }
 
+/// The `X-Forwarded-For` lines of one request, borrowed from the head: the span from the first
+/// line's value to the last line's end, and how many lines there are. One line (the common
+/// case) is just its value; with more, the header lines in between are walked again, so any
+/// number of lines costs no allocation and the request stays small.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ForwardedFor<'a> {
+    span: &'a [u8],
+    lines: u16,
+}
+
+impl<'a> ForwardedFor<'a> {
+    /// One line, as most requests carry.
+    pub fn one(value: &'a [u8]) -> ForwardedFor<'a> {
+        ForwardedFor { span: value, lines: 1 }
+    }
+
+    /// `lines` header lines: `span` starts at the first one's value and ends with the last
+    /// one's value, the header lines between included as they are in the head.
+    pub fn spanning(span: &'a [u8], lines: u16) -> ForwardedFor<'a> {
+        ForwardedFor { span, lines }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lines == 0
+    }
+
+    /// The lines' values, last line first.
+    pub fn values_rev(&self) -> impl Iterator<Item = &'a [u8]> + '_ {
+        let (first, rest) = match self.span.iter().position(|&b| b == b'\n') {
+            Some(at) if self.lines > 1 => (&self.span[..at], &self.span[at + 1..]),
+            _ => (self.span, &[][..]),
+        };
+        let later = rest.rsplit(|&b| b == b'\n').filter_map(forwarded_value);
+        later.chain((!self.is_empty()).then(|| first.strip_suffix(b"\r").unwrap_or(first)))
+    }
+
+    /// Every entry, right-most first, across the lines.
+    fn entries_rev(&self) -> impl Iterator<Item = &'a [u8]> + '_ {
+        self.values_rev().flat_map(|line| line.rsplit(|&b| b == b','))
+    }
+}
+
+/// The value of an `X-Forwarded-For` header line (`None` for any other header).
+fn forwarded_value(line: &[u8]) -> Option<&[u8]> {
+    const NAME: &[u8] = b"x-forwarded-for:";
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let head = line.get(..NAME.len())?;
+    head.eq_ignore_ascii_case(NAME).then(|| line[NAME.len()..].trim_ascii())
+}
+
 /// The peers whose `X-Forwarded-For` is believed (`http.trusted_proxies`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TrustedProxies {
@@ -97,15 +148,15 @@ impl TrustedProxies {
         self.blocks.iter().any(|b| b.contains(ip))
     }
 
-    /// The client address of a request from `peer` carrying `forwarded_for` (the raw
-    /// `X-Forwarded-For` value, if any); see the module doc.
-    pub fn client_ip(&self, peer: IpAddr, forwarded_for: Option<&[u8]>) -> IpAddr {
+    /// The client address of a request from `peer` carrying the `X-Forwarded-For` lines
+    /// `forwarded` (none: empty); see the module doc.
+    pub fn client_ip(&self, peer: IpAddr, forwarded: &ForwardedFor<'_>) -> IpAddr {
         let peer = canonical(peer);
-        let Some(list) = forwarded_for.filter(|_| self.contains(peer)) else {
+        if forwarded.is_empty() || !self.contains(peer) {
             return peer;
-        };
+        }
         let mut client = peer;
-        for entry in list.rsplit(|&b| b == b',') {
+        for entry in forwarded.entries_rev() {
             match parse_forwarded_entry(entry) {
                 Some(ip) if self.contains(ip) => client = ip,
                 Some(ip) => return ip,
@@ -204,6 +255,10 @@ mod tests {
         s.parse().unwrap()
     }
 
+    fn xff(line: &[u8]) -> ForwardedFor<'_> {
+        ForwardedFor::one(line)
+    }
+
     fn proxies(list: &[&str]) -> TrustedProxies {
         TrustedProxies::parse(&list.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap()
     }
@@ -230,27 +285,42 @@ mod tests {
     fn untrusted_peer_cannot_spoof() {
         let p = proxies(&["10.0.0.0/8"]);
         let peer = ip("203.0.113.7");
-        assert_eq!(p.client_ip(peer, Some(b"1.2.3.4")), peer);
-        assert_eq!(p.client_ip(peer, Some(b"10.0.0.1, 1.2.3.4")), peer);
-        assert_eq!(TrustedProxies::default().client_ip(peer, Some(b"1.2.3.4")), peer);
+        assert_eq!(p.client_ip(peer, &xff(b"1.2.3.4")), peer);
+        assert_eq!(p.client_ip(peer, &xff(b"10.0.0.1, 1.2.3.4")), peer);
+        assert_eq!(TrustedProxies::default().client_ip(peer, &xff(b"1.2.3.4")), peer);
     }
 
     #[test]
     fn trusted_peer_gives_right_most_untrusted() {
         let p = proxies(&["10.0.0.0/8", "127.0.0.1"]);
         let peer = ip("127.0.0.1");
-        assert_eq!(p.client_ip(peer, Some(b"198.51.100.9")), ip("198.51.100.9"));
+        assert_eq!(p.client_ip(peer, &xff(b"198.51.100.9")), ip("198.51.100.9"));
         // The client forged "6.6.6.6" on the left; the proxies appended the real address.
-        assert_eq!(p.client_ip(peer, Some(b"6.6.6.6, 198.51.100.9, 10.1.1.1")), ip("198.51.100.9"));
+        assert_eq!(p.client_ip(peer, &xff(b"6.6.6.6, 198.51.100.9, 10.1.1.1")), ip("198.51.100.9"));
         // Only proxies in the chain: the left-most proxy is the best we know.
-        assert_eq!(p.client_ip(peer, Some(b"10.2.2.2,10.1.1.1")), ip("10.2.2.2"));
-        assert_eq!(p.client_ip(peer, None), peer);
-        assert_eq!(p.client_ip(peer, Some(b"")), peer);
+        assert_eq!(p.client_ip(peer, &xff(b"10.2.2.2,10.1.1.1")), ip("10.2.2.2"));
+        assert_eq!(p.client_ip(peer, &ForwardedFor::default()), peer);
+        assert_eq!(p.client_ip(peer, &xff(b"")), peer);
         // Garbage stops the walk at the last good (proxy-written) address.
-        assert_eq!(p.client_ip(peer, Some(b"198.51.100.9, junk, 10.1.1.1")), ip("10.1.1.1"));
-        assert_eq!(p.client_ip(peer, Some(b"[2001:db8::1]:443")), ip("2001:db8::1"));
-        assert_eq!(p.client_ip(peer, Some(b"198.51.100.9:5555")), ip("198.51.100.9"));
-        assert_eq!(p.client_ip(ip("::ffff:127.0.0.1"), Some(b"2001:db8::2")), ip("2001:db8::2"));
+        assert_eq!(p.client_ip(peer, &xff(b"198.51.100.9, junk, 10.1.1.1")), ip("10.1.1.1"));
+        assert_eq!(p.client_ip(peer, &xff(b"[2001:db8::1]:443")), ip("2001:db8::1"));
+        assert_eq!(p.client_ip(peer, &xff(b"198.51.100.9:5555")), ip("198.51.100.9"));
+        assert_eq!(p.client_ip(ip("::ffff:127.0.0.1"), &xff(b"2001:db8::2")), ip("2001:db8::2"));
+    }
+
+    #[test]
+    fn several_lines_are_one_list() {
+        let p = proxies(&["10.0.0.0/8", "127.0.0.1"]);
+        let peer = ip("127.0.0.1");
+        let span = b"6.6.6.6, 198.51.100.9\r\nAccept: x\r\nx-forwarded-for: 10.1.1.1";
+        let f = ForwardedFor::spanning(span, 2);
+        let values: Vec<&[u8]> = f.values_rev().collect();
+        assert_eq!(values, [&b"10.1.1.1"[..], b"6.6.6.6, 198.51.100.9"]);
+        assert_eq!(p.client_ip(peer, &f), ip("198.51.100.9"), "the walk crosses into the earlier line");
+        let empty_last = ForwardedFor::spanning(b"198.51.100.9\r\nX-Forwarded-For: ", 2);
+        assert_eq!(p.client_ip(peer, &empty_last), peer, "an empty line is a malformed entry");
+        assert!(ForwardedFor::default().is_empty() && !f.is_empty());
+        assert_eq!(ForwardedFor::default().values_rev().count(), 0);
     }
 
     #[test]

@@ -22,8 +22,24 @@ pub struct MysqlConfig {
     pub retry_min_ms: u64,
     /// Longest retry delay. Default 5000 ms.
     pub retry_max_ms: u64,
-    /// Largest statement sent; keep below the server's max_allowed_packet. Default 8 MiB.
+    /// Largest statement sent; the server's `@@max_allowed_packet` (read at connect) lowers
+    /// it further. Default 8 MiB.
     pub max_statement_bytes: usize,
+    /// How event rows are sent: `load_data` (`LOAD DATA LOCAL`, streamed from memory as
+    /// TSV; where the server has `local_infile` off, multi-row INSERT, said in the log) or
+    /// `insert`. Default `load_data`.
+    pub method: Method,
+    /// Write one `events` row per event. `false`: rollups only (needs a `[[rollup]]`).
+    /// Default true.
+    pub raw_events: bool,
+}
+
+/// `mysql.method`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Method {
+    LoadData,
+    Insert,
 }
 
 impl Default for MysqlConfig {
@@ -37,6 +53,8 @@ impl Default for MysqlConfig {
             retry_min_ms: 100,
             retry_max_ms: 5000,
             max_statement_bytes: 8 * 1024 * 1024,
+            method: Method::LoadData,
+            raw_events: true,
         }
     }
 }

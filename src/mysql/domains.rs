@@ -1,4 +1,12 @@
-//! The flusher's domain name → id cache.
+//! Domain name → id: a bounded cache and its resolution against MySQL, shared by every
+//! connection of the sink.
+//!
+//! Resolution ([`DomainResolver::resolve`]): cache hits first; the names the cache does not
+//! know get one `INSERT IGNORE` and one `SELECT … WHERE name IN`, outside the event
+//! transaction. Both are idempotent, so connections inserting the same new name at the same
+//! time all end with the one id MySQL kept (the unique key decides; an `INSERT IGNORE` that
+//! meets another session's uncommitted insert of the name waits for it). The cache is only
+//! borrowed between awaits, never across one (one thread, several connections' futures).
 //!
 //! Eviction policy: two generations. Lookups hit `young` then `old`; a hit in `old` is
 //! promoted to `young`. When `young` reaches half the bound, `old` is dropped and `young`
@@ -11,9 +19,18 @@
 //! Each entry counts its hits (lookups answered from the cache) for `/debug/domain-cache`;
 //! the count lives and dies with the entry, so an evicted and reloaded name starts at 0.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use serde::Serialize;
+
+use super::db::{cell, Db, DbError};
+use super::sql::{self, SqlBuffer};
+use super::stats::MysqlStats;
+use crate::clock::unix_ms;
+use crate::sink::Batch;
 
 /// One cached name: its id and how many lookups it answered.
 #[derive(Debug, Clone, Copy)]
@@ -103,7 +120,7 @@ pub struct DomainHits {
     pub hits: u64,
 }
 
-/// What the flusher last published about its cache, read by `/debug/domain-cache`. The cache
+/// What the sink last published about its cache, read by `/debug/domain-cache`. The cache
 /// itself lives on the flusher thread; this copy is refreshed at most once per flush interval.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct DomainCacheSnapshot {
@@ -116,6 +133,109 @@ pub struct DomainCacheSnapshot {
     /// Unix ms when this snapshot was taken.
     pub published_unix_ms: u64,
     pub top: Vec<DomainHits>,
+}
+
+/// The cache and how it is filled; one per sink, shared by its connections (`Rc`).
+#[derive(Debug)]
+pub struct DomainResolver {
+    cache: RefCell<DomainCache>,
+    stats: Arc<MysqlStats>,
+    /// Shortest time between two published snapshots (`mysql.flush_interval_ms`).
+    publish_interval_ms: u64,
+}
+
+impl DomainResolver {
+    pub fn new(capacity: usize, stats: Arc<MysqlStats>, publish_interval_ms: u64) -> DomainResolver {
+        DomainResolver { cache: RefCell::new(DomainCache::new(capacity)), stats, publish_interval_ms }
+    }
+
+    /// Loads up to the cache's capacity of the most recently created domains.
+    pub async fn preload(&self, db: &mut Db) -> Result<(), DbError> {
+        const WHAT: &str = "preload domains";
+        let capacity = self.cache.borrow().capacity();
+        let mut text = b"SELECT id, name FROM domains ORDER BY id DESC LIMIT ".to_vec();
+        text.extend_from_slice(itoa::Buffer::new().format(capacity).as_bytes());
+        let rows = db.query(WHAT, &text).await?;
+        let decoded: Vec<(u32, String)> = rows
+            .iter()
+            .map(|r| Ok((cell(WHAT, r, 0)?, cell(WHAT, r, 1)?)))
+            .collect::<Result<_, DbError>>()?;
+        let mut cache = self.cache.borrow_mut();
+        for (id, name) in decoded.iter().rev() {
+            cache.insert(name, *id);
+        }
+        self.stats.domain_cache_loaded_unix_ms.store(unix_ms(), Ordering::Relaxed);
+        self.stats.publish_domain_cache(&cache, unix_ms(), 0);
+        Ok(())
+    }
+
+    /// Fills `ids` with the domain id of each row of `batch`, inserting unknown names.
+    pub async fn resolve(
+        &self,
+        db: &mut Db,
+        batch: &Batch,
+        max_bytes: usize,
+        ids: &mut Vec<u32>,
+    ) -> Result<(), DbError> {
+        let missing = self.cached_ids(batch, ids);
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let mut names: Vec<&str> = missing.iter().map(|&i| batch.domain(&batch.rows()[i])).collect();
+        names.sort_unstable();
+        names.dedup();
+        let found = fetch_ids(db, &names, max_bytes).await?;
+        let mut cache = self.cache.borrow_mut();
+        for &i in &missing {
+            let name = batch.domain(&batch.rows()[i]);
+            let id = *found.get(name).ok_or_else(|| DbError::DomainMissing(name.to_owned()))?;
+            ids[i] = id;
+            cache.insert(name, id);
+        }
+        self.stats.domain_cache_refreshed_unix_ms.store(unix_ms(), Ordering::Relaxed);
+        self.stats.publish_domain_cache(&cache, unix_ms(), self.publish_interval_ms);
+        Ok(())
+    }
+
+    /// Ids from the cache (0 where it misses); returns the rows it missed.
+    fn cached_ids(&self, batch: &Batch, ids: &mut Vec<u32>) -> Vec<usize> {
+        ids.clear();
+        let mut missing = Vec::new();
+        let mut cache = self.cache.borrow_mut();
+        for (i, row) in batch.rows().iter().enumerate() {
+            let id = cache.get(batch.domain(row));
+            ids.push(id.unwrap_or(0));
+            if id.is_none() {
+                missing.push(i);
+            }
+        }
+        let misses = missing.len() as u64;
+        self.stats.domain_cache_hits.fetch_add(batch.len() as u64 - misses, Ordering::Relaxed);
+        self.stats.domain_cache_misses.fetch_add(misses, Ordering::Relaxed);
+        if missing.is_empty() {
+            self.stats.publish_domain_cache(&cache, unix_ms(), self.publish_interval_ms);
+        }
+        missing
+    }
+}
+
+/// Inserts `names` (sorted, distinct) and reads their ids back.
+async fn fetch_ids(db: &mut Db, names: &[&str], max_bytes: usize) -> Result<HashMap<String, u32>, DbError> {
+    const WHAT: &str = "select domains";
+    let mut statements = SqlBuffer::default();
+    sql::build_domain_inserts(names.iter().copied(), max_bytes, &mut statements)?;
+    for statement in statements.statements() {
+        db.execute("insert domains", statement).await?;
+    }
+    statements.clear();
+    sql::build_domain_selects(names.iter().copied(), max_bytes, &mut statements)?;
+    let mut found = HashMap::with_capacity(names.len());
+    for statement in statements.statements() {
+        for row in db.query(WHAT, statement).await? {
+            found.insert(cell::<String>(WHAT, &row, 1)?, cell::<u32>(WHAT, &row, 0)?);
+        }
+    }
+    Ok(found)
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@ use prometheus_client::registry::{Registry, Unit};
 use super::negotiate::{negotiate, MetricsFormat};
 use super::wal_usage::{self, WalUsage};
 use super::Observer;
+use crate::ingest::encoding::{Coding, CodingTotals};
 use crate::metrics::{self, CoreTotals, LIMITS, REJECT_REASONS, STATUS_CODES};
 use crate::wal::Position;
 
@@ -44,14 +45,92 @@ pub struct Scrape {
     quarantined_segments: u64,
     commit_lag_bytes: u64,
     commit_lag_events: u64,
-    domain_entries: u64,
-    domain_hits: u64,
-    domain_misses: u64,
+    mysql: MysqlScrape,
     ready: bool,
     uptime_seconds: f64,
     process: ProcessStats,
     flush_duration: Histogram,
     batch_rows: Histogram,
+}
+
+/// The MySQL sink's side of a scrape (`crate::mysql::MysqlStats`).
+#[derive(Debug, Default)]
+struct MysqlScrape {
+    domain_entries: u64,
+    domain_hits: u64,
+    domain_misses: u64,
+    statement_bytes_max: u64,
+    rows_too_large: u64,
+    schema_errors: u64,
+    fenced: u64,
+    load_data: bool,
+    load_data_fallbacks: u64,
+    rollup_keys: u64,
+    rejects_by_code: Vec<(u32, u64)>,
+}
+
+impl MysqlScrape {
+    fn take(m: &crate::mysql::MysqlStats) -> MysqlScrape {
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        MysqlScrape {
+            domain_entries: load(&m.domain_cache_entries),
+            domain_hits: load(&m.domain_cache_hits),
+            domain_misses: load(&m.domain_cache_misses),
+            statement_bytes_max: load(&m.statement_bytes_max),
+            rows_too_large: load(&m.rows_too_large),
+            schema_errors: load(&m.schema_errors),
+            fenced: load(&m.fenced),
+            load_data: m.load_data.load(Ordering::Relaxed),
+            load_data_fallbacks: load(&m.load_data_fallbacks),
+            rollup_keys: load(&m.rollup_keys),
+            rejects_by_code: m.rejects_by_code(),
+        }
+    }
+
+    fn encode(&self, e: &mut DescriptorEncoder) -> R {
+        gauge(e, "ingest_domain_cache_entries", "Names in the domain id cache", None, self.domain_entries)?;
+        counter(
+            e,
+            "ingest_domain_cache_hits",
+            "Domain lookups answered by the cache",
+            None,
+            self.domain_hits,
+        )?;
+        counter(
+            e,
+            "ingest_domain_cache_misses",
+            "Domain lookups that went to MySQL",
+            None,
+            self.domain_misses,
+        )?;
+        let bytes = Some(&Unit::Bytes);
+        let limit =
+            "Statement limit in force: min(mysql.max_statement_bytes, server max_allowed_packet - margin)";
+        gauge(e, "ingest_mysql_statement_max", limit, bytes, self.statement_bytes_max)?;
+        let too_large = "Rows refused because alone they exceed the statement limit";
+        counter(e, "ingest_mysql_rows_too_large", too_large, None, self.rows_too_large)?;
+        let schema = "MySQL failures because the schema or grants do not fit (delivery waits)";
+        counter(e, "ingest_mysql_schema_errors", schema, None, self.schema_errors)?;
+        counter(e, "ingest_mysql_fenced", "Deliveries fenced by a cursor elsewhere", None, self.fenced)?;
+        gauge(
+            e,
+            "ingest_mysql_load_data",
+            "1 while rows go by LOAD DATA LOCAL, 0 by INSERT",
+            None,
+            self.load_data as u64,
+        )?;
+        let fallbacks = "LOAD DATA LOCAL refused by the server (then INSERT)";
+        counter(e, "ingest_mysql_load_data_fallbacks", fallbacks, None, self.load_data_fallbacks)?;
+        counter(e, "ingest_mysql_rollup_keys", "Rollup keys upserted, all rollups", None, self.rollup_keys)?;
+        let rejects = self.rejects_by_code.iter().map(|&(c, n)| (c.to_string(), n));
+        counter_family(
+            e,
+            "ingest_mysql_rejected_rows",
+            "Rows dead-lettered in ingest_rejects",
+            "code",
+            rejects,
+        )
+    }
 }
 
 /// Process metrics from `/proc/self`; `None` where it cannot be read.
@@ -119,9 +198,7 @@ impl Scrape {
             quarantined_segments: load(&f.quarantined_segments),
             commit_lag_bytes,
             commit_lag_events,
-            domain_entries: load(&f.domain_cache_entries),
-            domain_hits: load(&f.domain_cache_hits),
-            domain_misses: load(&f.domain_cache_misses),
+            mysql: MysqlScrape::take(&observer.mysql),
             ready: observer.not_ready().is_none(),
             uptime_seconds: observer.started.elapsed().as_secs_f64(),
             process: ProcessStats::read(),
@@ -227,6 +304,27 @@ fn histogram(e: &mut DescriptorEncoder, name: &str, help: &str, unit: Option<&Un
     h.encode(e.encode_descriptor(name, help, unit, h.metric_type())?)
 }
 
+/// POST bodies by `Content-Encoding` (`crate::ingest::encoding`).
+fn encode_codings(e: &mut DescriptorEncoder, c: &CodingTotals) -> R {
+    let by_coding = |values: [u64; Coding::ALL.len()]| {
+        Coding::ALL.into_iter().zip(values).map(|(coding, n)| (coding.label().to_owned(), n))
+    };
+    counter_family(
+        e,
+        "ingest_body_decoded",
+        "POST bodies read, by Content-Encoding",
+        "encoding",
+        by_coding(c.bodies),
+    )?;
+    let help = "POST body bytes as received, by Content-Encoding";
+    counter_family(e, "ingest_body_in_bytes", help, "encoding", by_coding(c.bytes_in))?;
+    let help = "POST body bytes once decoded, by Content-Encoding";
+    counter_family(e, "ingest_body_out_bytes", help, "encoding", by_coding(c.bytes_out))?;
+    let help =
+        "Compressed bodies refused for expanding past http.max_body_bytes or http.max_decompression_ratio";
+    counter(e, "ingest_body_bombs_refused", help, None, c.bombs)
+}
+
 impl Collector for Scrape {
     fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let t = &self.totals;
@@ -319,21 +417,7 @@ impl Collector for Scrape {
         histogram(e, "ingest_flush_batch_rows", "Rows per committed batch", None, &self.batch_rows)?;
         gauge(e, "ingest_mysql_up", "1 if the last MySQL operation succeeded", None, self.mysql_up as u64)?;
         gauge(e, "ingest_ready", "1 while /readyz answers 200", None, self.ready as u64)?;
-        gauge(e, "ingest_domain_cache_entries", "Names in the domain id cache", None, self.domain_entries)?;
-        counter(
-            e,
-            "ingest_domain_cache_hits",
-            "Domain lookups answered by the cache",
-            None,
-            self.domain_hits,
-        )?;
-        counter(
-            e,
-            "ingest_domain_cache_misses",
-            "Domain lookups that went to MySQL",
-            None,
-            self.domain_misses,
-        )?;
+        self.mysql.encode(e)?;
         let limits = LIMITS.iter().zip(t.limit_hits).map(|(l, n)| (l.to_string(), n));
         counter_family(
             e,
@@ -342,6 +426,7 @@ impl Collector for Scrape {
             "limit",
             limits,
         )?;
+        encode_codings(e, &t.codings)?;
         gauge(e, "ingest_connections_open", "Client connections open", None, t.connections_open)?;
         counter(
             e,
@@ -390,6 +475,7 @@ mod tests {
         obs.cores[1].count_rejection("bad_domain");
         metrics::bump(&obs.cores[0].events_accepted, 2);
         obs.flush.flush_duration_seconds.observe(0.02);
+        obs.mysql.count_rejects(1406, 2);
         let text = String::from_utf8(metrics_text(&obs)).unwrap();
         for needle in [
             "ingest_requests_total{code=\"204\"} 2\n",
@@ -409,6 +495,8 @@ mod tests {
             "ingest_domain_cache_entries 0\n",
             "ingest_domain_cache_hits_total 0\n",
             "ingest_domain_cache_misses_total 0\n",
+            "ingest_mysql_rejected_rows_total{code=\"1406\"} 2\n",
+            "ingest_mysql_statement_max_bytes 0\n",
             "ingest_http_limit_hits_total{limit=\"url_bytes\"} 0\n",
             "process_open_fds ",
             "process_resident_memory_bytes ",

@@ -116,6 +116,14 @@ pub fn stats_value(observer: &Observer) -> Value {
             "last_flush_rows": load(&f.last_flush_rows),
             "last_flush_duration_ms": load(&f.last_flush_duration_us) as f64 / 1000.0,
             "batches": load(&f.batches),
+            "statement_bytes_max": load(&observer.mysql.statement_bytes_max),
+            "rows_too_large": load(&observer.mysql.rows_too_large),
+            "schema_errors": load(&observer.mysql.schema_errors),
+            "fenced": load(&observer.mysql.fenced),
+            "method": if observer.mysql.load_data.load(Ordering::Relaxed) { "load_data" } else { "insert" },
+            "load_data_fallbacks": load(&observer.mysql.load_data_fallbacks),
+            "rollup_keys": load(&observer.mysql.rollup_keys),
+            "rejected_rows_by_code": rejects_by_code(observer),
         },
         "drain_rate_rows_per_second": rate,
         "replay": {
@@ -124,6 +132,12 @@ pub fn stats_value(observer: &Observer) -> Value {
             "events_caught_up": load(&f.wal_catchup_total),
         },
     })
+}
+
+/// `{"1406": 3, …}`: dead-lettered rows per MySQL error code.
+fn rejects_by_code(observer: &Observer) -> Value {
+    let by_code = observer.mysql.rejects_by_code().into_iter().map(|(c, n)| (c.to_string(), json!(n)));
+    Value::Object(by_code.collect())
 }
 
 fn non_zero(v: u64) -> Option<u64> {
@@ -136,20 +150,17 @@ pub fn domain_cache_json(observer: &Observer) -> Vec<u8> {
 }
 
 pub fn domain_cache_value(observer: &Observer) -> Value {
-    let f = &observer.flush;
-    let snapshot = match f.domain_cache.lock() {
-        Ok(s) => s.clone(),
-        Err(poisoned) => poisoned.into_inner().clone(),
-    };
+    let m = &observer.mysql;
+    let snapshot = m.domain_cache();
     json!({
-        "size": f.domain_cache_entries.load(Ordering::Relaxed),
+        "size": m.domain_cache_entries.load(Ordering::Relaxed),
         "capacity": snapshot.capacity,
-        "hits": f.domain_cache_hits.load(Ordering::Relaxed),
-        "misses": f.domain_cache_misses.load(Ordering::Relaxed),
+        "hits": m.domain_cache_hits.load(Ordering::Relaxed),
+        "misses": m.domain_cache_misses.load(Ordering::Relaxed),
         "last_load_unix_ms": non_zero(snapshot.last_load_unix_ms),
         "last_refresh_unix_ms": non_zero(snapshot.last_refresh_unix_ms),
         "snapshot_unix_ms": non_zero(snapshot.published_unix_ms),
-        "mysql_up": f.mysql_up.load(Ordering::Relaxed),
+        "mysql_up": observer.flush.mysql_up.load(Ordering::Relaxed),
         "top": snapshot.top,
     })
 }
@@ -186,6 +197,9 @@ mod tests {
         assert_eq!(v["mysql"]["up"], false);
         assert_eq!(v["mysql"]["down_since_unix_ms"], 1234);
         assert_eq!(v["queue"]["capacity"], 100);
+        obs.mysql.count_rejects(1406, 2);
+        let v: Value = serde_json::from_slice(&stats_json(&obs)).unwrap();
+        assert_eq!(v["mysql"]["rejected_rows_by_code"]["1406"], 2);
         assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
     }
 
@@ -205,7 +219,7 @@ mod tests {
         let mut cache = DomainCache::new(8);
         cache.insert("hot.org", 7);
         cache.get("hot.org");
-        obs.flush.publish_domain_cache(&cache, 99, 0);
+        obs.mysql.publish_domain_cache(&cache, 99, 0);
         let v: Value = serde_json::from_slice(&domain_cache_json(&obs)).unwrap();
         assert_eq!(v["size"], 1);
         assert_eq!(v["capacity"], 8);

@@ -26,8 +26,7 @@ use super::accept::{accept_until_drain, drain_connections, DrainSignal};
 use crate::config::Config;
 use crate::flush::stats::FlushStats;
 use crate::http::conn::ConnContext;
-use crate::ingest::intake::Intake;
-use crate::ingest::EventAllowlist;
+use crate::ingest::intake::{Intake, Policy};
 use crate::metrics::{bump, CoreCounters};
 use crate::observe::Observer;
 use crate::queue::{CoreProgress, Offer, QueueSender, WalChunk};
@@ -121,7 +120,7 @@ async fn serve_core(setup: CoreSetup) -> Result<(), CoreError> {
         .map_err(|source| CoreError::Wal { core, source })?
         .with_mode(cfg.wal.write_mode);
     let group = Rc::new(GroupCommit::new(cfg.wal.write_buffer_bytes));
-    let intake = Intake::new(EventAllowlist::new(&cfg.ingest.events), group.clone());
+    let intake = Intake::new(Policy::from_config(cfg), group.clone(), setup.counters.clone());
     let ctx = Rc::new(ConnContext::new(cfg, intake, setup.counters.clone(), setup.observer.clone()));
     let watch = BudgetWatch {
         core,

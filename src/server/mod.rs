@@ -1,9 +1,10 @@
 //! Wiring of a running collector, in start order:
-//! lock the WAL dir → raise the descriptor limit and fit the connection cap to it
-//! (`fd_limit`) → recover each core's WAL → bind one SO_REUSEPORT listener per core →
-//! start the flusher → start the pinned core threads. [`Running::shutdown`] reverses it:
-//! cores drain (stop accepting, answer in-flight requests, write and sync the WAL), then the
-//! flusher makes its last delivery and writes commit.meta.
+//! lock the WAL dir → open its identity (`crate::cursor::open_wal_identity`) → raise the
+//! descriptor limit and fit the connection cap to it (`fd_limit`) → recover each core's WAL →
+//! bind one SO_REUSEPORT listener per core → start the flusher → start the pinned core
+//! threads. [`Running::shutdown`] reverses it: cores drain (stop accepting, answer in-flight
+//! requests, write and sync the WAL), then the flusher makes its last delivery and writes
+//! commit.meta.
 //!
 //! Invariant: listeners are bound before any core thread runs, so a client can connect as soon
 //! as [`start`] returns (the kernel queues connections until the core accepts them).
@@ -28,6 +29,7 @@ use crate::config::Config;
 use crate::flush::stats::FlushStats;
 use crate::flush::{self, FlusherHandle};
 use crate::metrics::{bump, CoreCounters};
+use crate::mysql::MysqlStats;
 use crate::observe::{Observer, ObserverInputs};
 use crate::queue::{self, CoreProgress};
 use crate::wal::budget::{fs_space, DiskBudget};
@@ -42,6 +44,8 @@ pub enum ServerError {
     WalDir { path: std::path::PathBuf, source: std::io::Error },
     #[error(transparent)]
     Lock(#[from] lock::LockError),
+    #[error(transparent)]
+    Identity(#[from] crate::cursor::CursorError),
     #[error("WAL recovery of core {core}: {source}")]
     Recovery { core: u16, source: crate::wal::WalError },
     #[error("cannot listen on {addr}: {source}")]
@@ -69,6 +73,11 @@ pub fn start(mut config: Config) -> Result<Running, ServerError> {
     std::fs::create_dir_all(&wal_dir)
         .map_err(|source| ServerError::WalDir { path: wal_dir.clone(), source })?;
     let dir_lock = lock::lock_wal_dir(&wal_dir)?;
+    // Before any core directory is touched: whose WAL this is (refused if another node's).
+    let identity =
+        crate::cursor::open_wal_identity(&wal_dir, &config.ingest.node_id, &crate::config::hostname())?;
+    config.ingest.node_id = identity.node.clone();
+    tracing::info!(node = %identity.node, wal = %identity.wal, "WAL identity");
 
     let cpus = cpus::allowed_cpus();
     let core_count = if config.server.cores == 0 { cpus.len() } else { config.server.cores };
@@ -95,19 +104,27 @@ pub fn start(mut config: Config) -> Result<Running, ServerError> {
     let progress: Vec<Arc<CoreProgress>> = tails.iter().map(|&t| Arc::new(CoreProgress::new(t))).collect();
     let flush_stats = Arc::new(FlushStats::new(core_count));
     flush_stats.wal_disk_bytes.store(wal_bytes, Ordering::Relaxed);
+    let mysql_stats = Arc::new(MysqlStats::default());
     let observer = Arc::new(Observer::new(ObserverInputs {
         cores: counters.clone(),
         progress: progress.clone(),
         flush: flush_stats.clone(),
+        mysql: mysql_stats.clone(),
         queue_depth: queue_rx.depth_handle(),
         queue_capacity: queue_rx.capacity(),
         wal_dir: wal_dir.clone(),
         node_id: config.ingest.node_id.clone(),
     }));
     let flusher_shutdown = Arc::new(AtomicBool::new(false));
-    let flusher =
-        flush::spawn(&config, queue_rx, progress.clone(), flush_stats.clone(), flusher_shutdown.clone())
-            .map_err(|source| ServerError::Thread { name: "flusher".into(), source })?;
+    let flusher = flush::spawn(
+        &config,
+        queue_rx,
+        progress.clone(),
+        flush_stats.clone(),
+        mysql_stats,
+        flusher_shutdown.clone(),
+    )
+    .map_err(|source| ServerError::Thread { name: "flusher".into(), source })?;
 
     let shutdown = Arc::new(AtomicBool::new(false));
     let pin = config.server.pin_cores;

@@ -1,8 +1,10 @@
 //! `player-stat-collector wal inspect|verify`: the WAL's "fsck". Reads only (no lock, no
 //! repair), so it works on a stopped collector and, with a moving tail, on a running one.
 //!
-//! Per core it reports the segments with their record counts and damage, the committed cursor
-//! from `commit.meta`, and the backlog (records and bytes after that cursor); then the files in
+//! It reports the WAL's identity, then per lane the segments with their record counts and
+//! damage, the committed cursor the caller read from `commit.meta` (the least over the lane's
+//! shards; this module does not read `commit.meta`: `crate::cursor` depends on the WAL, not
+//! the other way round), and the backlog (records and bytes after that cursor); then the files in
 //! `quarantine/`. `verify` fails on [`DamageKind::Corrupt`] only: a torn tail of the newest
 //! segment is an interrupted write that recovery cuts at the next start, never an
 //! acknowledged record (and on a running collector it can be a write in progress).
@@ -11,12 +13,13 @@ use std::fmt::Write as _;
 use std::fs;
 use std::path::Path;
 
+use super::identity::{read_identity, IdentityError, LaneId, WalIdentity};
+use super::lane::read_lane;
 use super::quarantine::quarantine_dir;
 use super::record;
 use super::recovery::{verify_core, CoreReport, DamageKind, SegmentReport};
 use super::segment::{core_dir, list_cores, segment_path};
 use super::{Position, WalError};
-use crate::cursor::{read_commit_meta, CursorError};
 
 /// Why the WAL could not be inspected.
 #[derive(Debug, thiserror::Error)]
@@ -24,7 +27,7 @@ pub enum InspectError {
     #[error(transparent)]
     Wal(#[from] WalError),
     #[error(transparent)]
-    Cursor(#[from] CursorError),
+    Identity(#[from] IdentityError),
 }
 
 /// What is not yet committed to MySQL on one core.
@@ -38,8 +41,10 @@ pub struct Backlog {
 /// One core as inspected.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CoreInspection {
+    /// `None` for a directory of the previous version (no LANE file yet).
+    pub lane: Option<LaneId>,
     pub report: CoreReport,
-    /// From `commit.meta`; `Position::default()` if it has none for this core.
+    /// From `commit.meta`; `Position::default()` if it has none for this lane.
     pub committed: Position,
     pub backlog: Backlog,
 }
@@ -47,7 +52,8 @@ pub struct CoreInspection {
 /// The whole WAL directory as inspected.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Inspection {
-    pub node: Option<String>,
+    /// `None` if the directory has no IDENTITY (new, or of the previous version).
+    pub identity: Option<WalIdentity>,
     pub cores: Vec<CoreInspection>,
     /// (file name, bytes) of every file in `quarantine/`.
     pub quarantined: Vec<(String, u64)>,
@@ -61,29 +67,24 @@ impl Inspection {
     }
 }
 
-/// Reads `wal_dir` and every segment in it.
-pub fn inspect(wal_dir: &Path) -> Result<Inspection, InspectError> {
-    let meta = read_commit_meta(wal_dir)?;
-    let cursors = meta.as_ref().map(|m| m.cores.clone()).unwrap_or_default();
-    let mut numbers = match list_cores(wal_dir) {
+/// Reads `wal_dir` and every segment in it; `committed` is each lane's cursor (least over
+/// its shards) as `commit.meta` holds it.
+pub fn inspect(wal_dir: &Path, committed: &[(LaneId, Position)]) -> Result<Inspection, InspectError> {
+    let identity = read_identity(wal_dir)?;
+    let numbers = match list_cores(wal_dir) {
         Ok(n) => n,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
         Err(source) => return Err(WalError::Io { path: wal_dir.to_owned(), source }.into()),
     };
-    numbers.extend((0..cursors.len()).filter_map(|c| u16::try_from(c).ok()));
-    numbers.sort_unstable();
-    numbers.dedup();
     let mut cores = Vec::with_capacity(numbers.len());
     for core in numbers {
-        let report = match fs::metadata(core_dir(wal_dir, core)) {
-            Ok(_) => verify_core(wal_dir, core)?,
-            Err(_) => CoreReport { core, segments: Vec::new() },
-        };
-        let committed = cursors.get(usize::from(core)).copied().unwrap_or_default();
+        let lane = read_lane(&core_dir(wal_dir, core))?;
+        let report = verify_core(wal_dir, core)?;
+        let committed = committed.iter().find(|(l, _)| Some(*l) == lane).map_or(Position::default(), |c| c.1);
         let backlog = backlog_of(wal_dir, &report, committed)?;
-        cores.push(CoreInspection { report, committed, backlog });
+        cores.push(CoreInspection { lane, report, committed, backlog });
     }
-    Ok(Inspection { node: meta.map(|m| m.node), cores, quarantined: list_quarantine(wal_dir) })
+    Ok(Inspection { identity, cores, quarantined: list_quarantine(wal_dir) })
 }
 
 /// Records and bytes after `committed`: whole segments after its segment, and the part of
@@ -122,14 +123,22 @@ fn list_quarantine(wal_dir: &Path) -> Vec<(String, u64)> {
 /// The human-readable report printed by `wal inspect` and `wal verify`.
 pub fn render(inspection: &Inspection, wal_dir: &Path) -> String {
     let mut out = String::new();
-    let node = inspection.node.as_deref().unwrap_or("(no commit.meta)");
-    let _ = writeln!(out, "wal {}  node {node}", wal_dir.display());
+    let _ = match &inspection.identity {
+        Some(id) => writeln!(out, "wal {}  node {}  wal id {}", wal_dir.display(), id.node, id.wal),
+        None => writeln!(out, "wal {}  (no IDENTITY)", wal_dir.display()),
+    };
     for core in &inspection.cores {
         let (c, b) = (&core.committed, &core.backlog);
         let _ = writeln!(
             out,
-            "core {}: committed {}:{}  backlog {} records, {} bytes in {} segments",
-            core.report.core, c.segment, c.offset, b.records, b.bytes, b.segments
+            "core {} lane {}: committed {}:{}  backlog {} records, {} bytes in {} segments",
+            core.report.core,
+            core.lane.map_or("(no LANE)".to_owned(), |l| format!("{:016x}", l.incarnation)),
+            c.segment,
+            c.offset,
+            b.records,
+            b.bytes,
+            b.segments
         );
         for seg in &core.report.segments {
             render_segment(&mut out, seg);
@@ -162,7 +171,8 @@ fn render_segment(out: &mut String, seg: &SegmentReport) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cursor::{write_commit_meta, CommitMeta};
+    use crate::wal::identity::open_identity;
+    use crate::wal::lane::open_lane;
     use crate::wal::record::{encode, Context, Event};
 
     fn records(first: u64, n: u64) -> Vec<u8> {
@@ -176,8 +186,9 @@ mod tests {
     #[test]
     fn reports_segments_cursor_backlog_and_corruption() {
         let wal = tempfile::tempdir().unwrap();
+        let id = open_identity(wal.path(), "n1", "h").unwrap();
+        let lane = open_lane(wal.path(), 0).unwrap();
         let dir = core_dir(wal.path(), 0);
-        fs::create_dir_all(&dir).unwrap();
         let one = records(10, 4);
         fs::write(segment_path(&dir, 1), &one).unwrap();
         let mut two = records(20, 3);
@@ -188,11 +199,10 @@ mod tests {
         three.extend_from_slice(b"0000");
         fs::write(segment_path(&dir, 3), &three).unwrap();
         let cursor = Position::new(1, records(10, 1).len() as u64);
-        write_commit_meta(wal.path(), &CommitMeta { node: "n1".into(), cores: vec![cursor] }).unwrap();
-
-        let found = inspect(wal.path()).unwrap();
-        assert_eq!(found.node.as_deref(), Some("n1"));
+        let found = inspect(wal.path(), &[(lane, cursor)]).unwrap();
+        assert_eq!(found.identity, Some(id));
         let core = &found.cores[0];
+        assert_eq!(core.lane, Some(lane));
         assert_eq!(core.committed, cursor);
         let counts: Vec<u64> = core.report.segments.iter().map(|s| s.records).collect();
         assert_eq!(counts, vec![4, 1, 2]);
@@ -208,8 +218,8 @@ mod tests {
     #[test]
     fn an_empty_directory_is_clean() {
         let wal = tempfile::tempdir().unwrap();
-        let found = inspect(wal.path()).unwrap();
-        assert!(found.cores.is_empty() && found.node.is_none());
+        let found = inspect(wal.path(), &[]).unwrap();
+        assert!(found.cores.is_empty() && found.identity.is_none());
         assert_eq!(found.corrupt_segments(), 0);
         assert!(render(&found, wal.path()).contains("verdict: ok"));
     }

@@ -4,7 +4,9 @@
 //! ```text
 //! <wal.dir>/
 //!   LOCK                 flock'ed by the running instance (a second one refuses to start)
-//!   commit.meta          per-core committed cursors (see crate::cursor)
+//!   IDENTITY             node id + random WAL id, written before anything else (see identity)
+//!   commit.meta          committed cursor per stream = lane × shard (see crate::cursor)
+//!   core-0/LANE          the lane's random incarnation, written before its first segment
 //!   core-0/000001.log    segments of core 0, numbered from 1, rolled at wal.segment_bytes
 //!   core-0/000002.log
 //!   core-1/…
@@ -28,6 +30,8 @@
 //! ## Modules, bottom-up
 //! - [`record`]: one record line, `encode` (hot path) and `decode`/`scan` (paired checks).
 //! - [`segment`]: paired name/parse functions for `core-N/` and `NNNNNN.log`, directory listing.
+//! - [`durable`]: atomic file replace and directory fsync, the fsync orders written once.
+//! - [`identity`]: `IDENTITY` (whose WAL this is, `wal adopt`); [`lane`]: `core-N/LANE`.
 //! - [`recovery`]: at startup, cuts the torn tail of each core's newest segment
 //!   (`repair_torn_tail` is the tail policy); `verify_core` for tools.
 //! - [`writer`]: the per-core io_uring appender (one write per tick buffer, rolling, repair).
@@ -45,9 +49,11 @@
 //! newest segment of a core can have a torn tail; recovery truncates it before the writer opens.
 pub mod budget;
 pub mod config;
+pub mod durable;
 pub mod group;
 pub mod identity;
 pub mod inspect;
+pub mod lane;
 pub mod quarantine;
 pub mod reader;
 pub mod record;

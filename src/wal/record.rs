@@ -3,12 +3,15 @@
 //! The decoder is its pair: it checks every property the encoder guarantees (header, length,
 //! CRC, payload shape) and borrows the strings from the input, so it allocates nothing either.
 //!
-//! Client context (IP, User-Agent, Referer host, kept extra parameters) rides in optional
-//! payload keys `ip`, `ua`, `ref` and `extra`, written only when present: a plain event's
-//! record is byte for byte what it was before they existed, and old records decode with an
-//! empty [`Context`]. `ua` and `extra` are client-controlled text and are JSON-escaped.
+//! Client context (IP, User-Agent, Referer host, kept extra parameters) and the client's event
+//! id ride in optional payload keys `ip`, `ua`, `ref`, `extra` and `eid`, written only when
+//! present: a plain event's record is byte for byte what it was before they existed, and old
+//! records decode with an empty [`Context`]. `ua` and `extra` are client-controlled text and are
+//! JSON-escaped; `eid` is 32 lower-case hex digits (any other spelling is `BadPayload`).
 
 use std::borrow::Cow;
+
+use crate::event_id::EventId;
 
 /// Longest record line accepted, newline included.
 pub const MAX_RECORD_BYTES: usize = 16 * 1024;
@@ -54,14 +57,21 @@ pub struct Context<'a> {
     pub referer_host: Option<&'a str>,
     /// Kept extra parameters as a JSON object text (escaped as a JSON string when encoded).
     pub extra: Option<&'a str>,
+    /// The client's id of this event (`eid` / `event_id`), for de-duplication in the sink.
+    pub event_id: Option<EventId>,
 }
 
 impl Context<'_> {
     /// No client context: the record holds the event only.
-    pub const NONE: Context<'static> = Context { ip: None, ua: None, referer_host: None, extra: None };
+    pub const NONE: Context<'static> =
+        Context { ip: None, ua: None, referer_host: None, extra: None, event_id: None };
 
     pub fn is_empty(&self) -> bool {
-        self.ip.is_none() && self.ua.is_none() && self.referer_host.is_none() && self.extra.is_none()
+        self.ip.is_none()
+            && self.ua.is_none()
+            && self.referer_host.is_none()
+            && self.extra.is_none()
+            && self.event_id.is_none()
     }
 }
 
@@ -72,6 +82,7 @@ pub struct DecodedContext<'a> {
     pub ua: Option<Cow<'a, str>>,
     pub referer_host: Option<&'a str>,
     pub extra: Option<Cow<'a, str>>,
+    pub event_id: Option<EventId>,
 }
 
 const HEADER_BYTES: usize = 9; // 8 hex digits + space
@@ -108,6 +119,11 @@ pub fn encode(ev: &Event<'_>, ctx: &Context<'_>, out: &mut Vec<u8>) {
                 out.extend_from_slice(key);
                 push_json_string(value, out);
             }
+        }
+        if let Some(id) = ctx.event_id {
+            out.extend_from_slice(b",\"eid\":\"");
+            id.write_hex(out);
+            out.push(b'"');
         }
     }
     out.push(b'}');
@@ -168,6 +184,8 @@ struct Payload<'a> {
     referer_host: Option<&'a str>,
     #[serde(default, borrow)]
     extra: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    eid: Option<&'a str>,
 }
 
 /// Decodes the record at the start of `buf`. Returns the event and the bytes it occupies,
@@ -227,7 +245,12 @@ fn parse_payload(payload: &[u8]) -> Result<(Event<'_>, DecodedContext<'_>), Reco
         return Err(RecordError::BadPayload);
     }
     let event = Event { ts_ms: p.ts, event: p.event, domain: p.domain, file_id: p.file_id };
-    let context = DecodedContext { ip: p.ip, ua: p.ua, referer_host: p.referer_host, extra: p.extra };
+    let event_id = match p.eid {
+        None => None,
+        Some(hex) => Some(EventId::from_hex(hex.as_bytes()).ok_or(RecordError::BadPayload)?),
+    };
+    let context =
+        DecodedContext { ip: p.ip, ua: p.ua, referer_host: p.referer_host, extra: p.extra, event_id };
     Ok((event, context))
 }
 
@@ -322,6 +345,7 @@ mod tests {
             ua: Some("Mozilla/5.0 \"quoted\" back\\slash\u{1}ctl é"),
             referer_host: Some("piratka.biz"),
             extra: Some(r#"{"quality":"720p"}"#),
+            event_id: EventId::parse(b"3f2b8c1e-9d4a-4c6b-8e21-7a5f0d9c1b2e").ok(),
         };
         let mut buf = Vec::new();
         encode(&ev, &ctx, &mut buf);
@@ -332,6 +356,8 @@ mod tests {
         assert_eq!(decoded.ua.as_deref(), ctx.ua);
         assert_eq!(decoded.referer_host, ctx.referer_host);
         assert_eq!(decoded.extra.as_deref(), ctx.extra);
+        assert_eq!(decoded.event_id, ctx.event_id);
+        assert!(buf.windows(40).any(|w| w == b"\"eid\":\"3f2b8c1e9d4a4c6b8e217a5f0d9c1b2e\""));
         assert_eq!(decode(&buf).unwrap(), (ev, buf.len()), "plain decode ignores the context");
         assert_eq!(scan(&buf).records, 1);
     }
@@ -363,6 +389,31 @@ mod tests {
         ] {
             assert_eq!(decode(&line_with_payload(payload)), Err(RecordError::BadPayload), "{payload}");
         }
+    }
+
+    #[test]
+    fn event_id_is_strict_and_alone_is_a_context() {
+        let base = r#"{"ts":5,"event":"play","domain":"a.b","file_id":7,"eid":"#;
+        let ok = line_with_payload(&format!(r#"{base}"3f2b8c1e9d4a4c6b8e217a5f0d9c1b2e"}}"#));
+        let (_, ctx, _) = decode_with_context(&ok).unwrap();
+        assert_eq!(
+            ctx.event_id.map(|id| id.to_string()).as_deref(),
+            Some("3f2b8c1e-9d4a-4c6b-8e21-7a5f0d9c1b2e")
+        );
+        for bad in [
+            r#""3F2B8C1E9D4A4C6B8E217A5F0D9C1B2E""#,
+            r#""3f2b8c1e-9d4a-4c6b-8e21-7a5f0d9c1b2e""#,
+            "7",
+            r#""""#,
+        ] {
+            let line = line_with_payload(&format!("{base}{bad}}}"));
+            assert_eq!(decode(&line), Err(RecordError::BadPayload), "{bad}");
+        }
+        let id_only = Context { event_id: EventId::parse(&[b'1'; 32]).ok(), ..Context::default() };
+        assert!(!id_only.is_empty());
+        let mut buf = Vec::new();
+        encode(&sample(1), &id_only, &mut buf);
+        assert_eq!(decode_with_context(&buf).unwrap().1.event_id, id_only.event_id);
     }
 
     #[test]

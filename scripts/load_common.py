@@ -1,0 +1,350 @@
+"""Shared pieces of `make load-test` (scripts/load_test.py, scripts/load_backend.py): paths,
+processes this run owns (stopped by PID), the private MariaDB, the collector under test, wrk,
+and the table/ratio formatting. Stdlib only.
+"""
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+VAR = REPO / "var"
+MYSQL_DIR = VAR / "bench-mysql"
+NGINX_DIR = VAR / "bench-nginx"
+COLLECTOR_DIR = VAR / "bench-collector"
+WAL_DIR = VAR / "bench-wal"
+CEILING_DIR = VAR / "bench-ceiling"
+# PSC_BENCH_BINARY: another binary with the same interface (for testing this harness).
+BINARY = Path(os.environ.get("PSC_BENCH_BINARY",
+                             REPO / "target" / "release" / "player-stat-collector"))
+BENCHMARKS_MD = REPO / "docs" / "BENCHMARKS.md"
+PIPELINE_LUA = REPO / "scripts" / "wrk" / "pipeline.lua"
+REPORT_LUA = REPO / "scripts" / "wrk" / "report.lua"
+NGINX_TEMPLATE = REPO / "scripts" / "nginx.conf.template"
+
+
+def env_int(name, default):
+    return int(os.environ.get(name, default))
+
+
+PIPELINE_DEPTH = 16
+START_TIMEOUT_S = 20
+STOP_TIMEOUT_S = 30
+POLL_S = 0.2
+SERVER_CPU = "0"
+WRK_CPU = "1"
+URL_PATH = "/log?event=play&domain=piratka.biz&file_id=109454"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+class Interrupted(Exception):
+    """SIGINT/SIGTERM/SIGHUP as an exception, so that `finally` blocks stop our processes."""
+
+
+def log(msg):
+    print(f"load-test: {msg}", file=sys.stderr, flush=True)
+
+
+class Owned:
+    """Every process this script starts, stopped by PID (never by name) in reverse order."""
+
+    def __init__(self):
+        self.procs = []  # (name, Popen, first stop signal)
+
+    def spawn(self, name, argv, stop_signal=signal.SIGTERM, **kwargs):
+        kwargs.setdefault("stdin", subprocess.DEVNULL)
+        proc = subprocess.Popen(argv, start_new_session=True, **kwargs)
+        self.procs.append((name, proc, stop_signal))
+        return proc
+
+    def stop(self, proc, timeout_s=STOP_TIMEOUT_S):
+        entry = next((e for e in self.procs if e[1] is proc), None)
+        if entry is None:
+            return
+        name, _, sig = entry
+        if proc.poll() is None:
+            proc.send_signal(sig)
+            try:
+                proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                log(f"{name} (pid {proc.pid}) still running after {timeout_s}s; SIGKILL")
+                proc.kill()
+                proc.wait(10)
+        self.procs.remove(entry)
+
+    def stop_all(self):
+        for _, proc, _ in reversed(list(self.procs)):
+            self.stop(proc)
+
+
+OWNED = Owned()
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(check, timeout_s, poll_s=POLL_S):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        result = check()
+        if result:
+            return result
+        time.sleep(poll_s)
+    return None
+
+
+def port_open(port):
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def cpu_ticks(pid):
+    """utime + stime of the whole process (the kernel sums all its threads), in clock ticks."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    # fields[0] is field 3 (state); utime and stime are fields 14 and 15.
+    return int(fields[11]) + int(fields[12])
+
+
+def peak_rss_kib(pid):
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return 0
+
+
+def children_of(pid):
+    kids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if int(stat[stat.rindex(")") + 2 :].split()[1]) == pid:
+            kids.append(int(entry.name))
+    return kids
+
+
+def tail(path, lines=20):
+    try:
+        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+class MariaDb:
+    """The private server of scripts/mariadb.sh in ./var/bench-mysql, used through the CLI."""
+
+    def __init__(self):
+        self.url = None
+        self.client_cnf = MYSQL_DIR / "client.cnf"
+
+    def start(self):
+        out = subprocess.run(
+            [str(REPO / "scripts" / "mariadb.sh"), "start", str(MYSQL_DIR)],
+            stdout=subprocess.PIPE, text=True, check=True, timeout=180,
+            start_new_session=True,
+        )
+        self.url = out.stdout.strip().splitlines()[-1]
+        return self.url
+
+    def stop(self):
+        subprocess.run([str(REPO / "scripts" / "mariadb.sh"), "stop", str(MYSQL_DIR)],
+                       check=False, timeout=120)
+
+    def cli(self, *args):
+        return ["mariadb", f"--defaults-file={self.client_cnf}", *args]
+
+    def sql(self, query, timeout_s=600):
+        out = subprocess.run(self.cli("-N", "-B", "-e", query), stdout=subprocess.PIPE,
+                             text=True, check=True, timeout=timeout_s)
+        return out.stdout.strip()
+
+    def scalar_int(self, query):
+        value = self.sql(query)
+        return int(value) if value and value != "NULL" else 0
+
+    def reset_database(self):
+        """Every run starts from an empty `psc` database: table sizes shape insert speed."""
+        self.sql("DROP DATABASE IF EXISTS psc; CREATE DATABASE psc CHARACTER SET utf8mb4")
+
+    def has_table(self, name):
+        return self.scalar_int(
+            "SELECT COUNT(*) FROM information_schema.tables "
+            f"WHERE table_schema = 'psc' AND table_name = '{name}'") == 1
+
+
+class Collector:
+    """target/release/player-stat-collector with a generated config, pinned to CPU 0."""
+
+    def __init__(self, mysql_url, wal_dir, tag, extra_toml=""):
+        self.mysql_url = mysql_url
+        self.wal_dir = wal_dir
+        self.tag = tag
+        # More config lines (whole [section]s), e.g. the front-end phase's connection cap.
+        self.extra_toml = extra_toml
+        self.proc = None
+        self.port = None
+        self.log_path = COLLECTOR_DIR / f"{tag}.log"
+
+    def write_config(self):
+        config = COLLECTOR_DIR / f"{self.tag}.toml"
+        config.write_text(
+            "# Generated by scripts/load_test.py\n"
+            "[server]\n"
+            'listen = "127.0.0.1:0"\n'
+            "cores = 1\n"
+            "[wal]\n"
+            f'dir = "{self.wal_dir}"\n'
+            "[mysql]\n"
+            f'url = "{self.mysql_url}"\n'
+            + self.extra_toml
+        )
+        return config
+
+    def start(self):
+        """Starts it and waits for its port file; returns False (logged) if it does not come up."""
+        COLLECTOR_DIR.mkdir(parents=True, exist_ok=True)
+        if not BINARY.exists():
+            log(f"collector skipped: {BINARY} does not exist")
+            return False
+        port_file = COLLECTOR_DIR / f"{self.tag}.port"
+        port_file.unlink(missing_ok=True)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PSC_")}
+        env["PSC_PORT_FILE"] = str(port_file)
+        out = open(self.log_path, "a")
+        self.proc = OWNED.spawn(
+            f"collector[{self.tag}]",
+            ["taskset", "-c", SERVER_CPU, str(BINARY), "--config", str(self.write_config())],
+            stdout=out, stderr=out, env=env)
+
+        def bound_port():
+            if self.proc.poll() is not None:
+                return "exited"
+            text = port_file.read_text().strip() if port_file.exists() else ""
+            return text if text.endswith(tuple("0123456789")) and ":" in text else None
+
+        bound = wait_until(bound_port, START_TIMEOUT_S)
+        if bound in (None, "exited"):
+            why = f"exited with {self.proc.returncode}" if bound else "no port file"
+            log(f"collector skipped: it did not come up ({why}); last lines of "
+                f"{self.log_path.relative_to(REPO)}:\n{tail(self.log_path) or '(empty)'}")
+            self.stop()
+            return False
+        self.port = int(bound.rsplit(":", 1)[1])
+        log(f"collector[{self.tag}] pid {self.proc.pid}, port {self.port}")
+        return True
+
+    @property
+    def measured_pid(self):
+        return self.proc.pid
+
+    def stop(self):
+        if self.proc:
+            OWNED.stop(self.proc)
+            self.proc = None
+
+
+@dataclass
+class WrkResult:
+    requests: int
+    duration_s: float
+    non2xx: int
+    socket_errors: int
+    p50_us: int  # None: wrk could not place the percentile
+    p99_us: int
+    p999_us: int
+
+    @property
+    def rps(self):
+        return self.requests / self.duration_s if self.duration_s else 0.0
+
+    @property
+    def acked(self):
+        return self.requests - self.non2xx
+
+
+WRK_LINE = re.compile(r"^PSC_WRK (.*)$", re.M)
+
+
+def run_wrk(port, conns, mode, duration_s, log_path):
+    script = PIPELINE_LUA if mode == "pipelined" else REPORT_LUA
+    argv = ["taskset", "-c", WRK_CPU, "wrk", "-t1", f"-c{conns}", f"-d{duration_s}s",
+            "--latency", "--timeout", "5s", "-s", str(script),
+            f"http://127.0.0.1:{port}{URL_PATH}"]
+    if mode == "pipelined":
+        argv += ["--", str(PIPELINE_DEPTH)]
+    proc = OWNED.spawn("wrk", argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        output, _ = proc.communicate(timeout=duration_s + 60)
+    finally:
+        OWNED.stop(proc)
+    with open(log_path, "a") as f:
+        f.write(f"$ {' '.join(argv)}\n{output}\n")
+    return parse_wrk(output)
+
+
+def parse_wrk(output):
+    match = WRK_LINE.search(output)
+    if not match:
+        raise RuntimeError(f"wrk printed no PSC_WRK line:\n{output}")
+    v = {k: int(x) for k, x in (kv.split("=") for kv in match.group(1).split())}
+    result = WrkResult(
+        requests=v["requests"], duration_s=v["duration_us"] / 1e6, non2xx=v["non2xx"],
+        socket_errors=v["connect"] + v["read"] + v["write"] + v["timeout"],
+        # wrk answers 0 for a percentile its histogram cannot place (see latency_ms).
+        p50_us=v["p50_us"] or None, p99_us=v["p99_us"] or None, p999_us=v["p999_us"] or None)
+    cross_check_wrk_text(output, result)
+    return result
+
+
+def cross_check_wrk_text(output, result):
+    """wrk's human lines must agree with the hook; a mismatch means the parsing is wrong."""
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    if (int(non2xx.group(1)) if non2xx else 0) != result.non2xx:
+        raise RuntimeError(f"wrk non-2xx mismatch: {output}")
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)",
+                     output)
+    if (sum(int(x) for x in sock.groups()) if sock else 0) != result.socket_errors:
+        raise RuntimeError(f"wrk socket-error mismatch: {output}")
+
+
+def ratio(a, b):
+    return a / b if a is not None and b else None
+
+
+def fmt_ratio(value, target, higher_is_better=True, suffix="×"):
+    if value is None:
+        return "n/a", "n/a"
+    ok = value >= target if higher_is_better else value <= target
+    return f"{value:.2f}{suffix}", "PASS" if ok else "FAIL"
+
+
+def fmt_rate(value, unit="rows/s"):
+    return f"{value:,.0f} {unit}" if value is not None else "n/a"
+
+
+def markdown_table(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def text_table(header, rows):
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    fmt = lambda row: "  ".join(str(x).ljust(w) for x, w in zip(row, widths))  # noqa: E731
+    return "\n".join([fmt(header), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows])
