@@ -25,8 +25,8 @@ deps:
 bench: deps
 	cargo bench
 
-# Side by side with nginx and MariaDB's own ceiling (about 7 minutes, needs 2 CPUs); appends
-# the results to docs/BENCHMARKS.md. Not part of `make test`.
+# Side by side with nginx and MariaDB's own ceilings, the back end per delivery mode (about 20
+# minutes, needs 2 CPUs); appends the results to docs/BENCHMARKS.md. Not part of `make test`.
 load-test: deps
 	scripts/load-test.sh
 

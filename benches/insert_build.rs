@@ -1,13 +1,17 @@
-//! Cost of turning a decoded batch into INSERT text: 5000 WAL records decoded into a
-//! `sink::Batch`, then the multi-row statement built by `psc::mysql::sql` (domain ids already
-//! resolved). Criterion reports the time per batch; divide by 5000 for ns/row.
+//! Cost of turning a decoded batch into what MySQL reads: 5000 WAL records decoded into a
+//! `sink::Batch`, then the multi-row INSERT text (`psc::mysql::sql`) or the LOAD DATA TSV
+//! (`psc::mysql::load_data`), domain ids already resolved; and the per-batch rollup
+//! aggregation (`psc::rollup`). Criterion reports the time per batch; divide by 5000 for ns/row.
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use std::hint::black_box;
 
+use bytes::BytesMut;
+use psc::mysql::load_data::build_tsv;
 use psc::mysql::sql::{build_event_inserts, SqlBuffer};
+use psc::rollup::{aggregate, Bucket, Dimension, RollupConfig};
 use psc::sink::Batch;
 use psc::wal::identity::LaneId;
-use psc::wal::record::{decode_with_context, encode, Context, Event};
+use psc::wal::record::{decode, encode, Context, Event};
 use psc::wal::Position;
 
 const ROWS: usize = 5000;
@@ -26,7 +30,7 @@ fn fill(batch: &mut Batch, bytes: &[u8]) {
     batch.reset(Position::new(1, 0));
     let mut offset = 0;
     while offset < bytes.len() {
-        let (ev, context, len) = decode_with_context(&bytes[offset..]).expect("valid record");
+        let (ev, context, len) = decode(&bytes[offset..]).expect("valid record");
         let line = &bytes[offset..offset + len];
         offset += len;
         batch.push(&ev, &context, line, Position::new(1, offset as u64));
@@ -47,6 +51,22 @@ fn insert_build(c: &mut Criterion) {
             build_event_inserts(black_box(&batch), &ids, 8 << 20, &mut sql).expect("rows fit");
             black_box(sql.statement_count())
         })
+    });
+    let mut tsv = BytesMut::new();
+    group.bench_function("build_tsv_5000_rows", |b| {
+        b.iter(|| {
+            tsv.clear();
+            build_tsv(black_box(&batch), &ids, &mut tsv);
+            black_box(tsv.len())
+        })
+    });
+    let rollup = RollupConfig {
+        name: "plays".into(),
+        bucket: Bucket::Minute,
+        dimensions: vec![Dimension::Event, Dimension::Domain, Dimension::FileId],
+    };
+    group.bench_function("rollup_aggregate_5000_rows", |b| {
+        b.iter(|| black_box(aggregate(&rollup, black_box(&batch)).len()))
     });
     group.bench_function("decode_and_build_5000_rows", |b| {
         b.iter(|| {

@@ -52,11 +52,11 @@ fn bench_replay(c: &mut Criterion) {
             let mut at = Position::default();
             let mut seen = 0u64;
             while at < until {
-                at = reader
-                    .read(at, until, BATCH, |ev, _end| {
-                        seen += black_box(ev.file_id) & 1;
-                    })
-                    .expect("read");
+                let out = reader.read(at, until, BATCH, |ev, _ctx, _raw, _end| {
+                    seen += black_box(ev.file_id) & 1;
+                });
+                assert!(out.stop.is_none(), "clean segments read without a stop");
+                at = out.reached;
             }
             black_box(seen)
         })

@@ -1,227 +1,343 @@
-"""The back-end half of `make load-test`: what the collector delivers into MariaDB, and
-MariaDB's own ceiling for the same rows. Called by scripts/load_test.py after its HTTP phase.
+"""The back-end half of `make load-test`: what the collector delivers into MariaDB, per
+delivery mode, and MariaDB's own ceilings for the same rows with the same parallelism.
+Called by scripts/load_test.py after its HTTP phase (entry points `collector_backend` and
+`mariadb_ceiling`); stdlib only.
 
 Phases:
-2. Tail drain: the collector's WAL backlog left by the HTTP phase, delivered into MySQL
-   (rows/s over a bounded window).
-3. Clean back end: fresh WAL, MySQL unreachable, pipelined fill of BACKLOG events; restart
-   still unreachable -> the collector's logged replay rate; restart with the real URL ->
-   drain rate from 0 to N rows.
-4. MariaDB ceiling for the same N rows: 5000-row multi-row INSERTs through the mariadb CLI,
-   and LOAD DATA LOCAL INFILE, each into a scratch copy of `events`.
+A. Replay: fresh WAL, MySQL unreachable, a pipelined fill of BACKLOG events, a restart still
+   unreachable -> the collector's logged WAL read rate.
+B. Modes (INSERT and LOAD DATA, each with 1 and N connections, and rollups only with N), each
+   on an empty database and a fresh WAL, N = PSC_BENCH_LANES lanes (server.cores):
+   1. overload: POST batches at OVERLOAD_RATE for OVERLOAD_S (paced by scripts/wrk/
+      paced_batches.lua, realistic keys: FILES files, DOMAINS domains, 4 events), then no
+      load: the *drain rate* is the rows/s committed while that backlog empties;
+   2. sustained: the same traffic at a fixed 0.9 x drain for SUSTAIN_S; the commit lag
+      (accepted - flushed, from /stats every second) must stay bounded: slope over the last
+      50 s under 1 % of the rate per second and the last 10 s under 2 s of traffic. With
+      PSC_BENCH_PROBES=2 a second probe tries 1.0 x drain (if 0.9 held) or 0.7 x (if not).
+      The sustained rate is the highest offered rate (as wrk achieved it) that held.
+   Modes the binary cannot run (no `mysql.connections`: the v1 flusher) are reported skipped.
+C. Ceilings: N = 1 and N = lanes concurrent `mariadb` sessions, each with its share of the
+   same rows: 5000-row multi-row INSERTs, and LOAD DATA LOCAL of TSV in the collector's
+   format, into a scratch copy of `events`.
+
+The offered rate is open loop in effect: the collector acknowledges an event once it is in
+its WAL, never waiting for MySQL, so how fast MySQL takes rows cannot slow wrk down.
 """
 
+import json
 import re
 import subprocess
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
-from load_common import (CEILING_DIR, COLLECTOR_DIR, POLL_S, VAR, WAL_DIR, Collector, env_int,
-                         fmt_rate, fmt_ratio, free_port, log, ratio, run_wrk, tail, wait_until)
+from load_common import (CEILING_DIR, COLLECTOR_DIR, MYSQL_DIR, OWNED, REPO, WAL_DIR, WRK_CPU,
+                         BINARY, Collector, cpu_ticks, env_int, fmt_rate, fmt_ratio, free_port,
+                         log, parse_wrk, peak_rss_kib, ratio, run_wrk, tail, wait_until, CLK_TCK)
 
 BACKLOG_EVENTS = env_int("PSC_BENCH_BACKLOG", 5_000_000)
 FILL_MAX_S = env_int("PSC_BENCH_FILL_MAX_S", 40)
+REPLAY_WAIT_S = 30
 CEILING_ROWS_WITHOUT_COLLECTOR = env_int("PSC_BENCH_CEILING_ROWS", 2_000_000)
 INSERT_BATCH_ROWS = 5000
-TAIL_DRAIN_WINDOW_S = 20
-DRAIN_MAX_S = 150
-DRAIN_STALL_S = 15
-REPLAY_WAIT_S = 30
+LANES = env_int("PSC_BENCH_LANES", 2)
+OVERLOAD_RATE = env_int("PSC_BENCH_OVERLOAD_RATE", 400_000)
+OVERLOAD_S = env_int("PSC_BENCH_OVERLOAD_S", 8)
+SUSTAIN_S = env_int("PSC_BENCH_SUSTAIN_S", 60)
+PROBES = env_int("PSC_BENCH_PROBES", 1)
+SETTLE_MAX_S = env_int("PSC_BENCH_SETTLE_MAX_S", 150)
+POST_BATCH = 100
+FILES = 3000
+DOMAINS = 200
+PACED_LUA = REPO / "scripts" / "wrk" / "paced_batches.lua"
+ROLLUP_TOML = ('[[rollup]]\nname = "plays"\nbucket = "minute"\n'
+               'dimensions = ["event", "domain", "file_id"]\n')
+
 TARGET_DRAIN_RATIO = 0.9
-TARGET_REPLAY_EVENTS_S = 2_000_000
-# Used only when the collector did not create `events` (collector skipped). Kept equal to
-# migrations/001_init.sql of the MySQL work so the ceiling inserts into the same shape.
-FALLBACK_EVENTS_DDL = """
-CREATE TABLE IF NOT EXISTS events (
-  id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
-  received_at DATETIME(3) NOT NULL,
-  event VARCHAR(32) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
-  domain_id INT UNSIGNED NOT NULL,
-  file_id BIGINT UNSIGNED NOT NULL,
-  client_ip VARBINARY(16) NULL,
-  ua_hash BIGINT UNSIGNED NULL,
-  referer_host VARCHAR(253) NULL,
-  extra VARCHAR(1024) NULL,
-  KEY ix_events_received_at (received_at),
-  KEY ix_events_domain_time (domain_id, received_at)
-) ENGINE=InnoDB
-"""
+TARGET_REPLAY_EVENTS_S = 3_000_000
+TARGET_ROLLUP_VS_FRONT = 1.0
+TARGET_RSS_MIB = 64
+
+
+@dataclass
+class Mode:
+    name: str
+    method: str
+    connections: int  # 0: one per lane
+    rollups_only: bool = False
+
+
+MODES = [Mode("INSERT, 1 connection", "insert", 1), Mode("INSERT, N connections", "insert", 0),
+         Mode("LOAD DATA, 1 connection", "load_data", 1),
+         Mode("LOAD DATA, N connections", "load_data", 0),
+         Mode("rollups only, N connections", "load_data", 0, rollups_only=True)]
+
+
+@dataclass
+class ModeResult:
+    mode: Mode
+    skipped: str = None
+    drain_rows_s: float = None
+    overload_offered: float = None
+    probes: list = field(default_factory=list)  # (offered events/s, bounded, last-10-s lag)
+    rss_mib: float = None
+    mysqld_cpu_pct: float = None
+    # The overload left no backlog: the drain is at least the offered rate, not measured.
+    front_limited: bool = False
+
+    @property
+    def sustained(self):
+        held = [offered for offered, bounded, _ in self.probes if bounded]
+        return max(held) if held else None
 
 
 @dataclass
 class Backend:
     notes: list = field(default_factory=list)
-    tail_drain_rows_s: float = None
     backlog_events: int = None
     fill_rps: float = None
     replay_line: str = None
     replay_events_s: float = None
     drain_rows: int = None
-    drain_rows_s: float = None
-    drain_end_to_end_rows_s: float = None
+    front_pipelined_rps: float = None
+    modes: list = field(default_factory=list)
     ceiling_rows: int = None
-    insert_rows_s: float = None
-    load_data_rows_s: float = None
+    ceilings: dict = field(default_factory=dict)  # (method, sessions) -> rows/s
 
 
-def max_event_id(db):
-    return db.scalar_int("SELECT COALESCE(MAX(id), 0) FROM events")
-
-
-def tail_drain(db, acked_total, backend):
-    """Rows/s the collector delivers right after phase 1, over a bounded window."""
-    start_rows, start = max_event_id(db), time.monotonic()
-    rows = wait_until(lambda: (n := max_event_id(db)) >= acked_total and n,
-                      TAIL_DRAIN_WINDOW_S, poll_s=0.5) or max_event_id(db)
-    elapsed = time.monotonic() - start
-    backend.tail_drain_rows_s = (rows - start_rows) / elapsed if elapsed > 0 else None
-    backend.notes.append(
-        f"tail drain after the HTTP rounds: {rows - start_rows:,} rows in {elapsed:.1f} s "
-        f"(acked by wrk: {acked_total:,}; in events at the end of the window: {rows:,})")
+# ---------------------------------------------------------------- phase A: replay
 
 
 def fill_backlog(collector, best_pipelined_rps, backend):
     """Pipelined wrk run against a collector whose MySQL is unreachable: a pure WAL backlog."""
     estimate_s = BACKLOG_EVENTS / best_pipelined_rps * 1.1 if best_pipelined_rps else FILL_MAX_S
     duration_s = max(2, min(FILL_MAX_S, int(estimate_s) + 1))
-    result = run_wrk(collector.port, 256, "pipelined", duration_s, VAR / "bench-wrk.log")
+    result = run_wrk(collector.port, 256, "pipelined", duration_s, COLLECTOR_DIR / "wrk.log")
     backend.backlog_events = result.acked
     backend.fill_rps = result.rps
     log(f"backlog fill: {result.acked:,} events acked in {result.duration_s:.1f} s "
         f"({result.rps:,.0f} req/s, non2xx={result.non2xx}, sockerr={result.socket_errors})")
-    if result.acked < BACKLOG_EVENTS:
-        backend.notes.append(
-            f"backlog {result.acked:,} events, below the {BACKLOG_EVENTS:,} asked: the fill is "
-            f"capped at {FILL_MAX_S} s to keep the run under 10 minutes")
 
 
-# The issue asks for a line with "replay" and "events/s"; the collector's tracing line is
-# `WAL replay done events=N seconds=S events_per_sec=R` (text) or the same fields in JSON.
+# `WAL replay done events=N seconds=S events_per_sec=R read_events_per_sec=W` (text or JSON).
 REPLAY_LINE = re.compile(r"^.*replay.*(events/s|events_per_sec).*$", re.M | re.I)
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
-REPLAY_RATE = re.compile(r"events_per_sec\W*([0-9][0-9_,.]*)()"
-                         r"|([0-9][0-9_,.]*)\s*([kM]?)\s*events/s")
-UNIT_SUFFIX = {"": 1, "k": 1e3, "M": 1e6}
-# The collector also logs how fast it read and decoded the WAL (time in the reader only, not
-# waiting for MySQL): that is the replay rate the target is about; the delivered rate is
-# bounded by MySQL and is shown in the log line.
 READ_RATE = re.compile(r"read_events_per_sec\W*([0-9][0-9_,.]*)")
 
 
 def find_replay(log_text):
-    """(line, events/s or None) of the collector's replay log line, or None."""
+    """(line, WAL read events/s or None) of the collector's replay log line, or None."""
     found = REPLAY_LINE.search(ANSI_ESCAPE.sub("", log_text))
     if not found:
         return None
-    # A '|' would split the Markdown cell.
-    line = found.group(0).strip().replace("|", "/")
+    line = found.group(0).strip().replace("|", "/")  # a '|' would split a Markdown cell
     read = READ_RATE.search(line)
-    if read:
-        return line, float(read.group(1).replace(",", "").replace("_", ""))
-    rate = REPLAY_RATE.search(line)
-    if not rate:
-        return line, None
-    digits = (rate.group(1) or rate.group(3)).replace(",", "").replace("_", "")
-    return line, float(digits) * UNIT_SUFFIX[rate.group(2) or rate.group(4) or ""]
+    return line, float(read.group(1).replace(",", "").replace("_", "")) if read else None
 
 
-def replay_rate(collector, backend):
-    """The rate the collector logs for its startup replay with MySQL unreachable."""
-    found = wait_until(lambda: find_replay(tail(collector.log_path, 500)), REPLAY_WAIT_S)
-    if found:
-        backend.replay_line, backend.replay_events_s = found
-
-
-def replay_rate_from_drain(backend):
-    """A collector that replays only as fast as MySQL takes the rows logs its replay line only
-    in the drain run; that rate includes delivery, and the report says so."""
-    found = find_replay(tail(COLLECTOR_DIR / "drain.log", 500))
-    if found:
-        line, rate = found
-        backend.replay_line = f"{line} (logged by the drain run, MySQL reachable)"
-        backend.replay_events_s = rate
-        backend.notes.append(f"no replay line within {REPLAY_WAIT_S} s with MySQL unreachable; "
-                             "the replay line shown is the drain run's (its read_events_per_sec "
-                             "counts time in the WAL reader only; events_per_sec includes delivery)")
-    else:
-        backend.replay_line = "n/a (no log line with 'replay' and 'events/s')"
-
-
-def timed_drain(db, collector_factory, expected_rows, backend):
-    """Starts the collector with the real URL and times events from 0 to the acked count."""
-    spawned = time.monotonic()
-    collector = collector_factory()
-    if not collector.start():
-        backend.notes.append("drain: the collector did not restart with the real MySQL URL")
-        return
-    first_seen = None  # (time, rows) of the first poll with rows
-    last_growth = (spawned, 0)
-    try:
-        while time.monotonic() - spawned < DRAIN_MAX_S:
-            rows, now = max_event_id(db), time.monotonic()
-            if rows and first_seen is None:
-                first_seen = (now, rows)
-            if rows > last_growth[1]:
-                last_growth = (now, rows)
-            if rows >= expected_rows or now - last_growth[0] > DRAIN_STALL_S:
-                break
-            time.sleep(POLL_S)
-    finally:
-        collector.stop()
-    end, rows = last_growth
-    backend.drain_rows = db.scalar_int("SELECT COUNT(*) FROM events")
-    if first_seen and end > first_seen[0]:
-        backend.drain_rows_s = (rows - first_seen[1]) / (end - first_seen[0])
-    if end > spawned:
-        backend.drain_end_to_end_rows_s = rows / (end - spawned)
-    if rows < expected_rows:
-        backend.notes.append(f"drain stopped at {rows:,} of {expected_rows:,} rows "
-                             f"(stall of {DRAIN_STALL_S} s or the {DRAIN_MAX_S} s bound)")
-
-
-def clean_backend(db, mysql_url, best_pipelined_rps, backend):
-    """Phase 3: backlog fill, replay rate, drain from 0 to N rows."""
+def replay_phase(mysql_url, best_pipelined_rps, backend):
     subprocess.run(["rm", "-rf", str(WAL_DIR)], check=True)
-    db.sql("TRUNCATE TABLE events; TRUNCATE TABLE ingest_cursors")
     closed_url = re.sub(r"@127\.0\.0\.1:\d+/", f"@127.0.0.1:{free_port()}/", mysql_url)
-
     filler = Collector(closed_url, WAL_DIR, "fill")
     if not filler.start():
-        backend.notes.append("back end skipped: the collector did not come up with MySQL "
-                             "unreachable (see var/bench-collector/fill.log)")
+        backend.notes.append("replay skipped: the collector did not come up with MySQL unreachable")
         return
     try:
         fill_backlog(filler, best_pipelined_rps, backend)
     finally:
         filler.stop()
-
-    replayer = Collector(closed_url, WAL_DIR, "replay")
-    if not replayer.start():
-        backend.notes.append("replay: the collector did not restart with MySQL unreachable")
-    else:
+    # A core that replays only as fast as MySQL takes the rows logs its replay line only once
+    # it delivered them: then the reachable run's line is quoted (its read_events_per_sec
+    # still counts time in the WAL reader only).
+    for tag, url, wait_s in (("replay", closed_url, REPLAY_WAIT_S), ("replay-drain", mysql_url, SETTLE_MAX_S)):
+        replayer = Collector(url, WAL_DIR, tag)
+        if not replayer.start():
+            continue
         try:
-            replay_rate(replayer, backend)
+            found = wait_until(lambda: find_replay(tail(replayer.log_path, 500)), wait_s)
         finally:
             replayer.stop()
+        if found:
+            backend.replay_line, backend.replay_events_s = found
+            if url == mysql_url:
+                backend.notes.append(f"no replay line within {REPLAY_WAIT_S} s with MySQL unreachable; "
+                                     "the one quoted is from a run with MySQL reachable")
+            break
+    subprocess.run(["rm", "-rf", str(WAL_DIR)], check=True)
 
-    timed_drain(db, lambda: Collector(mysql_url, WAL_DIR, "drain"),
-                backend.backlog_events, backend)
-    if backend.replay_line is None:
-        replay_rate_from_drain(backend)
+
+# ---------------------------------------------------------------- phase B: modes
+
+
+def lag(collector):
+    """(accepted, flushed) from /stats, or None."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{collector.port}/stats", timeout=5) as r:
+            events = json.load(r)["events"]
+        return events["accepted"], events["flushed"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def paced(collector, rate, seconds, on_second=None):
+    """wrk POSTing batches at `rate` events/s for `seconds`; `on_second()` runs every second
+    meanwhile. Returns the events/s wrk achieved (acknowledged)."""
+    conns = max(4, min(64, int(rate / POST_BATCH / 100) + 1))  # >= 10 ms between a conn's requests
+    argv = ["taskset", "-c", WRK_CPU, "wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--timeout", "5s",
+            "-s", str(PACED_LUA), f"http://127.0.0.1:{collector.port}/log", "--",
+            str(rate), str(POST_BATCH), str(conns), str(FILES), str(DOMAINS)]
+    proc = OWNED.spawn("wrk", argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + seconds + 60
+        while proc.poll() is None and time.monotonic() < deadline:
+            if on_second:
+                on_second()
+            time.sleep(1)
+        output, _ = proc.communicate(timeout=max(1, deadline - time.monotonic()))
+    finally:
+        OWNED.stop(proc)
+    with open(COLLECTOR_DIR / "wrk.log", "a") as f:
+        f.write(f"$ {' '.join(argv)}\n{output}\n")
+    result = parse_wrk(output)
+    return result.acked * POST_BATCH / result.duration_s if result.duration_s else 0.0
+
+
+def settle(collector):
+    """Waits for the backlog to empty; returns rows/s committed meanwhile (None: no backlog)."""
+    start = lag(collector)
+    started = time.monotonic()
+    if not start or start[0] - start[1] <= POST_BATCH:
+        return None
+    done = wait_until(lambda: (s := lag(collector)) and s[0] - s[1] <= 0 and s, SETTLE_MAX_S, 0.2)
+    end = done or lag(collector)
+    elapsed = time.monotonic() - started
+    return (end[1] - start[1]) / elapsed if end and elapsed > 0 else None
+
+
+def bounded(samples, rate):
+    """Lag samples [(t, lag)]: slope of the last 50 s under 1 % of the rate per second, and
+    the last 10 s under 2 s of traffic (module doc)."""
+    tail_s = [(t, v) for t, v in samples if t >= samples[-1][0] - 50]
+    n = len(tail_s)
+    mean_t = sum(t for t, _ in tail_s) / n
+    mean_v = sum(v for _, v in tail_s) / n
+    var = sum((t - mean_t) ** 2 for t, _ in tail_s)
+    slope = sum((t - mean_t) * (v - mean_v) for t, v in tail_s) / var if var else 0.0
+    last = max(v for t, v in samples if t >= samples[-1][0] - 10)
+    return slope < 0.01 * rate and last < 2 * rate, last
+
+
+def probe(collector, rate, mysqld_pid):
+    """One sustained run at `rate`; returns (offered, bounded, last lag, mariadbd CPU %)."""
+    samples = []
+    started = time.monotonic()
+    ticks = cpu_ticks(mysqld_pid) if mysqld_pid else 0
+
+    def sample():
+        s = lag(collector)
+        if s:
+            samples.append((time.monotonic() - started, s[0] - s[1]))
+
+    offered = paced(collector, rate, SUSTAIN_S, sample)
+    wall = time.monotonic() - started
+    cpu = 100 * (cpu_ticks(mysqld_pid) - ticks) / CLK_TCK / wall if mysqld_pid and wall else None
+    if len(samples) < 10:
+        return offered, False, None, cpu
+    ok, last = bounded(samples, offered)
+    log(f"  probe {offered:,.0f} events/s for {SUSTAIN_S} s: lag {'bounded' if ok else 'GROWS'} "
+        f"(last 10 s max {last:,.0f}), mariadbd {cpu or 0:.0f} % CPU")
+    return offered, ok, last, cpu
+
+
+def mode_toml(mode, v2):
+    """([mysql] lines, more tables) of a mode; the v1 flusher knows no `connections`."""
+    keys = f'method = "{mode.method}"\n'
+    if v2:
+        keys += f"connections = {mode.connections}\n"
+    if mode.rollups_only:
+        keys += "raw_events = false\n"
+    return keys, ROLLUP_TOML if mode.rollups_only else ""
+
+
+def supports_connections():
+    """Whether the binary knows `mysql.connections` (the v2 delivery core)."""
+    probe_cfg = COLLECTOR_DIR / "probe.toml"
+    COLLECTOR_DIR.mkdir(parents=True, exist_ok=True)
+    probe_cfg.write_text("[mysql]\nurl = \"mysql://x:y@127.0.0.1:1/psc\"\nconnections = 1\n"
+                         "connect_timeout_ms = 100\n")
+    out = subprocess.run([str(BINARY), "--config", str(probe_cfg), "migrate"],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=60)
+    return "unknown field `connections`" not in out.stdout
+
+
+def mysqld_pid():
+    try:
+        return int((MYSQL_DIR / "mysqld.pid").read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def run_mode(db, mysql_url, mode, v2):
+    result = ModeResult(mode)
+    db.sql("TRUNCATE TABLE events; TRUNCATE TABLE ingest_cursors; DROP TABLE IF EXISTS rollup_plays")
+    subprocess.run(["rm", "-rf", str(WAL_DIR)], check=True)
+    keys, tail_toml = mode_toml(mode, v2)
+    tag = re.sub(r"[^a-z0-9]+", "-", mode.name.lower()).strip("-")
+    collector = Collector(mysql_url, WAL_DIR, tag, cores=LANES, mysql_keys=keys, tail_toml=tail_toml)
+    if not collector.start():
+        result.skipped = f"the collector did not start (var/bench-collector/{tag}.log)"
+        return result
+    try:
+        log(f"mode {mode.name}: overload {OVERLOAD_RATE:,} events/s for {OVERLOAD_S} s")
+        result.overload_offered = paced(collector, OVERLOAD_RATE, OVERLOAD_S)
+        result.drain_rows_s = settle(collector)
+        if result.drain_rows_s is None:
+            # No backlog: delivery kept up with all wrk could offer.
+            result.front_limited = True
+            result.drain_rows_s = result.overload_offered
+        rate = 0.9 * result.drain_rows_s
+        for i in range(PROBES):
+            offered, ok, last, cpu = probe(collector, int(rate), mysqld_pid())
+            result.probes.append((offered, ok, last))
+            result.mysqld_cpu_pct = cpu if cpu is not None else result.mysqld_cpu_pct
+            settle(collector)
+            rate = (1.0 if ok else 0.7) * result.drain_rows_s
+        result.rss_mib = peak_rss_kib(collector.measured_pid) / 1024
+    finally:
+        collector.stop()
+    return result
+
+
+def modes_phase(db, mysql_url, backend):
+    v2 = supports_connections()
+    for mode in MODES:
+        # The v1 flusher sends INSERTs on one connection whatever the config says.
+        if not v2 and (mode.connections != 1 or mode.rollups_only or mode.method != "insert"):
+            backend.modes.append(ModeResult(mode, skipped="needs the v2 delivery core "
+                                                          "(mysql.connections, method, rollups)"))
+            continue
+        try:
+            backend.modes.append(run_mode(db, mysql_url, mode, v2))
+        except (RuntimeError, OSError, subprocess.SubprocessError) as e:
+            log(f"mode {mode.name} failed: {e}")
+            backend.modes.append(ModeResult(mode, skipped=f"failed: {str(e).splitlines()[0]}"))
 
 
 def collector_backend(db, mysql_url, collector, acked, best_pipelined_rps, backend):
-    """Phases 2 and 3. `acked`: events wrk had acknowledged in the HTTP phase. A failure here is reported, not fatal: the ceiling and the HTTP tables
-    are still worth printing."""
+    """Phases A and B. `acked`: events wrk acknowledged in the HTTP phase (their backlog is
+    dropped: every mode starts from an empty database). A failure is reported, not fatal."""
+    backend.front_pipelined_rps = best_pipelined_rps
     try:
+        collector.stop()
         if not (db.has_table("events") and db.has_table("ingest_cursors")):
             backend.notes.append("collector back end skipped: the collector created no "
                                  "`events`/`ingest_cursors` tables (migrations missing?)")
             return
-        tail_drain(db, acked, backend)
-        collector.stop()
-        clean_backend(db, mysql_url, best_pipelined_rps, backend)
+        backend.notes.append(f"{acked:,} events of the HTTP phase were not waited for")
+        replay_phase(mysql_url, best_pipelined_rps, backend)
+        modes_phase(db, mysql_url, backend)
     except (RuntimeError, OSError, subprocess.SubprocessError) as e:
         log(f"collector back end failed: {e}")
         backend.notes.append(f"collector back end failed: {str(e).splitlines()[0]}")
@@ -229,101 +345,137 @@ def collector_backend(db, mysql_url, collector, acked, best_pipelined_rps, backe
         collector.stop()
 
 
-def ceiling_rows_files(rows):
-    """SQL (5000-row INSERTs) and CSV texts of the same rows, the shape the collector writes."""
+# ---------------------------------------------------------------- phase C: ceilings
+
+EVENT_NAMES = ("play", "pause", "start", "end")
+
+
+def ceiling_files(rows, sessions):
+    """Per session: a SQL file of 5000-row INSERTs and a TSV file (the collector's LOAD DATA
+    format) of the same rows, keyed like the paced traffic."""
     CEILING_DIR.mkdir(parents=True, exist_ok=True)
-    sql_path, csv_path = CEILING_DIR / "insert.sql", CEILING_DIR / "rows.csv"
     base = datetime.now(timezone.utc).replace(tzinfo=None)
-    with open(sql_path, "w") as sql, open(csv_path, "w") as csv:
-        for start in range(0, rows, INSERT_BATCH_ROWS):
-            batch = range(start, min(rows, start + INSERT_BATCH_ROWS))
-            stamps = {}
-            tuples, lines = [], []
-            for i in batch:
-                ms = i // 10  # ten events per millisecond
-                stamp = stamps.get(ms)
-                if stamp is None:
-                    stamp = (base + timedelta(milliseconds=ms)).isoformat(" ", "milliseconds")
-                    stamps[ms] = stamp
-                file_id = 1_000_000 + i % 1024
-                # The same row the collector writes for a wrk beacon: the client IP is set
-                # (127.0.0.1, as VARBINARY), the other client-context columns are NULL.
-                tuples.append(f"('{stamp}','play',1,{file_id},X'7F000001',NULL,NULL,NULL)")
-                lines.append(f"{stamp},play,1,{file_id},7F000001\n")
-            sql.write("INSERT INTO bench_events (received_at, event, domain_id, file_id, "
-                      "client_ip, ua_hash, referer_host, extra) VALUES ")
-            sql.write(",".join(tuples))
-            sql.write(";\n")
-            csv.write("".join(lines))
-    return sql_path, csv_path
+    files = []
+    per = rows // sessions
+    for s in range(sessions):
+        sql_path, tsv_path = CEILING_DIR / f"insert-{s}.sql", CEILING_DIR / f"rows-{s}.tsv"
+        with open(sql_path, "w") as sql, open(tsv_path, "wb") as tsv:
+            for start in range(s * per, (s + 1) * per, INSERT_BATCH_ROWS):
+                tuples, lines = [], []
+                for n in range(start, min((s + 1) * per, start + INSERT_BATCH_ROWS)):
+                    stamp = (base + timedelta(milliseconds=n // 10)).isoformat(" ", "milliseconds")
+                    event, domain, file_id = EVENT_NAMES[n % 4], 1 + (n * 7) % DOMAINS, 1 + (n * 13) % FILES
+                    tuples.append(f"('{stamp}','{event}',{domain},{file_id},X'7F000001',NULL,NULL,NULL)")
+                    lines.append(f"{stamp}\t{event}\t{domain}\t{file_id}\t\x7f\\0\\0\x01\t\\N\t\\N\t\\N\n")
+                sql.write("INSERT INTO bench_events (received_at, event, domain_id, file_id, "
+                          "client_ip, ua_hash, referer_host, extra) VALUES ")
+                sql.write(",".join(tuples) + ";\n")
+                tsv.write("".join(lines).encode("latin-1"))
+        files.append((sql_path, tsv_path))
+    return files, per * sessions
+
+
+LOAD_SQL = ("LOAD DATA LOCAL INFILE '{path}' INTO TABLE bench_events CHARACTER SET binary "
+            "FIELDS TERMINATED BY '\\t' ESCAPED BY '\\\\' LINES TERMINATED BY '\\n' "
+            "(received_at, event, domain_id, file_id, client_ip, ua_hash, referer_host, extra)")
+
+
+def run_sessions(db, files, method):
+    """All sessions at once; returns the wall time until the last ended."""
+    procs = []
+    start = time.monotonic()
+    for sql_path, tsv_path in files:
+        if method == "insert":
+            argv = db.cli()
+            procs.append(OWNED.spawn("mariadb", argv, stdin=open(sql_path)))
+        else:
+            argv = db.cli("--local-infile=1", "-e", LOAD_SQL.format(path=tsv_path))
+            procs.append(OWNED.spawn("mariadb", argv))
+    for p in procs:
+        p.wait(900)
+        OWNED.stop(p)
+        if p.returncode != 0:
+            raise RuntimeError(f"a ceiling session ({method}) failed with {p.returncode}")
+    return time.monotonic() - start
 
 
 def mariadb_ceiling(db, rows, backend):
-    """Phase 4: plain multi-row INSERTs and LOAD DATA of the same rows into copies of events."""
-    if not db.has_table("events"):
-        backend.notes.append("`events` created by this script (collector absent), with the "
-                             "columns and keys of migrations/001 and 002")
-        db.sql(FALLBACK_EVENTS_DDL)
-    db.sql("DROP TABLE IF EXISTS bench_events, bench_load; "
-           "CREATE TABLE bench_events LIKE events; CREATE TABLE bench_load LIKE events")
-    generated = time.monotonic()
-    sql_path, csv_path = ceiling_rows_files(rows)
-    log(f"ceiling: {rows:,} rows generated in {time.monotonic() - generated:.1f} s")
-    backend.ceiling_rows = rows
+    """Phase C for 1 and LANES sessions, INSERT and LOAD DATA, into a scratch `events` copy."""
+    for sessions in sorted({1, LANES}):
+        files, total = ceiling_files(rows, sessions)
+        backend.ceiling_rows = total
+        for method in ("insert", "load_data"):
+            db.sql("DROP TABLE IF EXISTS bench_events; CREATE TABLE bench_events LIKE events")
+            seconds = run_sessions(db, files, method)
+            taken = db.scalar_int("SELECT COUNT(*) FROM bench_events")
+            backend.ceilings[(method, sessions)] = taken / seconds
+            log(f"ceiling: {method} × {sessions} sessions: {taken:,} rows in {seconds:.1f} s")
+            if taken != total:
+                backend.notes.append(f"ceiling {method} × {sessions}: {taken:,} of {total:,} rows")
+        for pair in files:
+            for path in pair:
+                path.unlink()
+    db.sql("DROP TABLE IF EXISTS bench_events")
 
-    start = time.monotonic()
-    with open(sql_path) as sql:
-        subprocess.run(db.cli(), stdin=sql, check=True, timeout=900)
-    insert_s = time.monotonic() - start
-    inserted = db.scalar_int("SELECT COUNT(*) FROM bench_events")
-    backend.insert_rows_s = inserted / insert_s
-    log(f"ceiling: plain INSERT {inserted:,} rows in {insert_s:.1f} s")
 
-    start = time.monotonic()
-    db_load = ("LOAD DATA LOCAL INFILE '%s' INTO TABLE bench_load FIELDS TERMINATED BY ',' "
-               "LINES TERMINATED BY '\\n' (received_at, event, domain_id, file_id, @ip) "
-               "SET client_ip = UNHEX(@ip)" % csv_path)
-    subprocess.run(db.cli("--local-infile=1", "-e", db_load), check=True, timeout=900)
-    load_s = time.monotonic() - start
-    loaded = db.scalar_int("SELECT COUNT(*) FROM bench_load")
-    backend.load_data_rows_s = loaded / load_s
-    log(f"ceiling: LOAD DATA {loaded:,} rows in {load_s:.1f} s")
-    if inserted != rows or loaded != rows:
-        backend.notes.append(f"ceiling row counts differ: INSERT {inserted:,}, "
-                             f"LOAD DATA {loaded:,}, expected {rows:,}")
-    db.sql("DROP TABLE bench_events, bench_load")
-    for path in (sql_path, csv_path):
-        path.unlink()
+# ---------------------------------------------------------------- report
+
+
+def mode_text(r):
+    if r.skipped:
+        return f"skipped: {r.skipped}"
+    probes = "; ".join(f"{o:,.0f}/s {'held' if ok else 'grew'}" for o, ok, _ in r.probes)
+    sustained = f"≥ {r.sustained:,.0f} events/s" if r.sustained else "below every probe"
+    drain = ("≥ " if r.front_limited else "") + fmt_rate(r.drain_rows_s)
+    return (f"drain {drain} after an overload at {r.overload_offered:,.0f}/s; "
+            f"sustained {sustained} ({SUSTAIN_S} s probes: {probes}); mariadbd "
+            f"{r.mysqld_cpu_pct or 0:.0f} % CPU; collector peak RSS {r.rss_mib or 0:.1f} MiB")
 
 
 def backend_rows(backend):
-    return [
-        ["collector tail drain after the HTTP rounds", fmt_rate(backend.tail_drain_rows_s)],
+    rows = [
         ["WAL backlog filled (MySQL unreachable)",
          f"{backend.backlog_events:,} events at {backend.fill_rps:,.0f} req/s"
          if backend.backlog_events is not None else "n/a"],
         ["collector replay (its log line)", backend.replay_line or "n/a"],
-        ["collector drain, first row → last row",
-         fmt_rate(backend.drain_rows_s) + (f" ({backend.drain_rows:,} rows)"
-                                           if backend.drain_rows is not None else "")],
-        ["collector drain, process start → last row",
-         fmt_rate(backend.drain_end_to_end_rows_s)],
-        [f"MariaDB plain INSERT ({INSERT_BATCH_ROWS}-row statements, mariadb CLI)",
-         fmt_rate(backend.insert_rows_s) + (f" ({backend.ceiling_rows:,} rows)"
-                                            if backend.ceiling_rows else "")],
-        ["MariaDB LOAD DATA LOCAL INFILE", fmt_rate(backend.load_data_rows_s)],
     ]
+    rows += [[f"mode: {r.mode.name} (N = {LANES} lanes)", mode_text(r)] for r in backend.modes]
+    for (method, sessions), rate in sorted(backend.ceilings.items()):
+        rows.append([f"MariaDB {'multi-row INSERT' if method == 'insert' else 'LOAD DATA LOCAL'}, "
+                     f"{sessions} concurrent session(s)",
+                     fmt_rate(rate) + f" ({backend.ceiling_rows:,} rows)"])
+    return rows
+
+
+def best_ceiling(backend, sessions):
+    rates = [v for (_, s), v in backend.ceilings.items() if s == sessions]
+    return max(rates) if rates else None
 
 
 def backend_ratio_rows(backend):
     """The back end's rows of the "ratios vs targets" table."""
     rows = []
-    value, verdict = fmt_ratio(ratio(backend.drain_rows_s, backend.insert_rows_s),
-                               TARGET_DRAIN_RATIO)
-    rows.append(["drain rows/s collector / plain INSERT", value, f"≥ {TARGET_DRAIN_RATIO}×",
-                 verdict])
+    for r in backend.modes:
+        if r.skipped or r.mode.rollups_only:
+            continue
+        sessions = 1 if r.mode.connections == 1 else LANES
+        value, verdict = fmt_ratio(ratio(r.drain_rows_s, best_ceiling(backend, sessions)),
+                                   TARGET_DRAIN_RATIO)
+        rows.append([f"drain {r.mode.name} / MariaDB's best bulk rate, {sessions} session(s)",
+                     value, f"≥ {TARGET_DRAIN_RATIO}×", verdict])
+    for r in backend.modes:
+        if r.mode.rollups_only and not r.skipped:
+            value, verdict = fmt_ratio(ratio(r.sustained, backend.front_pipelined_rps),
+                                       TARGET_ROLLUP_VS_FRONT)
+            rows.append(["rollups-only sustained / front end's pipelined req/s (one core)", value,
+                         f"≥ {TARGET_ROLLUP_VS_FRONT}×", verdict])
     value, verdict = fmt_ratio(backend.replay_events_s, TARGET_REPLAY_EVENTS_S, suffix="")
     if backend.replay_events_s is not None:
         value = f"{backend.replay_events_s:,.0f} events/s"
-    rows.append(["replay rate (WAL read + decode)", value, f"≥ {TARGET_REPLAY_EVENTS_S:,} events/s", verdict])
+    rows.append(["replay rate (WAL read + decode)", value, f"≥ {TARGET_REPLAY_EVENTS_S:,} events/s",
+                 verdict])
+    rss = [r.rss_mib for r in backend.modes if r.rss_mib is not None]
+    value, verdict = fmt_ratio(max(rss) if rss else None, TARGET_RSS_MIB, higher_is_better=False,
+                               suffix=" MiB")
+    rows.append(["collector peak RSS over the modes", value, f"≤ {TARGET_RSS_MIB} MiB", verdict])
     return rows

@@ -321,7 +321,8 @@ def front_phase(mysql_url, runs, nginx):
     best = lambda server: median_of(runs, server, 64, "plain", lambda r: r.wrk.rps)  # noqa: E731
     wal_dir = Path(str(WAL_DIR) + "-front")
     subprocess.run(["rm", "-rf", str(wal_dir)], check=True)
-    collector = Collector(mysql_url, wal_dir, "front", "[http]\nmax_connections_per_core = 12000\n")
+    collector = Collector(mysql_url, wal_dir, "front",
+                          tail_toml="[http]\nmax_connections_per_core = 12000\n")
     if not collector.start():
         front.instr_note = "front phase skipped: the collector did not come up"
         return front

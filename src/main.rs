@@ -140,7 +140,7 @@ fn wal_tool(config: &Config, action: WalAction) -> anyhow::Result<ExitCode> {
     let found = psc::wal::inspect::inspect(dir, &committed)
         .with_context(|| format!("inspecting {}", dir.display()))?;
     print!("{}", psc::wal::inspect::render(&found, dir));
-    let corrupt = found.corrupt_segments() > 0;
+    let corrupt = found.corrupt_ranges() > 0;
     Ok(if matches!(action, WalAction::Verify) && corrupt { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 

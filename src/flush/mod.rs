@@ -23,14 +23,13 @@
 //!    compaction (which only trusts the cursor it reads back from `commit.meta`).
 //!
 //! ## Corruption policy
-//! A record that fails its CRC (or does not decode) is never delivered and never skipped
-//! silently. Records before it are delivered. Then:
-//! - in a sealed segment: the whole segment is moved to `<wal.dir>/quarantine/` (error log,
-//!   `corrupt_records` and `quarantined_segments` counted) and the core continues with the
-//!   next segment. The records after the bad one stay readable in the quarantined file
-//!   (`wal inspect` shows where); nothing is deleted;
-//! - in the open segment (still appended to): the core waits until the writer seals it, then
-//!   quarantines it the same way; a restart cuts it at the bad record instead (recovery);
+//! A record that fails its CRC (or does not decode) costs that record only, and is never
+//! skipped silently:
+//! - in the WAL (sealed or open segment): the reader stops at it and says where the next
+//!   record that decodes starts (`wal::reader::ReadStop::Corrupt`); the bad bytes are copied
+//!   to `<wal.dir>/quarantine/` (`wal::quarantine::save_bad_bytes`), `corrupt_records` is
+//!   counted, and the core goes on after them. No segment is moved. If the copy fails, the
+//!   core retries it on its next catch-up before going on;
 //! - in a queue chunk: the chunk is ignored and the core catches up from the WAL, the truth.
 //!
 //! ## Failure handling
@@ -63,9 +62,9 @@ use crate::mysql::{legacy, migrate, Db, DbError, MysqlStats};
 use crate::queue::{CoreProgress, QueueReceiver, WalChunk};
 use crate::wal::identity::{LaneId, WalIdentity};
 use crate::wal::lane::open_lane;
-use crate::wal::quarantine::quarantine_segment;
-use crate::wal::reader::{CoreWalReader, WalReadError};
-use crate::wal::record::{decode_with_context, RecordError};
+use crate::wal::quarantine::save_bad_bytes;
+use crate::wal::reader::{CoreWalReader, ReadStop};
+use crate::wal::record::{decode, RecordError};
 use crate::wal::segment::core_dir;
 use crate::wal::Position;
 use batch::Batch;
@@ -119,11 +118,6 @@ enum Mode {
     Queue,
     /// Reading the WAL from `read` up to the core's `written_end`.
     CatchingUp,
-    /// A corrupt record at `read` in the open segment `segment`: wait until the writer seals
-    /// it, then catch up (which quarantines it).
-    Stalled { segment: u32 },
-    /// A corrupt segment could not be moved to quarantine: this core waits for an operator.
-    Blocked,
 }
 
 /// The flusher's state for one core.
@@ -409,7 +403,7 @@ impl Flusher {
     fn take_chunk_records(&mut self, c: usize, chunk: &WalChunk) {
         let mut offset = 0usize;
         while offset < chunk.bytes.len() {
-            let (ev, context, len) = match decode_with_context(&chunk.bytes[offset..]) {
+            let (ev, context, len) = match decode(&chunk.bytes[offset..]) {
                 Ok(decoded) => decoded,
                 Err(reason) => {
                     let at = Position::new(chunk.start.segment, chunk.start.offset + offset as u64);
@@ -441,11 +435,6 @@ impl Flusher {
             if room == 0 {
                 break;
             }
-            if let Mode::Stalled { segment } = self.lanes[c].mode {
-                if self.cores[c].written_end().segment > segment {
-                    self.lanes[c].mode = Mode::CatchingUp; // sealed now: quarantine it
-                }
-            }
             if self.lanes[c].mode == Mode::CatchingUp {
                 self.catch_up_core(c, room);
             }
@@ -463,27 +452,30 @@ impl Flusher {
         }
         let mut events = 0u64;
         let reading = Instant::now();
-        let result = lane.reader.read_with_context(lane.read, until, room, |ev, context, end| {
+        let out = lane.reader.read(lane.read, until, room, |ev, context, _raw, end| {
             batch.push_with_context(c, ev, context, end);
             events += 1;
         });
         let reading = reading.elapsed();
-        match result {
-            Ok(pos) => {
-                lane.read = pos;
+        // Whatever stopped the read, the batch holds exactly the records before `end`, and
+        // `end..reached` holds none.
+        lane.read = out.reached;
+        if let Some(cut) = out.cut_below_cursor {
+            warn!(
+                core = c,
+                ?cut,
+                "the WAL was cut below the committed cursor; going on with the next segment"
+            );
+        }
+        match out.stop {
+            None => {
                 lane.io_error_logged = false;
-                if pos >= until {
+                if lane.read >= until {
                     lane.mode = Mode::Queue;
                 }
             }
-            Err(WalReadError::Corrupt { segment, offset, reason, .. }) => {
-                // Records before the bad one were delivered to the batch; `read` follows them.
-                if let Some(end) = batch.ends()[c] {
-                    lane.read = lane.read.max(end);
-                }
-                self.on_corrupt(c, Position::new(segment, offset), reason, until);
-            }
-            Err(e @ (WalReadError::Io { .. } | WalReadError::OutOfRange { .. })) => {
+            Some(ReadStop::Corrupt { at, resume, reason }) => self.on_corrupt(c, at, resume, reason),
+            Some(ReadStop::Io(e)) => {
                 if !lane.io_error_logged {
                     error!(core = c, error = %e, "cannot read the WAL; retrying");
                     lane.io_error_logged = true;
@@ -528,32 +520,25 @@ impl Flusher {
         }
     }
 
-    /// Applies the corruption policy (module doc) to a bad record of core `c` at `at`.
-    fn on_corrupt(&mut self, c: usize, at: Position, reason: RecordError, until: Position) {
-        if at.segment >= until.segment {
-            if self.lanes[c].mode != (Mode::Stalled { segment: at.segment }) {
+    /// Applies the corruption policy (module doc) to the bad bytes `at..resume` of core `c`.
+    fn on_corrupt(&mut self, c: usize, at: Position, resume: Position, reason: RecordError) {
+        debug_assert_eq!(at.segment, resume.segment);
+        let lane = &mut self.lanes[c];
+        match save_bad_bytes(&self.config.wal.dir, c as u16, at.segment, at.offset..resume.offset) {
+            Ok(saved) => {
                 self.stats.corrupt_records.fetch_add(1, Ordering::Relaxed);
-                error!(core = c, ?at, %reason, "corrupt record in the open WAL segment; \
-                       delivering again once it is sealed (or cut at restart)");
-            }
-            self.lanes[c].mode = Mode::Stalled { segment: at.segment };
-            return;
-        }
-        self.stats.corrupt_records.fetch_add(1, Ordering::Relaxed);
-        match quarantine_segment(&self.config.wal.dir, c as u16, at.segment) {
-            Ok((moved_to, bytes)) => {
-                error!(core = c, ?at, %reason, to = %moved_to.display(),
-                       "corrupt record in a sealed WAL segment; segment quarantined, going on with the next");
-                self.stats.quarantined_segments.fetch_add(1, Ordering::Relaxed);
-                self.stats.wal_disk_bytes.fetch_sub(bytes, Ordering::Relaxed);
-                let lane = &mut self.lanes[c];
-                lane.read = lane.read.max(Position::new(at.segment + 1, 0));
-                lane.mode = Mode::CatchingUp;
+                error!(core = c, ?at, ?resume, %reason, bad_bytes = saved.bytes, saved = %saved.path.display(),
+                       "corrupt WAL record skipped; its bytes are kept in quarantine");
+                lane.read = resume;
+                lane.io_error_logged = false;
             }
             Err(e) => {
-                error!(core = c, ?at, %reason, error = %e,
-                       "corrupt record in a sealed WAL segment that cannot be quarantined; core stopped");
-                self.lanes[c].mode = Mode::Blocked;
+                if !lane.io_error_logged {
+                    error!(core = c, ?at, %reason, error = %e,
+                           "corrupt WAL record whose bytes cannot be saved; retrying before going on");
+                    lane.io_error_logged = true;
+                }
+                lane.read = at;
             }
         }
     }
@@ -881,42 +866,41 @@ mod tests {
         ends
     }
 
+    /// Catches up until the lane has nothing more to read; returns the batch's file ids.
+    fn catch_up_fully(f: &mut Flusher) -> Vec<u64> {
+        for _ in 0..10 {
+            f.catch_up();
+        }
+        f.batch.rows().rows().iter().map(|r| r.file_id).collect()
+    }
+
+    // The corruption policy changed (issue 10 item 5): a bad record costs that record only.
+    // These two tests replace `corrupt_sealed_segment_is_quarantined_and_delivery_goes_on`
+    // (records after the bad one were lost with their quarantined segment) and
+    // `corrupt_open_segment_waits_until_it_is_sealed` (the core stalled on it).
     #[test]
-    fn corrupt_sealed_segment_is_quarantined_and_delivery_goes_on() {
+    fn a_corrupt_record_in_a_sealed_segment_costs_that_record_only() {
         let (mut f, wal) = flusher(100);
         let ends = wal_with_bad_segment(wal.path(), 2);
         f.cores[0].publish_written(Position::new(3, ends[2]));
-        f.catch_up();
-        let ids: Vec<u64> = f.batch.rows().rows().iter().map(|r| r.file_id).collect();
-        assert_eq!(ids, vec![10, 11, 12, 13, 20], "records before the bad one, nothing after");
-        f.catch_up();
-        let ids: Vec<u64> = f.batch.rows().rows().iter().map(|r| r.file_id).collect();
-        assert_eq!(&ids[5..], &[30, 31, 32, 33], "the next segment follows");
+        let ids = catch_up_fully(&mut f);
+        assert_eq!(ids, vec![10, 11, 12, 13, 20, 22, 23, 30, 31, 32, 33], "only record 21 is lost");
         assert_eq!(f.stats.corrupt_records.load(Ordering::Relaxed), 1);
-        assert_eq!(f.stats.quarantined_segments.load(Ordering::Relaxed), 1);
-        assert!(wal.path().join("quarantine").join("core-0.000002.log").is_file());
-        assert!(!core_dir(wal.path(), 0).join("000002.log").exists());
-        assert_eq!(f.lanes[0].read, Position::new(3, ends[2]));
+        let at = record(20).len();
+        let saved = wal.path().join("quarantine").join(format!("core-0.000002.log.at-{at}"));
+        assert_eq!(std::fs::read(saved).unwrap().len(), record(21).len(), "its bytes are kept");
+        assert!(core_dir(wal.path(), 0).join("000002.log").exists(), "no segment is moved");
+        assert_eq!((f.lanes[0].read, f.lanes[0].mode), (Position::new(3, ends[2]), Mode::Queue));
     }
 
     #[test]
-    fn corrupt_open_segment_waits_until_it_is_sealed() {
+    fn a_corrupt_record_in_the_open_segment_is_skipped_the_same_way() {
         let (mut f, wal) = flusher(100);
         let ends = wal_with_bad_segment(wal.path(), 3);
         f.cores[0].publish_written(Position::new(3, ends[2]));
-        f.catch_up();
-        f.catch_up();
-        assert_eq!(f.batch.len(), 9);
-        assert_eq!(f.lanes[0].mode, Mode::Stalled { segment: 3 });
+        let ids = catch_up_fully(&mut f);
+        assert_eq!(&ids[8..], &[30, 32, 33]);
         assert_eq!(f.stats.corrupt_records.load(Ordering::Relaxed), 1, "counted once");
-        let dir = core_dir(wal.path(), 0);
-        std::fs::write(crate::wal::segment::segment_path(&dir, 4), record(40)).unwrap();
-        f.cores[0].publish_written(Position::new(4, record(40).len() as u64));
-        f.catch_up();
-        f.catch_up();
-        let ids: Vec<u64> = f.batch.rows().rows().iter().map(|r| r.file_id).collect();
-        assert_eq!(ids.last(), Some(&40));
-        assert_eq!(f.stats.quarantined_segments.load(Ordering::Relaxed), 1);
         assert_eq!(f.lanes[0].mode, Mode::Queue);
     }
 

@@ -283,7 +283,7 @@ User-Agent: UA \"1\"\r\nReferer: https://Site.example/p\r\nX-Forwarded-For: 9.9.
         assert_eq!(records, 3, "the whole batch in one tick, so one WAL write");
         let scan = crate::wal::record::scan(&bytes);
         assert_eq!((scan.records, scan.valid_len), (3, bytes.len()));
-        let (ev, ctx, _) = crate::wal::record::decode_with_context(&bytes).unwrap();
+        let (ev, ctx, _) = crate::wal::record::decode(&bytes).unwrap();
         assert_eq!((ev.event, ev.ts_ms, ctx.ip, ctx.ua.as_deref()), ("a", 5, Some("127.0.0.1"), Some("T")));
 
         s.body = br#"[{"event":"a","domain":"a.org","file_id":1},{"event":"b"}]"#.to_vec();

@@ -200,7 +200,7 @@ impl Intake {
 mod tests {
     use super::*;
     use crate::wal::group::TickOutcome;
-    use crate::wal::record::{decode_with_context, scan};
+    use crate::wal::record::{decode, scan};
 
     fn intake_with(policy: Policy, group: &Rc<GroupCommit>) -> (Intake, Arc<CoreCounters>) {
         let counters = Arc::new(CoreCounters::default());
@@ -239,7 +239,7 @@ mod tests {
         assert!(matches!(stored, Ok(Accepted::Stored(_))), "bots are stored by default");
         let bytes = take_tick(&group);
         assert_eq!(scan(&bytes).records, 1, "only the valid event is in the tick");
-        let (event, context, _) = decode_with_context(&bytes).expect("a record");
+        let (event, context, _) = decode(&bytes).expect("a record");
         assert_eq!((event.domain, event.file_id, context.ip), ("a.org", 7, Some("192.0.2.1")));
     }
 
@@ -257,8 +257,8 @@ mod tests {
         assert!(matches!(accepted, Some(Accepted::Stored(_))));
         let bytes = take_tick(&group);
         assert_eq!(scan(&bytes).records, 3);
-        let second = &bytes[decode_with_context(&bytes).expect("first").2..];
-        assert_eq!(decode_with_context(second).expect("second").1.event_id, id, "each beacon its own id");
+        let second = &bytes[decode(&bytes).expect("first").2..];
+        assert_eq!(decode(second).expect("second").1.event_id, id, "each beacon its own id");
         let (n, accepted) = intake.accept_batch(std::iter::empty(), None, &Context::NONE);
         assert_eq!((n, accepted.is_none()), (0, true));
     }

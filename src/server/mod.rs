@@ -46,8 +46,8 @@ pub enum ServerError {
     Lock(#[from] lock::LockError),
     #[error(transparent)]
     Identity(#[from] crate::cursor::CursorError),
-    #[error("WAL recovery of core {core}: {source}")]
-    Recovery { core: u16, source: crate::wal::WalError },
+    #[error("WAL recovery: {0}")]
+    Recovery(#[from] recovery::RecoveryError),
     #[error("cannot listen on {addr}: {source}")]
     Listen { addr: SocketAddr, source: std::io::Error },
     #[error("cannot start thread {name}: {source}")]
@@ -85,14 +85,18 @@ pub fn start(mut config: Config) -> Result<Running, ServerError> {
     let counters: Vec<Arc<CoreCounters>> = (0..core_count).map(|_| Arc::default()).collect();
     config.http.max_connections_per_core = fd_limit::apply(core_count, config.http.max_connections_per_core);
 
+    // Every core directory found, whatever `server.cores` says now (issue 10 item 2); this
+    // flusher only delivers the lanes of the cores that run.
+    let lanes = recovery::recover_all(&wal_dir, core_count as u16, config.wal.sync)?;
     let mut tails = Vec::with_capacity(core_count);
     let mut wal_bytes = 0;
-    for core in 0..core_count as u16 {
-        let recovered = recovery::recover_core(&wal_dir, core)
-            .map_err(|source| ServerError::Recovery { core, source })?;
-        bump(&counters[core as usize].wal_truncated_bytes, recovered.truncated_bytes);
+    for recovered in &lanes {
+        let core = usize::from(recovered.lane.core);
         wal_bytes += recovered.segments.iter().map(|s| s.bytes).sum::<u64>();
-        tails.push(recovered.tail);
+        if core < core_count {
+            bump(&counters[core].wal_truncated_bytes, recovered.truncated_bytes);
+            tails.push(recovered.tail);
+        }
     }
     let budget = resolve_budget(&config, &wal_dir, wal_bytes, core_count)?;
     let listeners = bind_listeners(config.server.listen, core_count)?;

@@ -1,13 +1,15 @@
 //! `player-stat-collector wal inspect|verify`: the WAL's "fsck". Reads only (no lock, no
 //! repair), so it works on a stopped collector and, with a moving tail, on a running one.
 //!
-//! It reports the WAL's identity, then per lane the segments with their record counts and
-//! damage, the committed cursor the caller read from `commit.meta` (the least over the lane's
-//! shards; this module does not read `commit.meta`: `crate::cursor` depends on the WAL, not
-//! the other way round), and the backlog (records and bytes after that cursor); then the files in
-//! `quarantine/`. `verify` fails on [`DamageKind::Corrupt`] only: a torn tail of the newest
-//! segment is an interrupted write that recovery cuts at the next start, never an
-//! acknowledged record (and on a running collector it can be a write in progress).
+//! It reports the WAL's identity, then per lane its incarnation, its segments with their
+//! record counts and every damaged range (the reader skips each one, so a corrupt record
+//! costs that record only), the committed cursor the caller read from `commit.meta` (the
+//! least over the lane's shards; this module does not read `commit.meta`, because
+//! `crate::cursor` depends on the WAL and not the other way round), and the backlog (records
+//! and bytes after that cursor); then the files in `quarantine/`. `verify` fails on
+//! [`DamageKind::Corrupt`] only: a torn tail of the newest segment is an interrupted write
+//! that recovery cuts at the next start, never an acknowledged record (and on a running
+//! collector it can be a write in progress).
 
 use std::fmt::Write as _;
 use std::fs;
@@ -17,7 +19,7 @@ use super::identity::{read_identity, IdentityError, LaneId, WalIdentity};
 use super::lane::read_lane;
 use super::quarantine::quarantine_dir;
 use super::record;
-use super::recovery::{verify_core, CoreReport, DamageKind, SegmentReport};
+use super::recovery::{verify_lane, DamageKind, LaneReport, SegmentReport};
 use super::segment::{core_dir, list_cores, segment_path};
 use super::{Position, WalError};
 
@@ -30,7 +32,7 @@ pub enum InspectError {
     Identity(#[from] IdentityError),
 }
 
-/// What is not yet committed to MySQL on one core.
+/// What is not yet committed on one lane.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Backlog {
     pub records: u64,
@@ -38,12 +40,12 @@ pub struct Backlog {
     pub segments: u64,
 }
 
-/// One core as inspected.
+/// One lane as inspected.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CoreInspection {
+pub struct LaneInspection {
     /// `None` for a directory of the previous version (no LANE file yet).
     pub lane: Option<LaneId>,
-    pub report: CoreReport,
+    pub report: LaneReport,
     /// From `commit.meta`; `Position::default()` if it has none for this lane.
     pub committed: Position,
     pub backlog: Backlog,
@@ -54,16 +56,16 @@ pub struct CoreInspection {
 pub struct Inspection {
     /// `None` if the directory has no IDENTITY (new, or of the previous version).
     pub identity: Option<WalIdentity>,
-    pub cores: Vec<CoreInspection>,
+    pub lanes: Vec<LaneInspection>,
     /// (file name, bytes) of every file in `quarantine/`.
     pub quarantined: Vec<(String, u64)>,
 }
 
 impl Inspection {
-    /// Corrupt segments (not torn tails) across all cores.
-    pub fn corrupt_segments(&self) -> usize {
-        let damaged = |s: &&SegmentReport| s.damage.is_some_and(|d| d.kind == DamageKind::Corrupt);
-        self.cores.iter().map(|c| c.report.segments.iter().filter(damaged).count()).sum()
+    /// Damaged ranges that are corruption (not torn tails), over all lanes.
+    pub fn corrupt_ranges(&self) -> usize {
+        let corrupt = |s: &SegmentReport| s.damage.iter().filter(|d| d.kind == DamageKind::Corrupt).count();
+        self.lanes.iter().flat_map(|l| &l.report.segments).map(corrupt).sum()
     }
 }
 
@@ -71,25 +73,25 @@ impl Inspection {
 /// its shards) as `commit.meta` holds it.
 pub fn inspect(wal_dir: &Path, committed: &[(LaneId, Position)]) -> Result<Inspection, InspectError> {
     let identity = read_identity(wal_dir)?;
-    let numbers = match list_cores(wal_dir) {
+    let cores = match list_cores(wal_dir) {
         Ok(n) => n,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
         Err(source) => return Err(WalError::Io { path: wal_dir.to_owned(), source }.into()),
     };
-    let mut cores = Vec::with_capacity(numbers.len());
-    for core in numbers {
+    let mut lanes = Vec::with_capacity(cores.len());
+    for core in cores {
         let lane = read_lane(&core_dir(wal_dir, core))?;
-        let report = verify_core(wal_dir, core)?;
+        let report = verify_lane(wal_dir, core)?;
         let committed = committed.iter().find(|(l, _)| Some(*l) == lane).map_or(Position::default(), |c| c.1);
         let backlog = backlog_of(wal_dir, &report, committed)?;
-        cores.push(CoreInspection { lane, report, committed, backlog });
+        lanes.push(LaneInspection { lane, report, committed, backlog });
     }
-    Ok(Inspection { identity, cores, quarantined: list_quarantine(wal_dir) })
+    Ok(Inspection { identity, lanes, quarantined: list_quarantine(wal_dir) })
 }
 
 /// Records and bytes after `committed`: whole segments after its segment, and the part of
-/// its segment past its offset (records counted up to the first damage).
-fn backlog_of(wal_dir: &Path, report: &CoreReport, committed: Position) -> Result<Backlog, WalError> {
+/// its segment past its offset.
+fn backlog_of(wal_dir: &Path, report: &LaneReport, committed: Position) -> Result<Backlog, WalError> {
     let mut backlog = Backlog::default();
     for seg in &report.segments {
         if seg.number > committed.segment {
@@ -127,45 +129,41 @@ pub fn render(inspection: &Inspection, wal_dir: &Path) -> String {
         Some(id) => writeln!(out, "wal {}  node {}  wal id {}", wal_dir.display(), id.node, id.wal),
         None => writeln!(out, "wal {}  (no IDENTITY)", wal_dir.display()),
     };
-    for core in &inspection.cores {
-        let (c, b) = (&core.committed, &core.backlog);
+    for lane in &inspection.lanes {
+        let (c, b) = (&lane.committed, &lane.backlog);
+        let incarnation = lane.lane.map_or("(no LANE)".to_owned(), |l| format!("{:016x}", l.incarnation));
         let _ = writeln!(
             out,
-            "core {} lane {}: committed {}:{}  backlog {} records, {} bytes in {} segments",
-            core.report.core,
-            core.lane.map_or("(no LANE)".to_owned(), |l| format!("{:016x}", l.incarnation)),
-            c.segment,
-            c.offset,
-            b.records,
-            b.bytes,
-            b.segments
+            "core {} lane {incarnation}: committed {}:{}  backlog {} records, {} bytes in {} segments",
+            lane.report.core, c.segment, c.offset, b.records, b.bytes, b.segments
         );
-        for seg in &core.report.segments {
+        for seg in &lane.report.segments {
             render_segment(&mut out, seg);
         }
     }
     for (name, bytes) in &inspection.quarantined {
         let _ = writeln!(out, "quarantine: {name} {bytes} bytes");
     }
-    let corrupt = inspection.corrupt_segments();
-    let verdict = if corrupt == 0 { "ok".to_owned() } else { format!("CORRUPT ({corrupt} segments)") };
+    let corrupt = inspection.corrupt_ranges();
+    let verdict = if corrupt == 0 { "ok".to_owned() } else { format!("CORRUPT ({corrupt} damaged ranges)") };
     let _ = writeln!(out, "verdict: {verdict}");
     out
 }
 
 fn render_segment(out: &mut String, seg: &SegmentReport) {
-    let _ = write!(out, "  segment {:06} {} bytes {} records", seg.number, seg.bytes, seg.records);
-    if let Some(d) = seg.damage {
-        let kind = match d.kind {
-            DamageKind::TornTail => "torn tail",
-            DamageKind::Corrupt => "CORRUPT record",
+    let _ = writeln!(out, "  segment {:06} {} bytes {} records", seg.number, seg.bytes, seg.records);
+    for d in &seg.damage {
+        let (kind, next) = match d.kind {
+            DamageKind::TornTail => ("torn tail", "cut at the next start"),
+            DamageKind::Corrupt => ("CORRUPT record", "skipped by the reader"),
         };
-        let _ = write!(out, "  {kind} at offset {} ({})", d.offset, d.reason);
-        if let Some(next) = d.next_valid_offset {
-            let _ = write!(out, ", next valid record at {next}");
-        }
+        let resume = d.offset + d.len;
+        let _ = writeln!(
+            out,
+            "    {kind} at offset {} ({}), {} bytes to {resume}, {next}",
+            d.offset, d.reason, d.len
+        );
     }
-    out.push('\n');
 }
 
 #[cfg(test)]
@@ -184,43 +182,47 @@ mod tests {
     }
 
     #[test]
-    fn reports_segments_cursor_backlog_and_corruption() {
+    fn reports_identity_lanes_cursor_backlog_and_every_damaged_range() {
         let wal = tempfile::tempdir().unwrap();
         let id = open_identity(wal.path(), "n1", "h").unwrap();
         let lane = open_lane(wal.path(), 0).unwrap();
         let dir = core_dir(wal.path(), 0);
         let one = records(10, 4);
         fs::write(segment_path(&dir, 1), &one).unwrap();
-        let mut two = records(20, 3);
+        let mut two = records(20, 4);
         let first = records(20, 1).len();
-        two[first] = b'z'; // second record's CRC is no longer hex
+        two[first] = b'z'; // record 2's CRC is no longer hex
+        two[3 * first + 12] ^= 1; // record 4's payload is flipped
         fs::write(segment_path(&dir, 2), &two).unwrap();
         let mut three = records(30, 2);
         three.extend_from_slice(b"0000");
         fs::write(segment_path(&dir, 3), &three).unwrap();
         let cursor = Position::new(1, records(10, 1).len() as u64);
+
         let found = inspect(wal.path(), &[(lane, cursor)]).unwrap();
-        assert_eq!(found.identity, Some(id));
-        let core = &found.cores[0];
-        assert_eq!(core.lane, Some(lane));
-        assert_eq!(core.committed, cursor);
-        let counts: Vec<u64> = core.report.segments.iter().map(|s| s.records).collect();
-        assert_eq!(counts, vec![4, 1, 2]);
+        assert_eq!(found.identity, Some(id.clone()));
+        let l = &found.lanes[0];
+        assert_eq!((l.lane, l.committed), (Some(lane), cursor));
+        let counts: Vec<u64> = l.report.segments.iter().map(|s| s.records).collect();
+        assert_eq!(counts, vec![4, 2, 2], "records after a bad one still count");
         let total = (one.len() + two.len() + three.len()) as u64;
-        assert_eq!(core.backlog, Backlog { records: 3 + 1 + 2, bytes: total - cursor.offset, segments: 3 });
-        assert_eq!(found.corrupt_segments(), 1, "the torn tail of the newest is not corruption");
+        assert_eq!(l.backlog, Backlog { records: 3 + 2 + 2, bytes: total - cursor.offset, segments: 3 });
+        assert_eq!(found.corrupt_ranges(), 2, "the torn tail of the newest is not corruption");
         let text = render(&found, wal.path());
+        assert!(text.contains(&format!("node n1  wal id {}", id.wal)), "{text}");
+        assert!(text.contains(&format!("lane {:016x}", lane.incarnation)), "{text}");
         assert!(text.contains(&format!("CORRUPT record at offset {first}")), "{text}");
+        assert!(text.contains(&format!("CORRUPT record at offset {}", 3 * first)), "{text}");
         assert!(text.contains("torn tail"), "{text}");
-        assert!(text.contains("verdict: CORRUPT (1 segments)"), "{text}");
+        assert!(text.contains("verdict: CORRUPT (2 damaged ranges)"), "{text}");
     }
 
     #[test]
     fn an_empty_directory_is_clean() {
         let wal = tempfile::tempdir().unwrap();
         let found = inspect(wal.path(), &[]).unwrap();
-        assert!(found.cores.is_empty() && found.identity.is_none());
-        assert_eq!(found.corrupt_segments(), 0);
+        assert!(found.lanes.is_empty() && found.identity.is_none());
+        assert_eq!(found.corrupt_ranges(), 0);
         assert!(render(&found, wal.path()).contains("verdict: ok"));
     }
 }

@@ -10,7 +10,7 @@
 //!   core-0/000001.log    segments of core 0, numbered from 1, rolled at wal.segment_bytes
 //!   core-0/000002.log
 //!   core-1/…
-//!   quarantine/          sealed segments found corrupt, moved aside
+//!   quarantine/          copies of bytes that hold no valid record (see quarantine)
 //! ```
 //!
 //! ## Record format (one line per record, so `tail -f` and `grep` work)
@@ -23,6 +23,13 @@
 //! object. A zero-filled tail fails at its first byte (`\0` is not a hex digit); a torn
 //! write fails for want of its `\n` or its CRC. Decoders ignore payload keys they do not know.
 //!
+//! ## Corruption costs one record
+//! After a record that fails its checks, readers resync: the next offset whose 9 bytes look
+//! like a header and where the record decodes ([`record::resync`], every offset checked, so a
+//! flipped `\n` costs one record, not two). Recovery cuts only a damaged *tail* (nothing
+//! decodes after it); the reader skips damage anywhere else and reports it, so the delivery
+//! core copies the bad bytes to `quarantine/` and delivers everything else.
+//!
 //! ## Positions
 //! A [`Position`] is (segment number, byte offset) and orders lexicographically. Positions
 //! handed out by the writer always fall on record boundaries.
@@ -32,21 +39,24 @@
 //! - [`segment`]: paired name/parse functions for `core-N/` and `NNNNNN.log`, directory listing.
 //! - [`durable`]: atomic file replace and directory fsync, the fsync orders written once.
 //! - [`identity`]: `IDENTITY` (whose WAL this is, `wal adopt`); [`lane`]: `core-N/LANE`.
-//! - [`recovery`]: at startup, cuts the torn tail of each core's newest segment
-//!   (`repair_torn_tail` is the tail policy); `verify_core` for tools.
+//! - [`recovery`]: at startup, for every lane found: cuts the torn tail of its newest segment
+//!   and opens a fresh segment; `verify_lane` for tools.
 //! - [`writer`]: the per-core io_uring appender (one write per tick buffer, rolling, repair).
 //! - [`group`]: the open tick of a core and the tickets its requests wait on;
 //!   [`tick_writer`]: the core's writer task that writes each tick and completes its ticket.
 //! - [`reader`]: the flusher's catch-up reader (mmap for sealed segments, `pread` for the open one).
 //! - [`inspect`]: the read-only `wal inspect|verify` report.
-//! - [`quarantine`]: moving damaged segments aside; [`budget`]: the disk budget (`wal.max_bytes`,
+//! - [`quarantine`]: copies of bad bytes; [`budget`]: the disk budget (`wal.max_bytes`,
 //!   `wal.min_free_bytes`) that turns a filling disk into 503s instead of failed writes.
 //!
 //! ## Lifecycle of a segment
-//! created empty by the writer (directory fsynced unless `sync = none`) → appended at its end
-//! only → sealed when the writer rolls (file fdatasynced first unless `sync = none`) → never
-//! modified again → deleted whole by compaction once behind the durable cursor. Only the
-//! newest segment of a core can have a torn tail; recovery truncates it before the writer opens.
+//! created empty, by recovery at every start or by the writer when it rolls (directory fsynced
+//! unless `sync = none`) → appended at its end only, by one run only → sealed when the writer
+//! rolls or the process stops (file fdatasynced first unless `sync = none`) → never modified
+//! again, except that the next start cuts a torn tail off the newest one → deleted whole by
+//! compaction once behind a durable cursor (`crate::compact`), never while it is a lane's
+//! newest. Because every start writes into a segment of its own, a cursor from an earlier run
+//! never points into bytes of a later one.
 pub mod budget;
 pub mod config;
 pub mod durable;

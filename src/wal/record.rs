@@ -188,14 +188,9 @@ struct Payload<'a> {
     eid: Option<&'a str>,
 }
 
-/// Decodes the record at the start of `buf`. Returns the event and the bytes it occupies,
-/// newline included.
-pub fn decode(buf: &[u8]) -> Result<(Event<'_>, usize), RecordError> {
-    decode_with_context(buf).map(|(event, _, len)| (event, len))
-}
-
-/// [`decode`] that also returns the record's client context (empty for old records).
-pub fn decode_with_context(buf: &[u8]) -> Result<(Event<'_>, DecodedContext<'_>, usize), RecordError> {
+/// Decodes the record at the start of `buf`: its event, its client context (empty for records
+/// written before context existed) and the bytes it occupies, newline included.
+pub fn decode(buf: &[u8]) -> Result<(Event<'_>, DecodedContext<'_>, usize), RecordError> {
     let crc = parse_header(buf)?;
     let line_len = find_line_len(buf)?;
     let payload = &buf[HEADER_BYTES..line_len - 1];
@@ -232,7 +227,7 @@ fn hex_digit(b: u8) -> Option<u8> {
 /// Length of the line including its `\n`, which must come within `MAX_RECORD_BYTES`.
 fn find_line_len(buf: &[u8]) -> Result<usize, RecordError> {
     let window = &buf[..buf.len().min(MAX_RECORD_BYTES)];
-    match window.iter().position(|&b| b == b'\n') {
+    match memchr::memchr(b'\n', window) {
         Some(i) => Ok(i + 1),
         None if buf.len() < MAX_RECORD_BYTES => Err(RecordError::Incomplete),
         None => Err(RecordError::TooLong),
@@ -240,7 +235,10 @@ fn find_line_len(buf: &[u8]) -> Result<usize, RecordError> {
 }
 
 fn parse_payload(payload: &[u8]) -> Result<(Event<'_>, DecodedContext<'_>), RecordError> {
-    let p: Payload<'_> = serde_json::from_slice(payload).map_err(|_| RecordError::BadPayload)?;
+    // One UTF-8 check of the whole payload, then a `str` parse that does not check each string
+    // again (fewer instructions per record than `from_slice`; see the wal_replay bench).
+    let text = std::str::from_utf8(payload).map_err(|_| RecordError::BadPayload)?;
+    let p: Payload<'_> = serde_json::from_str(text).map_err(|_| RecordError::BadPayload)?;
     if p.event.is_empty() || p.domain.is_empty() {
         return Err(RecordError::BadPayload);
     }
@@ -254,31 +252,107 @@ fn parse_payload(payload: &[u8]) -> Result<(Event<'_>, DecodedContext<'_>), Reco
     Ok((event, context))
 }
 
-/// Result of walking records from the start of a buffer.
+/// Where the next record starts after a bad one ([`resync`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Scan {
-    /// Bytes covered by whole valid records: the buffer is valid up to here.
-    pub valid_len: usize,
-    /// Number of valid records in `..valid_len`.
-    pub records: u64,
-    /// Why the walk stopped before the end of the buffer; `None` if it reached the end.
-    pub stop: Option<RecordError>,
+pub enum Resync {
+    /// A record that decodes starts at this offset.
+    At(usize),
+    /// None up to the end of the buffer.
+    None,
+    /// The buffer ends inside a candidate that starts at this offset: look again with more
+    /// bytes from there (only when the buffer is not `complete`).
+    NeedMore(usize),
 }
 
-/// Walks records from the start of `buf` until the end or the first invalid record.
-pub fn scan(buf: &[u8]) -> Scan {
-    let mut valid_len = 0;
-    let mut records = 0;
-    while valid_len < buf.len() {
-        match decode(&buf[valid_len..]) {
-            Ok((_, len)) => {
-                valid_len += len;
-                records += 1;
+/// The first offset `>= from` in `buf` where a record that [`decode`] accepts starts. Every
+/// offset is a candidate, not only those after a `\n`, so a flipped newline costs one record
+/// and not two; a candidate must look like a header (8 lowercase hex digits and a space)
+/// before it is decoded. `complete`: `buf` runs to the end of the readable bytes, so a
+/// candidate cut short by its end is no record.
+///
+/// A false match needs a CRC32C collision, and a client cannot plant one: every `"` of its text
+/// is escaped inside a record, so no tail of a record's line parses as a payload object.
+pub fn resync(buf: &[u8], from: usize, complete: bool) -> Resync {
+    let mut at = from;
+    // A header is 9 bytes: its space is the 9th. Find spaces, then look back 8 bytes.
+    while let Some(i) = buf.get(at + 8..).and_then(|rest| memchr::memchr(b' ', rest)) {
+        let start = at + i;
+        if buf[start..start + 8].iter().all(|&b| hex_digit(b).is_some()) {
+            match decode(&buf[start..]) {
+                Ok(_) => return Resync::At(start),
+                Err(RecordError::Incomplete) if !complete => return Resync::NeedMore(start),
+                Err(_) => {}
             }
-            Err(e) => return Scan { valid_len, records, stop: Some(e) },
+        }
+        at = start + 1;
+    }
+    if complete {
+        return Resync::None;
+    }
+    // The last 8 bytes hold no space: a header may begin among them if the rest is hex.
+    let tail_start = at.max(buf.len().saturating_sub(8));
+    match (tail_start..buf.len()).find(|&o| buf[o..].iter().all(|&b| hex_digit(b).is_some())) {
+        Some(start) => Resync::NeedMore(start),
+        None => Resync::None,
+    }
+}
+
+/// Bytes of a segment that hold no record: from a record that fails its checks up to the
+/// next one that decodes (or the end).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BadRange {
+    pub offset: usize,
+    pub len: usize,
+    /// Why the record at `offset` failed.
+    pub reason: RecordError,
+}
+
+/// Result of walking the records of a buffer, resyncing after each bad one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scan {
+    /// End of the last record that decodes: what is left after cutting the `tail`.
+    pub valid_len: usize,
+    /// Records that decode, in the whole buffer.
+    pub records: u64,
+    /// Damaged ranges followed by a record that decodes, in order.
+    pub corrupt: Vec<BadRange>,
+    /// The damaged end of the buffer, after which nothing decodes: a torn write at the end of
+    /// the newest segment.
+    pub tail: Option<BadRange>,
+}
+
+impl Scan {
+    /// Every byte belongs to a record that decodes.
+    pub fn is_clean(&self) -> bool {
+        self.corrupt.is_empty() && self.tail.is_none()
+    }
+}
+
+/// Walks every record of `buf`, skipping damaged ranges with [`resync`].
+pub fn scan(buf: &[u8]) -> Scan {
+    let mut scan = Scan { valid_len: 0, records: 0, corrupt: Vec::new(), tail: None };
+    let mut at = 0;
+    while at < buf.len() {
+        match decode(&buf[at..]) {
+            Ok((_, _, len)) => {
+                at += len;
+                scan.records += 1;
+                scan.valid_len = at;
+            }
+            Err(reason) => match resync(&buf[at..], 1, true) {
+                Resync::At(len) => {
+                    scan.corrupt.push(BadRange { offset: at, len, reason });
+                    at += len;
+                }
+                Resync::None | Resync::NeedMore(_) => {
+                    scan.tail = Some(BadRange { offset: at, len: buf.len() - at, reason });
+                    break;
+                }
+            },
         }
     }
-    Scan { valid_len, records, stop: None }
+    debug_assert_eq!(scan.valid_len, buf.len() - scan.tail.map_or(0, |t| t.len));
+    scan
 }
 
 #[cfg(test)]
@@ -311,7 +385,8 @@ mod tests {
     fn encode_then_decode_round_trips() {
         let ev = sample(109_454);
         let buf = encoded(&[ev]);
-        let (back, used) = decode(&buf).unwrap();
+        let (back, ctx, used) = decode(&buf).unwrap();
+        assert_eq!(ctx, DecodedContext::default());
         assert_eq!(back, ev);
         assert_eq!(used, buf.len());
         assert_eq!(&buf[8..10], b" {");
@@ -321,9 +396,9 @@ mod tests {
     #[test]
     fn decode_consumes_only_the_first_record() {
         let buf = encoded(&[sample(1), sample(2)]);
-        let (first, used) = decode(&buf).unwrap();
+        let (first, _, used) = decode(&buf).unwrap();
         assert_eq!(first.file_id, 1);
-        let (second, used2) = decode(&buf[used..]).unwrap();
+        let (second, _, used2) = decode(&buf[used..]).unwrap();
         assert_eq!(second.file_id, 2);
         assert_eq!(used + used2, buf.len());
     }
@@ -332,7 +407,7 @@ mod tests {
     fn unknown_payload_keys_are_ignored() {
         let line =
             line_with_payload(r#"{"ts":5,"event":"play","domain":"a.b","file_id":7,"future":{"x":[1,2]}}"#);
-        let (ev, used) = decode(&line).unwrap();
+        let (ev, _, used) = decode(&line).unwrap();
         assert_eq!(ev, Event { ts_ms: 5, event: "play", domain: "a.b", file_id: 7 });
         assert_eq!(used, line.len());
     }
@@ -350,7 +425,7 @@ mod tests {
         let mut buf = Vec::new();
         encode(&ev, &ctx, &mut buf);
         assert_eq!(buf.iter().filter(|&&b| b == b'\n').count(), 1, "one line");
-        let (back, decoded, used) = decode_with_context(&buf).unwrap();
+        let (back, decoded, used) = decode(&buf).unwrap();
         assert_eq!((back, used), (ev, buf.len()));
         assert_eq!(decoded.ip, ctx.ip);
         assert_eq!(decoded.ua.as_deref(), ctx.ua);
@@ -358,7 +433,6 @@ mod tests {
         assert_eq!(decoded.extra.as_deref(), ctx.extra);
         assert_eq!(decoded.event_id, ctx.event_id);
         assert!(buf.windows(40).any(|w| w == b"\"eid\":\"3f2b8c1e9d4a4c6b8e217a5f0d9c1b2e\""));
-        assert_eq!(decode(&buf).unwrap(), (ev, buf.len()), "plain decode ignores the context");
         assert_eq!(scan(&buf).records, 1);
     }
 
@@ -368,13 +442,13 @@ mod tests {
         encode(&sample(4), &Context::NONE, &mut plain);
         let payload = br#"{"ts":1763923170123,"event":"play","domain":"piratka.biz","file_id":4}"#;
         assert_eq!(&plain[HEADER_BYTES..plain.len() - 1], payload, "no context key is written");
-        let (_, ctx, _) = decode_with_context(&plain).unwrap();
+        let (_, ctx, _) = decode(&plain).unwrap();
         assert_eq!(ctx, DecodedContext::default(), "old records have no context");
         let partial = Context { ua: Some("wrk"), ..Context::default() };
         let mut buf = Vec::new();
         encode(&sample(4), &partial, &mut buf);
         assert!(!buf.windows(5).any(|w| w == b"\"ip\":"), "absent keys are not written");
-        assert_eq!(decode_with_context(&buf).unwrap().1.ua.as_deref(), Some("wrk"));
+        assert_eq!(decode(&buf).unwrap().1.ua.as_deref(), Some("wrk"));
     }
 
     #[test]
@@ -387,7 +461,11 @@ mod tests {
             r#"[1,2,3]"#,
             r#"{"ts":5,"event":"play","domain":"a.b","file_id":7} trailing"#,
         ] {
-            assert_eq!(decode(&line_with_payload(payload)), Err(RecordError::BadPayload), "{payload}");
+            assert_eq!(
+                decode(&line_with_payload(payload)).map(|_| ()),
+                Err(RecordError::BadPayload),
+                "{payload}"
+            );
         }
     }
 
@@ -395,7 +473,7 @@ mod tests {
     fn event_id_is_strict_and_alone_is_a_context() {
         let base = r#"{"ts":5,"event":"play","domain":"a.b","file_id":7,"eid":"#;
         let ok = line_with_payload(&format!(r#"{base}"3f2b8c1e9d4a4c6b8e217a5f0d9c1b2e"}}"#));
-        let (_, ctx, _) = decode_with_context(&ok).unwrap();
+        let (_, ctx, _) = decode(&ok).unwrap();
         assert_eq!(
             ctx.event_id.map(|id| id.to_string()).as_deref(),
             Some("3f2b8c1e-9d4a-4c6b-8e21-7a5f0d9c1b2e")
@@ -413,31 +491,31 @@ mod tests {
         assert!(!id_only.is_empty());
         let mut buf = Vec::new();
         encode(&sample(1), &id_only, &mut buf);
-        assert_eq!(decode_with_context(&buf).unwrap().1.event_id, id_only.event_id);
+        assert_eq!(decode(&buf).unwrap().1.event_id, id_only.event_id);
     }
 
     #[test]
     fn truncated_record_is_incomplete_at_every_cut() {
         let buf = encoded(&[sample(3)]);
         for cut in 0..buf.len() {
-            assert_eq!(decode(&buf[..cut]), Err(RecordError::Incomplete), "cut at {cut}");
+            assert_eq!(decode(&buf[..cut]).map(|_| ()), Err(RecordError::Incomplete), "cut at {cut}");
         }
     }
 
     #[test]
     fn zero_filled_tail_is_bad_header() {
-        assert_eq!(decode(&[0u8; 4096]), Err(RecordError::BadHeader));
-        assert_eq!(decode(&[0u8; 1]), Err(RecordError::BadHeader));
+        assert_eq!(decode(&[0u8; 4096]).map(|_| ()), Err(RecordError::BadHeader));
+        assert_eq!(decode(&[0u8; 1]).map(|_| ()), Err(RecordError::BadHeader));
     }
 
     #[test]
     fn header_errors_are_bad_header() {
         let mut buf = encoded(&[sample(3)]);
         buf[8] = b'x';
-        assert_eq!(decode(&buf), Err(RecordError::BadHeader));
+        assert_eq!(decode(&buf).map(|_| ()), Err(RecordError::BadHeader));
         let mut upper = encoded(&[sample(3)]);
         upper[..8].copy_from_slice(b"ABCDEF12");
-        assert_eq!(decode(&upper), Err(RecordError::BadHeader));
+        assert_eq!(decode(&upper).map(|_| ()), Err(RecordError::BadHeader));
     }
 
     #[test]
@@ -446,7 +524,7 @@ mod tests {
         for i in HEADER_BYTES..clean.len() - 1 {
             let mut buf = clean.clone();
             buf[i] ^= 0x01;
-            assert_eq!(decode(&buf), Err(RecordError::BadChecksum), "flip at {i}");
+            assert_eq!(decode(&buf).map(|_| ()), Err(RecordError::BadChecksum), "flip at {i}");
         }
     }
 
@@ -454,32 +532,70 @@ mod tests {
     fn missing_newline_within_limit_is_too_long() {
         let mut buf = b"00000000 ".to_vec();
         buf.resize(MAX_RECORD_BYTES, b'a');
-        assert_eq!(decode(&buf), Err(RecordError::TooLong));
+        assert_eq!(decode(&buf).map(|_| ()), Err(RecordError::TooLong));
         buf.pop();
-        assert_eq!(decode(&buf), Err(RecordError::Incomplete));
+        assert_eq!(decode(&buf).map(|_| ()), Err(RecordError::Incomplete));
         buf.push(b'\n');
-        assert_eq!(decode(&buf), Err(RecordError::BadChecksum), "exactly at the limit is allowed");
+        assert_eq!(
+            decode(&buf).map(|_| ()),
+            Err(RecordError::BadChecksum),
+            "exactly at the limit is allowed"
+        );
     }
 
     #[test]
-    fn scan_stops_at_the_first_invalid_record() {
+    fn scan_skips_bad_records_and_tells_a_torn_tail_apart() {
         let good = encoded(&[sample(1), sample(2), sample(3)]);
-        assert_eq!(scan(&good), Scan { valid_len: good.len(), records: 3, stop: None });
+        let clean = scan(&good);
+        assert!(clean.is_clean());
+        assert_eq!((clean.valid_len, clean.records), (good.len(), 3));
+        let one = encoded(&[sample(1)]).len();
 
-        let first_two = encoded(&[sample(1), sample(2)]).len();
         let mut torn = good.clone();
         torn.truncate(good.len() - 5);
-        assert_eq!(
-            scan(&torn),
-            Scan { valid_len: first_two, records: 2, stop: Some(RecordError::Incomplete) }
-        );
+        let s = scan(&torn);
+        assert_eq!((s.valid_len, s.records), (2 * one, 2));
+        assert_eq!(s.tail, Some(BadRange { offset: 2 * one, len: one - 5, reason: RecordError::Incomplete }));
 
-        let mut zeroed = good.clone();
-        zeroed.extend_from_slice(&[0u8; 100]);
+        let mut flipped = good.clone();
+        flipped[one + 20] ^= 0x08;
+        flipped.extend_from_slice(&[0u8; 100]);
+        let s = scan(&flipped);
+        assert_eq!(s.records, 2, "only the flipped record is lost");
+        assert_eq!(s.corrupt, vec![BadRange { offset: one, len: one, reason: RecordError::BadChecksum }]);
         assert_eq!(
-            scan(&zeroed),
-            Scan { valid_len: good.len(), records: 3, stop: Some(RecordError::BadHeader) }
+            s.tail.map(|t| (t.offset, t.len, t.reason)),
+            Some((good.len(), 100, RecordError::BadHeader))
         );
-        assert_eq!(scan(&[]), Scan { valid_len: 0, records: 0, stop: None });
+        assert_eq!(scan(&[]), Scan { valid_len: 0, records: 0, corrupt: Vec::new(), tail: None });
+    }
+
+    #[test]
+    fn a_flipped_newline_costs_one_record() {
+        let good = encoded(&[sample(1), sample(2), sample(3)]);
+        let one = encoded(&[sample(1)]).len();
+        let mut bytes = good.clone();
+        bytes[one - 1] = b' ';
+        let s = scan(&bytes);
+        assert_eq!(s.records, 2);
+        assert_eq!(s.corrupt.len(), 1);
+        assert_eq!((s.corrupt[0].offset, s.corrupt[0].len), (0, one));
+        assert!(s.tail.is_none());
+    }
+
+    #[test]
+    fn resync_checks_every_offset_and_asks_for_more_bytes_when_cut_short() {
+        let good = encoded(&[sample(1), sample(2)]);
+        let one = encoded(&[sample(1)]).len();
+        let mut bytes = vec![b'#'; 7];
+        bytes.extend_from_slice(&good);
+        assert_eq!(resync(&bytes, 1, true), Resync::At(7));
+        assert_eq!(resync(&bytes, 8, true), Resync::At(7 + one));
+        assert_eq!(resync(&bytes, 8 + one, true), Resync::None);
+        let cut = &bytes[..7 + one + 20];
+        assert_eq!(resync(cut, 8, false), Resync::NeedMore(7 + one), "a record cut by the buffer end");
+        assert_eq!(resync(cut, 8, true), Resync::None, "but not past the readable end");
+        assert_eq!(resync(&bytes[..11], 1, false), Resync::NeedMore(7), "a header may start here");
+        assert_eq!(resync(b"xx", 1, true), Resync::None);
     }
 }

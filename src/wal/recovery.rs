@@ -1,26 +1,50 @@
-//! Startup recovery of one core's WAL, and a full verification for tools.
+//! Startup recovery of every lane of the WAL, and a full verification for tools.
 //!
-//! Recovery runs before the core threads start (plain blocking IO). Only the newest segment
-//! can have been cut short by a crash, so only it is scanned: sealed segments were fdatasynced
-//! (or at least fully written) before the writer rolled, and scanning gigabytes at every start
-//! would be too slow; corruption there is reported by the reader when the flusher gets to it.
+//! Recovery runs before the core threads and the flusher start (plain blocking IO), for every
+//! `core-N` directory found and every core this start runs ([`recover_all`]), so a lane that no
+//! core writes any more (the core count went down) is still recovered and can be drained.
+//! Per lane ([`recover_lane`]):
+//! 1. `super::lane::open_lane`: the directory and its `LANE` file exist before any segment.
+//! 2. **Tail policy.** Only the newest segment can have been cut short by a crash, so only it
+//!    is scanned (sealed segments were fdatasynced before the writer rolled, and scanning
+//!    gigabytes at every start would be too slow; the reader copes with damage there). Only a
+//!    *torn tail* is cut: damaged bytes at the end after which no record decodes
+//!    (`record::scan`'s `tail`). The resync of the scan checks every offset, so the cut never
+//!    holds a record that decodes, and nothing acknowledged is lost by it. Damage followed by
+//!    records that decode is left in place: the reader skips it and reports it, so it costs
+//!    that record only. The cut is fdatasynced.
+//! 3. **A fresh segment per start.** A new, empty segment `(newest + 1, 0)` is created (its
+//!    directory fsynced unless `wal.sync = none`) and returned as the tail. The writer never
+//!    appends to a segment of an earlier run, so a cursor taken in an earlier run can never
+//!    point into bytes written by this one: if the WAL was cut below a durable cursor, the
+//!    cursor lies past the end of a sealed segment and the reader says so, instead of
+//!    skipping new records as "already read".
 //!
-//! Tail policy ([`repair_torn_tail`]): the newest segment is cut back to its last whole valid
-//! record. Those bytes were never acknowledged if they are a torn write. If decodable records
-//! follow the damage (mid-file corruption, not a torn write), the cut-off bytes are first
-//! copied to `<wal.dir>/quarantine/` so nothing is destroyed, and the event is logged as an
-//! error.
-//!
-//! Invariant after [`recover_core`]: the newest segment file ends exactly at `tail`, on a
-//! record boundary, so the writer can append there.
+//! Invariant after [`recover_lane`]: the lane's newest segment is empty, was created by this
+//! start, and `tail == (newest, 0)`; every older segment ends where its last record that
+//! decodes ends, or with damage that the reader resyncs over.
 
 use std::fs::{self, OpenOptions};
-use std::path::{Path, PathBuf};
+use std::io;
+use std::path::Path;
 
-use super::quarantine::quarantine_dir;
-use super::record::{self, RecordError};
-use super::segment::{core_dir, list_segments, segment_file_name, segment_path};
-use super::{Position, WalError};
+use super::config::SyncPolicy;
+use super::durable::sync_dir;
+use super::identity::{IdentityError, LaneId};
+use super::lane::open_lane;
+use super::record::{self, BadRange};
+use super::segment::{core_dir, list_cores, list_segments, segment_path};
+use super::{Position, WalError, MAX_SEGMENT};
+use crate::failpoint;
+
+/// Why a lane could not be recovered.
+#[derive(Debug, thiserror::Error)]
+pub enum RecoveryError {
+    #[error(transparent)]
+    Wal(#[from] WalError),
+    #[error(transparent)]
+    Lane(#[from] IdentityError),
+}
 
 /// One segment file as found at startup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,197 +54,196 @@ pub struct SegmentInfo {
     pub bytes: u64,
 }
 
-/// What [`recover_core`] found and did.
+/// What [`recover_lane`] found and did.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RecoveredCore {
-    pub core: u16,
-    /// All segments, ascending.
+pub struct RecoveredLane {
+    pub lane: LaneId,
+    /// All segments, ascending; the last is the fresh one (0 bytes).
     pub segments: Vec<SegmentInfo>,
-    /// Where the writer continues: end of the newest segment, or (1, 0) for an empty WAL.
+    /// Where the writer continues: the start of the fresh segment.
     pub tail: Position,
-    /// Bytes cut from the end of the newest segment (0 after a clean shutdown).
+    /// Bytes cut from the end of the previous newest segment (0 after a clean shutdown).
     pub truncated_bytes: u64,
-    /// Valid records in the newest segment.
-    pub tail_records: u64,
+    /// Records that decode in the previous newest segment.
+    pub newest_records: u64,
+    /// Damaged ranges left in the previous newest segment for the reader to skip.
+    pub corrupt_ranges: usize,
 }
 
-/// Makes `<wal_dir>/core-N` ready for the writer; see the module doc.
-pub fn recover_core(wal_dir: &Path, core: u16) -> Result<RecoveredCore, WalError> {
-    let dir = core_dir(wal_dir, core);
-    fs::create_dir_all(&dir).map_err(WalError::io(&dir))?;
-    let numbers = list_segments(&dir).map_err(WalError::io(&dir))?;
-    let Some((&newest, sealed)) = numbers.split_last() else {
-        let tail = Position::new(1, 0);
-        return Ok(RecoveredCore { core, segments: Vec::new(), tail, truncated_bytes: 0, tail_records: 0 });
-    };
-    let mut segments = Vec::with_capacity(numbers.len());
-    for &number in sealed {
-        let path = segment_path(&dir, number);
-        let bytes = fs::metadata(&path).map_err(WalError::io(&path))?.len();
-        segments.push(SegmentInfo { number, bytes });
-    }
-    let newest_path = segment_path(&dir, newest);
-    let bytes = fs::read(&newest_path).map_err(WalError::io(&newest_path))?;
-    let scan = record::scan(&bytes);
-    let truncated_bytes = (bytes.len() - scan.valid_len) as u64;
-    if let Some(reason) = scan.stop {
-        let tail = TornTail { path: &newest_path, bytes: &bytes, valid_len: scan.valid_len, reason };
-        repair_torn_tail(wal_dir, core, newest, &tail)?;
-    }
-    let valid_len = scan.valid_len as u64;
-    segments.push(SegmentInfo { number: newest, bytes: valid_len });
-    Ok(RecoveredCore {
-        core,
-        segments,
-        tail: Position::new(newest, valid_len),
-        truncated_bytes,
-        tail_records: scan.records,
-    })
-}
-
-/// The invalid end of the newest segment, as found by the scan.
-struct TornTail<'a> {
-    path: &'a Path,
-    /// The whole segment file.
-    bytes: &'a [u8],
-    valid_len: usize,
-    reason: RecordError,
-}
-
-/// The tail policy: truncate to the last valid record (quarantining the cut bytes first if
-/// they hold decodable records) and make the new length durable.
-fn repair_torn_tail(wal_dir: &Path, core: u16, segment: u32, tail: &TornTail<'_>) -> Result<(), WalError> {
-    let cut = &tail.bytes[tail.valid_len..];
-    let cut_len = cut.len();
-    match next_valid_record(cut) {
-        None => tracing::warn!(
-            path = %tail.path.display(), offset = tail.valid_len, cut_bytes = cut_len,
-            reason = %tail.reason, "wal: truncating torn tail of the newest segment"
-        ),
-        Some(_) => {
-            let saved = quarantine_tail(wal_dir, core, segment, tail.valid_len, cut)?;
-            tracing::error!(
-                path = %tail.path.display(), offset = tail.valid_len, cut_bytes = cut_len,
-                reason = %tail.reason, saved = %saved.display(),
-                "wal: corrupt record followed by valid ones in the newest segment; \
-                 truncating and keeping the cut bytes in quarantine"
-            );
-        }
-    }
-    let file = OpenOptions::new().write(true).open(tail.path).map_err(WalError::io(tail.path))?;
-    file.set_len(tail.valid_len as u64).map_err(WalError::io(tail.path))?;
-    file.sync_data().map_err(WalError::io(tail.path))
-}
-
-/// Writes `cut` to `<wal_dir>/quarantine/core-N.NNNNNN.log.at-OFFSET` and fsyncs it.
-fn quarantine_tail(
+/// Recovers every `core-N` directory of `wal_dir` and cores `0..cores`, ascending by core.
+pub fn recover_all(
     wal_dir: &Path,
-    core: u16,
-    segment: u32,
-    offset: usize,
-    cut: &[u8],
-) -> Result<PathBuf, WalError> {
-    let dir = quarantine_dir(wal_dir);
-    fs::create_dir_all(&dir).map_err(WalError::io(&dir))?;
-    let path = dir.join(format!("core-{core}.{}.at-{offset}", segment_file_name(segment)));
-    fs::write(&path, cut).map_err(WalError::io(&path))?;
-    let file = fs::File::open(&path).map_err(WalError::io(&path))?;
-    file.sync_all().map_err(WalError::io(&path))?;
-    Ok(path)
+    cores: u16,
+    sync: SyncPolicy,
+) -> Result<Vec<RecoveredLane>, RecoveryError> {
+    let mut numbers = match failpoint::io("recovery.list").and_then(|()| list_cores(wal_dir)) {
+        Ok(found) => found,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+        Err(source) => return Err(WalError::Io { path: wal_dir.to_owned(), source }.into()),
+    };
+    numbers.extend(0..cores);
+    numbers.sort_unstable();
+    numbers.dedup();
+    numbers.into_iter().map(|core| recover_lane(wal_dir, core, sync)).collect()
 }
 
-/// Offset in `buf` of the first decodable record that starts after a newline, if any.
-/// Distinguishes a torn write (nothing valid follows) from mid-file corruption.
-fn next_valid_record(buf: &[u8]) -> Option<usize> {
-    let mut from = 0;
-    while let Some(nl) = buf[from..].iter().position(|&b| b == b'\n') {
-        let start = from + nl + 1;
-        if record::decode(&buf[start..]).is_ok() {
-            return Some(start);
+/// Makes `<wal_dir>/core-N` ready for its writer and reader; see the module doc.
+pub fn recover_lane(wal_dir: &Path, core: u16, sync: SyncPolicy) -> Result<RecoveredLane, RecoveryError> {
+    let lane = open_lane(wal_dir, core)?;
+    let dir = core_dir(wal_dir, core);
+    let numbers =
+        failpoint::io("recovery.list").and_then(|()| list_segments(&dir)).map_err(WalError::io(&dir))?;
+    let mut recovered = RecoveredLane {
+        lane,
+        segments: Vec::with_capacity(numbers.len() + 1),
+        tail: Position::default(),
+        truncated_bytes: 0,
+        newest_records: 0,
+        corrupt_ranges: 0,
+    };
+    let fresh = match numbers.split_last() {
+        Some((&newest, sealed)) => {
+            for &number in sealed {
+                let path = segment_path(&dir, number);
+                let bytes = failpoint::io("recovery.stat")
+                    .and_then(|()| fs::metadata(&path))
+                    .map_err(WalError::io(&path))?
+                    .len();
+                recovered.segments.push(SegmentInfo { number, bytes });
+            }
+            let bytes = repair_newest(&dir, newest, &mut recovered)?;
+            recovered.segments.push(SegmentInfo { number: newest, bytes });
+            newest.checked_add(1).filter(|&n| n <= MAX_SEGMENT)
         }
-        from = start;
-    }
-    None
+        None => Some(1),
+    };
+    let fresh = fresh.ok_or_else(|| WalError::SegmentsExhausted { core_dir: dir.clone() })?;
+    create_fresh_segment(&dir, fresh, sync)?;
+    recovered.segments.push(SegmentInfo { number: fresh, bytes: 0 });
+    recovered.tail = Position::new(fresh, 0);
+    Ok(recovered)
 }
 
-/// How a segment is damaged, for `wal verify`.
+/// Scans the newest segment and applies the tail policy; returns its size afterwards.
+fn repair_newest(dir: &Path, newest: u32, recovered: &mut RecoveredLane) -> Result<u64, WalError> {
+    let path = segment_path(dir, newest);
+    let bytes = failpoint::io("recovery.read").and_then(|()| fs::read(&path)).map_err(WalError::io(&path))?;
+    let scan = record::scan(&bytes);
+    recovered.newest_records = scan.records;
+    recovered.corrupt_ranges = scan.corrupt.len();
+    for bad in &scan.corrupt {
+        tracing::error!(lane = %recovered.lane, segment = newest, offset = bad.offset, bad_bytes = bad.len,
+            reason = %bad.reason, "wal: corrupt record in the newest segment; left for the reader to skip");
+    }
+    if let Some(tail) = scan.tail {
+        cut_torn_tail(&path, tail)?;
+        recovered.truncated_bytes = tail.len as u64;
+    }
+    Ok(scan.valid_len as u64)
+}
+
+/// The tail policy: truncates the torn tail and makes the new length durable.
+fn cut_torn_tail(path: &Path, tail: BadRange) -> Result<(), WalError> {
+    tracing::warn!(path = %path.display(), offset = tail.offset, cut_bytes = tail.len, reason = %tail.reason,
+        "wal: cutting the torn tail of the newest segment");
+    let file = failpoint::io("recovery.open")
+        .and_then(|()| OpenOptions::new().write(true).open(path))
+        .map_err(WalError::io(path))?;
+    failpoint::io("recovery.truncate")
+        .and_then(|()| file.set_len(tail.offset as u64))
+        .map_err(WalError::io(path))?;
+    failpoint::io("recovery.fsync").and_then(|()| file.sync_data()).map_err(WalError::io(path))
+}
+
+/// Creates the empty segment `number` (it must not exist) and makes its entry durable.
+fn create_fresh_segment(dir: &Path, number: u32, sync: SyncPolicy) -> Result<(), WalError> {
+    let path = segment_path(dir, number);
+    failpoint::io("recovery.create")
+        .and_then(|()| OpenOptions::new().write(true).create_new(true).open(&path))
+        .map_err(WalError::io(&path))?;
+    if sync != SyncPolicy::None {
+        sync_dir(dir, "recovery.dir_fsync")?;
+    }
+    Ok(())
+}
+
+/// How a range of a segment is damaged, for `wal verify`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DamageKind {
-    /// Invalid bytes at the end of the newest segment with no valid record after them: an
-    /// interrupted write, which recovery cuts off.
+    /// Invalid bytes at the end of the newest segment with nothing that decodes after them: an
+    /// interrupted write (or one in progress), which recovery cuts; never an acknowledged record.
     TornTail,
-    /// A sealed segment with an invalid record, or the newest one with valid records after
-    /// the invalid one.
+    /// Records that fail their checks anywhere else: lost, the reader skips them.
     Corrupt,
 }
 
-/// The first invalid record of a segment.
+/// One damaged range of a segment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Damage {
     pub offset: u64,
-    pub reason: RecordError,
+    /// Bytes up to the next record that decodes (or the end of the segment).
+    pub len: u64,
+    pub reason: record::RecordError,
     pub kind: DamageKind,
-    /// Offset of the next decodable record after the damage, if one exists.
-    pub next_valid_offset: Option<u64>,
 }
 
-/// One segment as checked by [`verify_core`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// One segment as checked by [`verify_lane`].
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SegmentReport {
     pub number: u32,
     pub bytes: u64,
-    /// Valid records before the damage (all of them if none).
+    /// Records that decode.
     pub records: u64,
-    pub damage: Option<Damage>,
+    /// Damaged ranges, in order.
+    pub damage: Vec<Damage>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CoreReport {
+pub struct LaneReport {
     pub core: u16,
     /// Ascending by segment number.
     pub segments: Vec<SegmentReport>,
 }
 
-/// Scans every segment of a core without changing anything.
-pub fn verify_core(wal_dir: &Path, core: u16) -> Result<CoreReport, WalError> {
+/// Scans every segment of a lane without changing anything.
+pub fn verify_lane(wal_dir: &Path, core: u16) -> Result<LaneReport, WalError> {
     let dir = core_dir(wal_dir, core);
     let numbers = list_segments(&dir).map_err(WalError::io(&dir))?;
     let mut segments = Vec::with_capacity(numbers.len());
     for (i, &number) in numbers.iter().enumerate() {
         let path = segment_path(&dir, number);
         let bytes = fs::read(&path).map_err(WalError::io(&path))?;
-        let is_newest = i + 1 == numbers.len();
-        segments.push(verify_segment(number, &bytes, is_newest));
+        segments.push(verify_segment(number, &bytes, i + 1 == numbers.len()));
     }
-    Ok(CoreReport { core, segments })
+    Ok(LaneReport { core, segments })
 }
 
 fn verify_segment(number: u32, bytes: &[u8], is_newest: bool) -> SegmentReport {
     let scan = record::scan(bytes);
-    let damage = scan.stop.map(|reason| {
-        let next = next_valid_record(&bytes[scan.valid_len..]);
-        let kind = match (is_newest, next) {
-            (true, None) => DamageKind::TornTail,
-            _ => DamageKind::Corrupt,
-        };
-        Damage {
-            offset: scan.valid_len as u64,
-            reason,
-            kind,
-            next_valid_offset: next.map(|n| (scan.valid_len + n) as u64),
-        }
-    });
+    let damage_of = |bad: &BadRange, kind| Damage {
+        offset: bad.offset as u64,
+        len: bad.len as u64,
+        reason: bad.reason,
+        kind,
+    };
+    let mut damage: Vec<Damage> =
+        scan.corrupt.iter().map(|bad| damage_of(bad, DamageKind::Corrupt)).collect();
+    if let Some(tail) = &scan.tail {
+        damage.push(damage_of(tail, if is_newest { DamageKind::TornTail } else { DamageKind::Corrupt }));
+    }
     SegmentReport { number, bytes: bytes.len() as u64, records: scan.records, damage }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wal::record::{encode, Context, Event};
+    use crate::wal::lane::read_lane;
+    use crate::wal::record::{encode, Context, Event, RecordError};
+    use std::path::PathBuf;
 
-    fn records(n: u64) -> Vec<u8> {
+    fn records(first: u64, n: u64) -> Vec<u8> {
         let mut out = Vec::new();
-        for file_id in 1..=n {
+        for file_id in first..first + n {
             let ev = Event { ts_ms: 1000 + file_id, event: "play", domain: "x.org", file_id };
             encode(&ev, &Context::NONE, &mut out);
         }
@@ -235,85 +258,98 @@ mod tests {
         path
     }
 
+    fn numbers(rec: &RecoveredLane) -> Vec<u32> {
+        rec.segments.iter().map(|s| s.number).collect()
+    }
+
     #[test]
-    fn empty_wal_starts_at_segment_one() {
+    fn an_empty_lane_gets_its_lane_file_and_segment_one() {
         let wal = tempfile::tempdir().unwrap();
-        let rec = recover_core(wal.path(), 2).unwrap();
+        let rec = recover_lane(wal.path(), 2, SyncPolicy::Always).unwrap();
         assert_eq!(rec.tail, Position::new(1, 0));
-        assert!(rec.segments.is_empty());
-        assert!(core_dir(wal.path(), 2).is_dir());
+        assert_eq!(numbers(&rec), vec![1]);
+        assert_eq!(read_lane(&core_dir(wal.path(), 2)).unwrap(), Some(rec.lane));
+        assert_eq!(fs::metadata(segment_path(&core_dir(wal.path(), 2), 1)).unwrap().len(), 0);
     }
 
     #[test]
-    fn clean_newest_segment_is_left_alone() {
+    fn every_start_opens_a_fresh_segment_and_keeps_the_lane() {
         let wal = tempfile::tempdir().unwrap();
-        write_segment(wal.path(), 0, 1, &records(3));
-        let clean = records(5);
+        write_segment(wal.path(), 0, 1, &records(1, 3));
+        let clean = records(4, 5);
         write_segment(wal.path(), 0, 2, &clean);
-        let rec = recover_core(wal.path(), 0).unwrap();
-        assert_eq!(rec.tail, Position::new(2, clean.len() as u64));
-        assert_eq!(rec.truncated_bytes, 0);
-        assert_eq!(rec.tail_records, 5);
-        let numbers: Vec<u32> = rec.segments.iter().map(|s| s.number).collect();
-        assert_eq!(numbers, vec![1, 2]);
-        assert_eq!(rec.segments[0].bytes, records(3).len() as u64);
+        let rec = recover_lane(wal.path(), 0, SyncPolicy::None).unwrap();
+        assert_eq!(rec.tail, Position::new(3, 0));
+        assert_eq!((rec.truncated_bytes, rec.newest_records, rec.corrupt_ranges), (0, 5, 0));
+        assert_eq!(numbers(&rec), vec![1, 2, 3]);
+        assert_eq!(rec.segments[1].bytes, clean.len() as u64);
+        let again = recover_lane(wal.path(), 0, SyncPolicy::None).unwrap();
+        assert_eq!((again.lane, again.tail), (rec.lane, Position::new(4, 0)));
     }
 
     #[test]
-    fn torn_and_zero_filled_tails_are_truncated() {
+    fn torn_and_zero_filled_tails_are_cut() {
         let wal = tempfile::tempdir().unwrap();
-        let good = records(4);
+        let good = records(1, 4);
         let mut damaged = good.clone();
-        damaged.extend_from_slice(&records(1)[..20]);
+        damaged.extend_from_slice(&records(9, 1)[..20]);
         damaged.extend_from_slice(&[0u8; 4096]);
         let path = write_segment(wal.path(), 1, 7, &damaged);
-        let rec = recover_core(wal.path(), 1).unwrap();
-        assert_eq!(rec.tail, Position::new(7, good.len() as u64));
+        let rec = recover_lane(wal.path(), 1, SyncPolicy::Interval).unwrap();
+        assert_eq!(rec.tail, Position::new(8, 0));
         assert_eq!(rec.truncated_bytes, (damaged.len() - good.len()) as u64);
-        assert_eq!(rec.tail_records, 4);
+        assert_eq!(rec.newest_records, 4);
         assert_eq!(fs::read(&path).unwrap(), good);
-        assert!(!quarantine_dir(wal.path()).exists(), "a torn tail is not quarantined");
-        assert_eq!(recover_core(wal.path(), 1).unwrap().truncated_bytes, 0, "idempotent");
     }
 
     #[test]
-    fn mid_file_corruption_is_cut_but_kept_in_quarantine() {
+    fn mid_file_corruption_is_left_for_the_reader() {
         let wal = tempfile::tempdir().unwrap();
-        let mut bytes = records(6);
-        let second = records(1).len();
-        bytes[second + 15] ^= 0x20;
+        let mut bytes = records(1, 6);
+        let one = records(1, 1).len();
+        bytes[one + 15] ^= 0x20;
         let path = write_segment(wal.path(), 0, 1, &bytes);
-        let rec = recover_core(wal.path(), 0).unwrap();
-        assert_eq!(rec.tail, Position::new(1, second as u64));
-        assert_eq!(fs::read(&path).unwrap(), &bytes[..second]);
-        let saved = fs::read_dir(quarantine_dir(wal.path())).unwrap().next().unwrap();
-        assert_eq!(fs::read(saved.unwrap().path()).unwrap(), &bytes[second..]);
+        let rec = recover_lane(wal.path(), 0, SyncPolicy::None).unwrap();
+        assert_eq!((rec.truncated_bytes, rec.newest_records, rec.corrupt_ranges), (0, 5, 1));
+        assert_eq!(fs::read(&path).unwrap(), bytes, "nothing cut, nothing moved");
+        assert!(!wal.path().join("quarantine").exists());
     }
 
     #[test]
-    fn verify_tells_torn_tail_from_corruption() {
+    fn every_core_directory_found_is_recovered() {
         let wal = tempfile::tempdir().unwrap();
-        let mut sealed = records(3);
-        let one = records(1).len();
+        write_segment(wal.path(), 5, 3, &records(1, 2));
+        let lanes = recover_all(wal.path(), 2, SyncPolicy::None).unwrap();
+        let cores: Vec<u16> = lanes.iter().map(|l| l.lane.core).collect();
+        assert_eq!(cores, vec![0, 1, 5], "core 5 is no longer run but still recovered");
+        assert_eq!(lanes[2].tail, Position::new(4, 0));
+    }
+
+    #[test]
+    fn verify_reports_every_damaged_range_and_tells_a_torn_tail_apart() {
+        let wal = tempfile::tempdir().unwrap();
+        let mut sealed = records(1, 3);
+        let one = records(1, 1).len();
         sealed[one + 12] = b'#';
         write_segment(wal.path(), 0, 1, &sealed);
-        let mut newest = records(2);
+        let mut newest = records(10, 2);
         newest.extend_from_slice(&[0u8; 10]);
         write_segment(wal.path(), 0, 2, &newest);
 
-        let report = verify_core(wal.path(), 0).unwrap();
-        assert_eq!(report.segments.len(), 2);
-        let s1 = report.segments[0];
-        assert_eq!((s1.number, s1.records, s1.bytes), (1, 1, sealed.len() as u64));
-        let d1 = s1.damage.unwrap();
-        assert_eq!((d1.offset, d1.kind), (one as u64, DamageKind::Corrupt));
-        assert_eq!(d1.reason, RecordError::BadChecksum);
-        assert_eq!(d1.next_valid_offset, Some(2 * one as u64));
-
-        let d2 = report.segments[1].damage.unwrap();
-        assert_eq!(report.segments[1].records, 2);
-        assert_eq!((d2.offset, d2.kind), (2 * one as u64, DamageKind::TornTail));
-        assert_eq!(d2.reason, RecordError::BadHeader);
-        assert_eq!(fs::read(segment_path(&core_dir(wal.path(), 0), 2)).unwrap(), newest);
+        let report = verify_lane(wal.path(), 0).unwrap();
+        let s1 = &report.segments[0];
+        assert_eq!((s1.number, s1.records, s1.bytes), (1, 2, sealed.len() as u64));
+        let corrupt = Damage {
+            offset: one as u64,
+            len: one as u64,
+            reason: RecordError::BadChecksum,
+            kind: DamageKind::Corrupt,
+        };
+        assert_eq!(s1.damage, vec![corrupt]);
+        let s2 = &report.segments[1];
+        assert_eq!(s2.records, 2);
+        assert_eq!(s2.damage.len(), 1);
+        assert_eq!((s2.damage[0].kind, s2.damage[0].len), (DamageKind::TornTail, 10));
+        assert_eq!(fs::read(segment_path(&core_dir(wal.path(), 0), 2)).unwrap(), newest, "read only");
     }
 }

@@ -16,7 +16,7 @@ pub fn wal_file_ids(wal_dir: &Path) -> Vec<u64> {
             let mut at = 0;
             while at < bytes.len() {
                 match record::decode(&bytes[at..]) {
-                    Ok((event, used)) => {
+                    Ok((event, _, used)) => {
                         ids.push(event.file_id);
                         at += used;
                     }
