@@ -2,10 +2,12 @@
 # `make load-test`: the collector side by side with nginx and with MariaDB's own ceiling.
 # Installs what is missing (Rust check, MariaDB, nginx, wrk; no system service is started),
 # builds the release binary, then hands over to scripts/load_test.py, which runs every phase,
-# prints the tables and appends them to docs/BENCHMARKS.md. Takes about 7 minutes.
+# prints the tables and appends them to docs/BENCHMARKS.md. Takes about 10 minutes (the first
+# run also builds oha with `cargo install`, a few minutes more).
 #
 # A collector that does not build or start is skipped with a message; nginx and the MariaDB
 # ceiling still run. Smoke run: PSC_BENCH_ROUNDS=1 PSC_BENCH_RUN_S=2 PSC_BENCH_BACKLOG=200000
+# PSC_BENCH_OPEN_LOOP_S=2 PSC_BENCH_SWEEP_S=1 PSC_BENCH_MANY_S=5
 set -euo pipefail
 export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -43,6 +45,9 @@ have nginx || missing+=(nginx)
 have wrk || missing+=(wrk)
 have taskset || missing+=(util-linux)
 have python3 || missing+=(python3)
+# Per-request counts of the front end: perf stat (syscalls, context switches), callgrind.
+have perf || missing+=(linux-perf)
+have valgrind || missing+=(valgrind)
 [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
 [ "$(nproc)" -ge 2 ] || die "needs 2 CPUs (servers on CPU 0, wrk on CPU 1); nproc is $(nproc)"
 

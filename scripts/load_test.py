@@ -19,6 +19,11 @@ the back end and MariaDB's ceiling), scripts/load_common.py (processes, servers,
    drain rate from 0 to N rows.
 4. MariaDB ceiling for the same N rows: 5000-row multi-row INSERTs through the mariadb CLI,
    and LOAD DATA LOCAL INFILE, each into a scratch copy of `events`.
+5. (scripts/load_front.py) Front end, a fresh collector with the real MySQL: open-loop
+   latency with oha at fixed rates (50 % of the collector's best plain rate, and a sweep to the
+   rate where p99 passes 10 ms; nginx at 50 % of its own), 10,000 keep-alive connections on
+   one core, and user-space instructions per request under callgrind. Phase 1 also attaches
+   `perf stat` to each measured process: syscalls and context switches per request.
 
 Every process started here runs in its own session (Ctrl-C reaches only this script) and is
 stopped by its PID in a `finally`, also on SIGINT/SIGTERM/SIGHUP. Results go to stdout and
@@ -37,6 +42,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+import load_front
 from load_backend import (CEILING_ROWS_WITHOUT_COLLECTOR, Backend, backend_ratio_rows,
                           backend_rows, collector_backend, mariadb_ceiling)
 from load_common import (BENCHMARKS_MD, BINARY, CLK_TCK, COLLECTOR_DIR, NGINX_DIR,
@@ -53,8 +59,8 @@ CONNECTIONS = (64, 256)
 MODES = ("plain", "pipelined")
 # Targets of the issue, printed next to the measured ratios.
 TARGET_REQ_RATIO = 1.0
-TARGET_CPU_RATIO = 0.85
-TARGET_PIPELINED_RATIO = 4.0
+TARGET_CPU_RATIO = 0.70
+TARGET_PIPELINED_RATIO = 10.0
 TARGET_RSS_MIB = 64
 
 
@@ -112,6 +118,9 @@ class Run:
     # 100 % means the client limited the run and its req/s says little about the server.
     server_cpu_pct: float
     wrk_cpu_pct: float
+    # perf stat of the measured process over the run, per request (None without perf).
+    syscalls_per_req: float = None
+    ctx_switches_per_req: float = None
 
 
 def latency_ms(us):
@@ -130,16 +139,20 @@ def children_cpu_s():
 
 def measure(server, name, rnd, conns, mode):
     pid = server.measured_pid
+    perf = load_front.PerfStat(OWNED, pid, VAR / "bench-perf.csv")
     ticks_before, wrk_before = cpu_ticks(pid), children_cpu_s()
     result = run_wrk(server.port, conns, mode, RUN_S, VAR / "bench-wrk.log")
     ticks_after, wrk_after = cpu_ticks(pid), children_cpu_s()
+    syscalls, switches = perf.finish()
     cpu_us = (ticks_after - ticks_before) * 1e6 / CLK_TCK
     wall_us = result.duration_s * 1e6
     run = Run(rnd, conns, mode, name, result,
               cpu_us / result.requests if result.requests else float("nan"),
               peak_rss_kib(pid) / 1024,
               100 * cpu_us / wall_us if wall_us else float("nan"),
-              100 * (wrk_after - wrk_before) * 1e6 / wall_us if wall_us else float("nan"))
+              100 * (wrk_after - wrk_before) * 1e6 / wall_us if wall_us else float("nan"),
+              syscalls / result.requests if syscalls is not None and result.requests else None,
+              switches / result.requests if switches is not None and result.requests else None)
     log(f"round {rnd} c={conns:<3} {mode:<9} {name:<9} {result.rps:>11,.0f} req/s  "
         f"non2xx={result.non2xx} sockerr={result.socket_errors} "
         f"p50/p99/p99.9={latency_ms(result.p50_us)}/{latency_ms(result.p99_us)}/"
@@ -191,13 +204,19 @@ def summary_rows(runs):
                     f"{max(r.rss_mib for r in sel):.1f}",
                     f"{med(lambda r: r.server_cpu_pct):.0f}",
                     f"{med(lambda r: r.wrk_cpu_pct):.0f}",
+                    per_req(median_or_none([r.syscalls_per_req for r in sel])),
+                    per_req(median_or_none([r.ctx_switches_per_req for r in sel])),
                 ])
     return rows
 
 
+def per_req(value):
+    return f"{value:.3f}" if value is not None else "n/a"
+
+
 SUMMARY_HEADER = ["conns", "mode", "server", "req/s (median)", "non-2xx (sum)",
                   "socket errors (sum)", "p50 ms", "p99 ms", "p99.9 ms", "CPU-µs/req",
-                  "peak RSS MiB", "server CPU %", "wrk CPU %"]
+                  "peak RSS MiB", "server CPU %", "wrk CPU %", "syscalls/req", "ctx-sw/req"]
 
 
 def ratio_rows(runs, backend):
@@ -287,7 +306,56 @@ def saturation_notes(runs):
     return notes
 
 
-def report(runs, backend, collector_note, started):
+@dataclass
+class Front:
+    open_loop: object = None
+    many: object = None
+    instr_per_req: float = None
+    instr_note: str = None
+
+
+def front_phase(mysql_url, runs, nginx):
+    """Phase 5 with a fresh collector (fresh WAL, real MySQL): open loop, many connections,
+    callgrind. Its connection cap is raised so that 10,000 clients fit."""
+    front = Front()
+    best = lambda server: median_of(runs, server, 64, "plain", lambda r: r.wrk.rps)  # noqa: E731
+    wal_dir = Path(str(WAL_DIR) + "-front")
+    subprocess.run(["rm", "-rf", str(wal_dir)], check=True)
+    collector = Collector(mysql_url, wal_dir, "front",
+                          tail_toml="[http]\nmax_connections_per_core = 12000\n")
+    if not collector.start():
+        front.instr_note = "front phase skipped: the collector did not come up"
+        return front
+    try:
+        nginx.start()
+        front.open_loop = load_front.open_loop_phase(OWNED, collector.port, best("collector"),
+                                                     nginx.port, best("nginx"))
+        nginx.stop()
+        front.many = load_front.many_phase(collector.port, collector.measured_pid)
+    finally:
+        collector.stop()
+        nginx.stop()
+    front.instr_per_req, front.instr_note = load_front.callgrind_instr_per_req(BINARY)
+    return front
+
+
+def front_sections(front):
+    """(title, header, rows) of the front-end tables, for stdout and BENCHMARKS.md."""
+    sections = []
+    if front.open_loop:
+        sections.append(("Open loop (oha, --latency-correction, 64 connections)",
+                         load_front.OPEN_LOOP_HEADER, load_front.open_loop_rows(front.open_loop)))
+    if front.many:
+        sections.append((f"{load_front.MANY_CONNS:,} keep-alive connections on one core",
+                         ["measurement", "value"], load_front.many_rows(front.many)))
+    instr = f"{front.instr_per_req:,.0f}" if front.instr_per_req else "n/a"
+    sections.append(("User-space instructions per request (callgrind, 10,000 plain keep-alive "
+                     "beacons on 64 connections, after a warm-up)", ["measurement", "value"],
+                     [["instructions/request", instr], ["driver / note", front.instr_note or ""]]))
+    return sections
+
+
+def report(runs, backend, collector_note, started, front=None):
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     # PSC_BENCH_NOTE: a free-form line for the record, e.g. where a PSC_BENCH_BINARY came from.
     notes = [n for n in (os.environ.get("PSC_BENCH_NOTE"), collector_note) if n]
@@ -300,8 +368,14 @@ def report(runs, backend, collector_note, started):
                  f"pipelined runs cycle 1024 file_ids ({PIPELINE_DEPTH} requests per write); "
                  f"total wall time {time.monotonic() - started:.0f} s")
     ratios = ratio_rows(runs, backend)
+    front = front or Front()
+    if front.open_loop and front.many:
+        ratios += load_front.target_rows(front.open_loop, front.many, fmt_ratio)
+    extra = front_sections(front)
     print("\n== HTTP (medians over rounds)\n" + text_table(SUMMARY_HEADER, summary_rows(runs)))
     print("\n== Back end\n" + text_table(["measurement", "value"], backend_rows(backend)))
+    for title, header, rows in extra:
+        print(f"\n== {title}\n" + text_table(header, rows))
     print("\n== Ratios vs targets\n" + text_table(["ratio", "value", "target", "verdict"],
                                                   ratios))
     print("\n" + "\n".join(f"note: {n}" for n in notes))
@@ -310,6 +384,8 @@ def report(runs, backend, collector_note, started):
         f"Collector binary: `{BINARY}`.", "",
         "### HTTP (medians over rounds)", "", markdown_table(SUMMARY_HEADER, summary_rows(runs)),
         "", "### Back end", "", markdown_table(["measurement", "value"], backend_rows(backend)),
+        *[part for title, header, rows in extra
+          for part in ("", f"### {title}", "", markdown_table(header, rows))],
         "", "### Ratios vs targets", "",
         markdown_table(["ratio", "value", "target", "verdict"], ratios), "",
         *[f"- {n}" for n in notes], "",
@@ -370,9 +446,13 @@ def main():
             collector_backend(db, mysql_url, collector, acked,
                               best_rps(runs, "collector", "pipelined"), backend)
             log(f"collector back end done at {time.monotonic() - started:.0f} s")
+        front = None
+        if collector:
+            front = front_phase(mysql_url, runs, nginx)
+            log(f"front-end phase done at {time.monotonic() - started:.0f} s")
         rows = backend.drain_rows or CEILING_ROWS_WITHOUT_COLLECTOR
         mariadb_ceiling(db, rows, backend)
-        report(runs, backend, collector_note, started)
+        report(runs, backend, collector_note, started, front)
     except (KeyboardInterrupt, Interrupted) as e:
         log(f"interrupted ({e or 'Ctrl-C'}); stopping everything started")
         return 130

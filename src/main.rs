@@ -200,12 +200,15 @@ fn write_port_file(path: &Path, addr: std::net::SocketAddr) -> std::io::Result<(
     std::fs::rename(&tmp, path)
 }
 
-/// Logs go through a non-blocking writer so a slow stderr never stalls a core.
+/// Logs go through a non-blocking writer so a slow stderr never stalls a core. Colours only
+/// on a terminal: under systemd or piped to a file, escape codes would garble the journal.
 fn init_logging(config: &Config) -> tracing_appender::non_blocking::WorkerGuard {
+    use std::io::IsTerminal;
+    let ansi = std::io::stderr().is_terminal();
     let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer).with_ansi(ansi);
     match config.log.format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),

@@ -183,3 +183,31 @@ fn a_second_instance_on_the_same_wal_refuses_to_start() {
     assert!(stderr.contains("another running instance"), "{stderr}");
     drop(dir);
 }
+
+#[test]
+fn idle_and_slow_connections_are_closed_by_the_sweep_and_busy_ones_are_not() {
+    let (_dir, collector) = start("[http]\nidle_timeout_ms = 400\n");
+    let started = std::time::Instant::now();
+    let mut partial = connect(collector.addr);
+    partial.write_all(b"GET /log?event=play&domain=a.org&file_id=1 HTTP/1.1\r\nHost:").unwrap();
+    let mut idle = connect(collector.addr);
+    let mut busy = connect(collector.addr);
+    // One beacon every 100 ms keeps a connection open well past the idle timeout.
+    for i in 0..12u64 {
+        busy.write_all(format!("GET {} HTTP/1.1\r\nHost: t\r\n\r\n", beacon(500 + i)).as_bytes()).unwrap();
+        assert_eq!(read_statuses(&mut busy, 1), vec![204], "request {i}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut answer = String::new();
+    partial.read_to_string(&mut answer).expect("the partial request is answered, then closed");
+    assert!(answer.starts_with("HTTP/1.1 408 Request Timeout"), "{answer}");
+    let mut rest = Vec::new();
+    assert_eq!(idle.read_to_end(&mut rest).expect("closed"), 0, "an idle connection closes silently");
+    assert!(started.elapsed() >= Duration::from_millis(300), "not before the timeout");
+    let (_, metrics) = http_get(collector.addr, "/metrics?format=prometheus");
+    let hits = metrics
+        .lines()
+        .find(|l| l.starts_with("ingest_http_limit_hits_total{limit=\"idle_timeout\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
+    assert!(hits.is_some_and(|n| n >= 2.0), "both are counted: {hits:?}");
+}

@@ -9,7 +9,10 @@
 //! - the read buffer only grows up to `max_header_bytes + max_body_bytes` and is reused for
 //!   the whole connection; once warm, a request allocates nothing;
 //! - a framing error (bad bytes, a limit hit) closes this connection and touches nothing else;
-//! - a partial request must complete within `idle_timeout_ms` of its first byte (no slowloris);
+//! - a partial request must complete within `idle_timeout_ms` of its first byte (no slowloris),
+//!   and an idle keep-alive connection closes after `idle_timeout_ms`: each read arms the
+//!   connection's [`Watch`] in the core's [`Registry`], whose sweep shuts overdue reads
+//!   (`super::idle`), so no read carries a timer of its own;
 //! - a request with `Expect: 100-continue` whose body is not buffered yet gets one
 //!   `100 Continue` before the next read; any other expectation is 417 and closes;
 //! - past `max_requests_per_connection` requests or `max_connection_age_ms` of age, the next
@@ -18,7 +21,6 @@
 use std::cell::Cell;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
@@ -27,6 +29,7 @@ use monoio::net::TcpStream;
 use super::answer::{self, BeaconKind};
 use super::chunked::{self, Dechunk};
 use super::dialect::{DialectScratch, Dialects};
+use super::idle::{Registry, Watch};
 use super::request::{self, Body, Expect, Parsed, Request};
 use super::response;
 use super::router::{route, Reply, Turn};
@@ -45,7 +48,7 @@ const RETRY_AFTER_S: u32 = 1;
 /// What every connection of one core shares. Lives on that core only.
 pub struct ConnContext {
     limits: request::Limits,
-    idle_timeout: Duration,
+    idle_timeout_ms: u64,
     max_pipelined: usize,
     /// `http.max_requests_per_connection`, 0 = no limit.
     max_requests: u64,
@@ -59,6 +62,8 @@ pub struct ConnContext {
     pub(super) draining: Cell<bool>,
     /// Pixels, POST bodies, CORS and client context.
     pub(super) dialects: Dialects,
+    /// The core's open connections and their read deadlines.
+    registry: Registry,
 }
 
 impl ConnContext {
@@ -70,7 +75,7 @@ impl ConnContext {
     ) -> Self {
         Self {
             limits: request::Limits::from(&config.http),
-            idle_timeout: Duration::from_millis(config.http.idle_timeout_ms),
+            idle_timeout_ms: config.http.idle_timeout_ms,
             max_pipelined: config.http.max_pipelined_requests,
             max_requests: config.http.max_requests_per_connection,
             max_age_ms: config.http.max_connection_age_ms,
@@ -79,11 +84,17 @@ impl ConnContext {
             observer,
             draining: Cell::new(false),
             dialects: Dialects::from_config(config),
+            registry: Registry::default(),
         }
     }
 
     pub fn counters(&self) -> &CoreCounters {
         &self.counters
+    }
+
+    /// The core's open connections: the accept loop registers them, housekeeping sweeps them.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
     }
 
     pub fn is_draining(&self) -> bool {
@@ -110,7 +121,9 @@ struct Connection {
     scratch: QueryScratch,
     dialect: DialectScratch,
     /// When the first byte of the request now buffered arrived.
-    partial_since: Option<Instant>,
+    partial_since_ms: Option<u64>,
+    /// This connection's entry in the core's registry.
+    watch: Rc<Watch>,
     /// Requests and age, against the connection limits.
     life: Lifetime,
     /// The buffered request waits for its body and asked for `100 Continue`; not sent yet.
@@ -145,14 +158,20 @@ impl Lifetime {
 }
 
 /// Serves one accepted connection until it closes.
-pub async fn serve(mut stream: TcpStream, peer: std::net::SocketAddr, ctx: Rc<ConnContext>) {
+pub async fn serve(
+    mut stream: TcpStream,
+    peer: std::net::SocketAddr,
+    ctx: Rc<ConnContext>,
+    watch: Rc<Watch>,
+) {
     let mut conn = Connection {
         read_buf: Vec::with_capacity(INITIAL_READ_BYTES),
         write_buf: Vec::with_capacity(1024),
         pending: Vec::with_capacity(16),
         scratch: QueryScratch::default(),
         dialect: DialectScratch::new(peer.ip()),
-        partial_since: None,
+        partial_since_ms: None,
+        watch,
         life: Lifetime { requests: 0, opened_at_ms: crate::clock::unix_ms() },
         continue_owed: false,
         continue_sent: false,
@@ -298,8 +317,8 @@ impl Connection {
             self.continue_sent = false;
         }
         self.read_buf.drain(..consumed);
-        self.partial_since =
-            (!self.read_buf.is_empty()).then(|| self.partial_since.unwrap_or_else(Instant::now));
+        let now_ms = ctx.registry.now_ms();
+        self.partial_since_ms = (!self.read_buf.is_empty()).then(|| self.partial_since_ms.unwrap_or(now_ms));
         let outcome = match ticket {
             Some(ticket) => ticket.wait().await,
             None => TickOutcome::Written,
@@ -413,25 +432,26 @@ impl Connection {
                 .min(max.saturating_sub(self.read_buf.len()).max(1));
             self.read_buf.reserve(grow);
         }
-        let deadline = self.partial_since.unwrap_or_else(Instant::now) + ctx.idle_timeout;
-        let Some(wait) = deadline.checked_duration_since(Instant::now()) else {
+        let now_ms = ctx.registry.now_ms();
+        let deadline_ms = self.partial_since_ms.unwrap_or(now_ms).saturating_add(ctx.idle_timeout_ms);
+        if deadline_ms <= now_ms || self.watch.expired() {
             return ReadOutcome::TimedOut;
-        };
+        }
         let buf = std::mem::take(&mut self.read_buf);
         let len = buf.len();
         let cap = buf.capacity();
-        let read = stream.read(buf.slice_mut(len..cap));
-        let (res, slice) = match monoio::time::timeout(wait, read).await {
-            Ok(done) => done,
-            // The dropped read is cancelled by the runtime; this connection is closing anyway.
-            Err(_) => return ReadOutcome::TimedOut,
-        };
+        self.watch.arm(deadline_ms);
+        let (res, slice) = stream.read(buf.slice_mut(len..cap)).await;
+        self.watch.disarm();
         self.read_buf = slice.into_inner();
         match res {
+            // The sweep shut the read side: the deadline passed (bytes that raced it are
+            // dropped with the connection).
+            _ if self.watch.expired() => ReadOutcome::TimedOut,
             Ok(0) | Err(_) => ReadOutcome::Closed,
             Ok(_) => {
-                if self.partial_since.is_none() {
-                    self.partial_since = Some(Instant::now());
+                if self.partial_since_ms.is_none() {
+                    self.partial_since_ms = Some(ctx.registry.now_ms());
                 }
                 ReadOutcome::Data
             }

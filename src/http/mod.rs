@@ -9,6 +9,7 @@ pub mod config;
 pub mod conn;
 pub mod cors;
 pub mod dialect;
+pub mod idle;
 pub mod request;
 pub mod response;
 mod router;

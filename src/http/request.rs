@@ -119,6 +119,8 @@ pub struct Request<'a> {
     pub expect: Expect,
     /// `Access-Control-Request-Method`: present only on a CORS preflight.
     pub cors_request_method: Option<&'a [u8]>,
+    /// `Accept` header value (first one), for the `/metrics` format.
+    pub accept: Option<&'a [u8]>,
 }
 
 /// What an `Expect` header asks for.
@@ -311,6 +313,7 @@ fn build<'a>(
         content_encoding_repeated: h.content_encoding_lines > 1,
         expect: if minor_version >= 1 { h.expect } else { Expect::Nothing },
         cors_request_method: h.cors_request_method,
+        accept: h.accept,
     })
 }
 
@@ -329,6 +332,7 @@ struct Interesting<'a> {
     content_encoding_lines: u8,
     expect: Expect,
     cors_request_method: Option<&'a [u8]>,
+    accept: Option<&'a [u8]>,
 }
 
 #[derive(Default, Clone, Copy)]
@@ -373,6 +377,7 @@ fn scan_headers<'a>(headers: &[httparse::Header<'a>], window: &[u8]) -> Result<I
         // of a length, and the rest one or two name compares, however many names we know.
         match name.len() {
             6 if name.eq_ignore_ascii_case(b"origin") => h.origin = h.origin.or(Some(header.value)),
+            6 if name.eq_ignore_ascii_case(b"accept") => h.accept = h.accept.or(Some(header.value)),
             7 if name.eq_ignore_ascii_case(b"referer") => h.referer = h.referer.or(Some(header.value)),
             10 if name.eq_ignore_ascii_case(b"connection") => {
                 add_connection_tokens(&mut h.connection, header.value)

@@ -86,7 +86,7 @@ pub(super) fn route(req: &Request<'_>, ctx: &ConnContext, turn: Turn<'_>) -> Rep
             _ => Reply::MethodNotAllowed { allow: "GET, HEAD" },
         },
         "/readyz" | "/metrics" | "/stats" | "/debug/domain-cache" => match req.method {
-            Method::Get | Method::Head => observe_reply(req.path, req.query, &ctx.observer),
+            Method::Get | Method::Head => observe_reply(req, &ctx.observer),
             _ => Reply::MethodNotAllowed { allow: "GET, HEAD" },
         },
         _ => Reply::Error { status: 404, reason: "not found" },
@@ -94,16 +94,16 @@ pub(super) fn route(req: &Request<'_>, ctx: &ConnContext, turn: Turn<'_>) -> Rep
 }
 
 /// The operator endpoints (see `crate::observe`); they allocate, they are not the hot path.
-fn observe_reply(path: &str, query: &str, observer: &Observer) -> Reply {
+fn observe_reply(req: &Request<'_>, observer: &Observer) -> Reply {
     use crate::observe::{exposition, report};
     let json = "application/json";
-    match path {
+    match req.path {
         "/readyz" => {
             let (status, body) = observer.readiness();
             Reply::Body { status, content_type: json, body }
         }
         "/metrics" => {
-            let (content_type, body) = exposition::metrics_reply(observer, query);
+            let (content_type, body) = exposition::metrics_reply(observer, req.query, req.accept);
             Reply::Body { status: 200, content_type, body }
         }
         "/stats" => Reply::Body { status: 200, content_type: json, body: report::stats_json(observer) },

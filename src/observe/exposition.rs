@@ -18,6 +18,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
+use super::negotiate::{negotiate, MetricsFormat};
 use super::wal_usage::{self, WalUsage};
 use super::Observer;
 use crate::ingest::encoding::{Coding, CodingTotals};
@@ -227,16 +228,17 @@ pub fn metrics_text(observer: &Observer) -> Vec<u8> {
 /// Content type of `/metrics?format=prometheus` (the classic text format 0.0.4).
 pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// `/metrics` as `(content type, body)`: OpenMetrics by default, the classic Prometheus text
-/// format with `format=prometheus` in the query (for tools that only parse that, such as
-/// `promtool check metrics` of Prometheus 2.x).
-pub fn metrics_reply(observer: &Observer, query: &str) -> (&'static str, Vec<u8>) {
+/// `/metrics` as `(content type, body)`: OpenMetrics, or the classic Prometheus text format
+/// when the query or the `Accept` header asks for it (rules in `super::negotiate`; for tools
+/// that only parse that, such as `promtool check metrics` of Prometheus 2.x).
+pub fn metrics_reply(observer: &Observer, query: &str, accept: Option<&[u8]>) -> (&'static str, Vec<u8>) {
     let openmetrics = metrics_text(observer);
-    if query.split('&').any(|kv| kv == "format=prometheus") {
-        let text = String::from_utf8_lossy(&openmetrics);
-        (PROMETHEUS_CONTENT_TYPE, to_prometheus_text(&text).into_bytes())
-    } else {
-        (CONTENT_TYPE, openmetrics)
+    match negotiate(query, accept) {
+        MetricsFormat::Prometheus => {
+            let text = String::from_utf8_lossy(&openmetrics);
+            (PROMETHEUS_CONTENT_TYPE, to_prometheus_text(&text).into_bytes())
+        }
+        MetricsFormat::OpenMetrics => (CONTENT_TYPE, openmetrics),
     }
 }
 
@@ -383,6 +385,7 @@ impl Collector for Scrape {
         )?;
         counter(e, "ingest_wal_write_errors", "Failed WAL writes", None, t.wal_write_errors)?;
         counter(e, "ingest_wal_written", "Bytes written to the WAL", bytes, t.wal_bytes_written)?;
+        counter(e, "ingest_wal_writes", "WAL writes (one per tick of group commit)", None, t.wal_writes)?;
         counter(
             e,
             "ingest_wal_truncated",

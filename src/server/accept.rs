@@ -1,5 +1,6 @@
 //! The connections of one core: the accept loop (connection cap, back-off when descriptors
-//! run out), the registry of open sockets and the connection half of the drain.
+//! run out; every connection registered in the core's `http::idle::Registry`) and the
+//! connection half of the drain.
 //!
 //! Invariants:
 //! - at most `http.max_connections_per_core` connections are open on a core; one over the cap
@@ -7,12 +8,12 @@
 //!   backlog;
 //! - a failed `accept` for want of resources pauses the loop (1 ms doubling to 100 ms), so it
 //!   never spins, and is counted as the `fds` limit;
-//! - every fd in the registry belongs to a live connection: it is removed right after the
-//!   connection closes, with no await in between, so the drain never touches a reused fd.
+//! - a connection leaves the registry right after it closes, with no await in between, so
+//!   the drain and the idle sweep never touch a reused fd.
 
 use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::task::{Poll, Waker};
@@ -55,7 +56,6 @@ pub(super) async fn accept_until_drain(
     listener: &TcpListener,
     ctx: &Rc<ConnContext>,
     drain: &DrainSignal,
-    open_conns: &Rc<OpenConnections>,
     max_conns: usize,
 ) {
     let mut backoff = AcceptBackoff::default();
@@ -86,13 +86,12 @@ pub(super) async fn accept_until_drain(
         bump(&ctx.counters().connections_accepted, 1);
         bump(open, 1);
         let ctx = ctx.clone();
-        let id = open_conns.insert(stream.as_raw_fd());
-        let open_conns = open_conns.clone();
+        let (id, watch) = ctx.registry().register(stream.as_raw_fd());
         monoio::spawn(async move {
-            conn::serve(stream, peer, ctx.clone()).await;
+            conn::serve(stream, peer, ctx.clone(), watch).await;
             // No await between the close (end of `serve`) and here: the fd cannot be reused
             // by this core before it leaves the registry.
-            open_conns.remove(id);
+            ctx.registry().remove(id);
             ctx.counters().connections_open.fetch_sub(1, Ordering::Relaxed);
         });
     }
@@ -140,46 +139,14 @@ impl AcceptBackoff {
     }
 }
 
-/// Sockets of the connections open on this core, so the drain can end idle ones.
-#[derive(Default)]
-pub(super) struct OpenConnections {
-    next_id: Cell<u64>,
-    fds: RefCell<std::collections::HashMap<u64, RawFd>>,
-}
-
-impl OpenConnections {
-    fn insert(&self, fd: RawFd) -> u64 {
-        let id = self.next_id.get();
-        self.next_id.set(id + 1);
-        self.fds.borrow_mut().insert(id, fd);
-        id
-    }
-
-    fn remove(&self, id: u64) {
-        self.fds.borrow_mut().remove(&id);
-    }
-
-    /// Shuts the read side of every open connection: a connection waiting for its next
-    /// request reads EOF and closes; answers already being written still go out.
-    fn shut_reads(&self) -> usize {
-        let fds = self.fds.borrow();
-        for &fd in fds.values() {
-            // SAFETY: every fd in the registry belongs to a live connection of this core (it
-            // is removed right after the connection closes, with no await in between).
-            unsafe { libc::shutdown(fd, libc::SHUT_RD) };
-        }
-        fds.len()
-    }
-}
-
 /// The connection half of the drain, within `budget`: during its first quarter connections
 /// finish what they are doing (requests that arrive get their answer with `Connection:
 /// close`); then the read side of the rest (idle keep-alives, unfinished requests) is shut so
 /// they close at once; what is still open when the budget ends is dropped with the runtime.
-pub(super) async fn drain_connections(ctx: &ConnContext, open: &OpenConnections, budget: Duration) {
+pub(super) async fn drain_connections(ctx: &ConnContext, budget: Duration) {
     let start = Instant::now();
     wait_for_connections(ctx, start + budget / 4).await;
-    let shut = open.shut_reads();
+    let shut = ctx.registry().shut_reads();
     if shut > 0 {
         tracing::debug!(connections = shut, "drain: closing idle connections");
     }

@@ -54,7 +54,8 @@ impl std::str::FromStr for LogFormat {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
-    /// `text` (default) or `json`.
+    /// `text` (default; colours only when stderr is a terminal) or `json` (one object per
+    /// line with `timestamp`, `level`, `target` and `fields`).
     pub format: LogFormat,
     /// tracing filter directive, overridden by `RUST_LOG`. Default `info`.
     pub level: String,

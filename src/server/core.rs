@@ -7,7 +7,8 @@
 //! - the WAL tick writer (`crate::wal::tick_writer`): writes the open tick with one io_uring
 //!   write; its hook here publishes the new end of the WAL, counts the bytes against the disk
 //!   budget and offers the chunk to the flusher's queue, before the tick's ticket completes;
-//! - housekeeping (every 100 ms): heartbeat for /healthz, noticing the shutdown flag, and
+//! - housekeeping (every 100 ms): heartbeat for /healthz, the idle sweep of the connection
+//!   registry (`http::idle`: no timer per read), noticing the shutdown flag, and
 //!   re-checking the WAL disk budget (`crate::wal::budget`): `statvfs` of the WAL directory and
 //!   the global WAL-bytes gauge raise or lower this core's WAL refusal, which `/log` reads.
 
@@ -20,7 +21,7 @@ use std::time::Duration;
 
 use monoio::net::TcpListener;
 
-use super::accept::{accept_until_drain, drain_connections, DrainSignal, OpenConnections};
+use super::accept::{accept_until_drain, drain_connections, DrainSignal};
 
 use crate::config::Config;
 use crate::flush::stats::FlushStats;
@@ -116,7 +117,8 @@ async fn serve_core(setup: CoreSetup) -> Result<(), CoreError> {
         TcpListener::from_std(setup.listener).map_err(|source| CoreError::Listener { core, source })?;
     let segments = SegmentWriter::open(&setup.core_dir, setup.tail, cfg.wal.segment_bytes, cfg.wal.sync)
         .await
-        .map_err(|source| CoreError::Wal { core, source })?;
+        .map_err(|source| CoreError::Wal { core, source })?
+        .with_mode(cfg.wal.write_mode);
     let group = Rc::new(GroupCommit::new(cfg.wal.write_buffer_bytes));
     let intake = Intake::new(Policy::from_config(cfg), group.clone(), setup.counters.clone());
     let ctx = Rc::new(ConnContext::new(cfg, intake, setup.counters.clone(), setup.observer.clone()));
@@ -149,10 +151,9 @@ async fn serve_core(setup: CoreSetup) -> Result<(), CoreError> {
     let writer_task = monoio::spawn(writer.run());
     let drain = Rc::new(DrainSignal::default());
     monoio::spawn(housekeeping(ctx.clone(), group.clone(), drain.clone(), setup.shutdown.clone(), watch));
-    let open = Rc::new(OpenConnections::default());
-    accept_until_drain(&listener, &ctx, &drain, &open, cfg.http.max_connections_per_core).await;
+    accept_until_drain(&listener, &ctx, &drain, cfg.http.max_connections_per_core).await;
     drop(listener); // stop taking connections: new ones go to the other nodes
-    drain_connections(&ctx, &open, Duration::from_millis(cfg.server.shutdown_timeout_ms / 2)).await;
+    drain_connections(&ctx, Duration::from_millis(cfg.server.shutdown_timeout_ms / 2)).await;
     group.close();
     writer_task.await;
     tracing::debug!(core, "core drained");
@@ -168,6 +169,7 @@ async fn housekeeping(
 ) {
     loop {
         ctx.counters().heartbeat_unix_ms.store(crate::clock::unix_ms(), Ordering::Relaxed);
+        ctx.registry().tick(); // idle deadlines: shuts overdue reads (`http::idle`)
         watch.evaluate(&group, ctx.counters());
         if shutdown.load(Ordering::Acquire) && !ctx.is_draining() {
             ctx.start_draining();

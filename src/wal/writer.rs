@@ -1,4 +1,5 @@
-//! The per-core appender, used by a monoio core thread: one io_uring write per tick buffer.
+//! The per-core appender, used by a monoio core thread: one write per tick buffer, an
+//! io_uring write or an inline `pwrite` (`wal.write_mode`, see [`WriteMode`]).
 //!
 //! Invariants:
 //! - the file of the current segment ends exactly at `offset` (recovery guarantees it at
@@ -15,7 +16,7 @@
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 
-use super::config::SyncPolicy;
+use super::config::{SyncPolicy, WriteMode};
 
 use super::segment::segment_path;
 use super::{Position, WalError, MAX_SEGMENT};
@@ -26,7 +27,8 @@ pub struct SegmentWriter {
     core_dir: PathBuf,
     /// The current segment, written with io_uring.
     file: monoio::fs::File,
-    /// A second handle on the same file for `set_len` when a failed write is repaired.
+    /// A second handle on the same file: inline writes (`WriteMode::Inline`) and `set_len`
+    /// when a failed write is repaired.
     repair: std::fs::File,
     /// Number of the current segment.
     segment: u32,
@@ -35,6 +37,7 @@ pub struct SegmentWriter {
     /// Roll threshold (`wal.segment_bytes`).
     segment_bytes: u64,
     sync: SyncPolicy,
+    mode: WriteMode,
 }
 
 impl SegmentWriter {
@@ -62,7 +65,14 @@ impl SegmentWriter {
             offset: tail.offset,
             segment_bytes,
             sync,
+            mode: WriteMode::Uring,
         })
+    }
+
+    /// How ticks are written from now on (`wal.write_mode`; `Uring` until set).
+    pub fn with_mode(mut self, mode: WriteMode) -> Self {
+        self.mode = mode;
+        self
     }
 
     /// Where the next record will be written.
@@ -70,8 +80,8 @@ impl SegmentWriter {
         Position::new(self.segment, self.offset)
     }
 
-    /// Writes `buf` (whole encoded records) with ONE io_uring write (write_all_at) at the end of
-    /// the current segment, first rolling to a new segment if the current one is non-empty and
+    /// Writes `buf` (whole encoded records) with ONE write at the end of the current segment
+    /// (an io_uring `write_all_at`, or a `pwrite` from this thread with `WriteMode::Inline`), first rolling to a new segment if the current one is non-empty and
     /// offset + buf.len() > segment_bytes. With SyncPolicy::Always, fdatasyncs before returning.
     /// Returns the written range (start, end) – same segment – and gives the buffer back.
     /// On a write error (ENOSPC, EIO, short write) the segment is truncated back to the offset it
@@ -86,7 +96,13 @@ impl SegmentWriter {
             }
         }
         let start = self.position();
-        let (written, buf) = self.file.write_all_at(buf, self.offset).await;
+        let (written, buf) = match self.mode {
+            WriteMode::Inline => {
+                use std::os::unix::fs::FileExt;
+                (self.repair.write_all_at(&buf, self.offset), buf)
+            }
+            WriteMode::Uring => self.file.write_all_at(buf, self.offset).await,
+        };
         let durable = match written {
             Ok(()) if self.sync == SyncPolicy::Always => self.file.sync_data().await,
             other => other,
@@ -276,6 +292,42 @@ mod tests {
         });
         assert_eq!(ranges.0, (Position::new(1, 0), Position::new(1, big.len() as u64)));
         assert_eq!(ranges.1 .0, Position::new(2, 0));
+    }
+
+    #[test]
+    fn inline_writes_roll_repair_and_read_back_like_uring_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let one_tick = tick(100, 4).len() as u64;
+        let ranges = run(async {
+            let mut w =
+                SegmentWriter::open(dir.path(), Position::new(1, 0), 2 * one_tick, SyncPolicy::Always)
+                    .await
+                    .unwrap()
+                    .with_mode(WriteMode::Inline);
+            let mut ranges = Vec::new();
+            for t in 0..3 {
+                ranges.push(w.append(tick(100 + 4 * t, 4)).await.0.unwrap());
+            }
+            ranges
+        });
+        assert_eq!(ranges[2], (Position::new(2, 0), Position::new(2, one_tick)), "rolled");
+        let first = std::fs::read(segment_path(dir.path(), 1)).unwrap();
+        assert_eq!(first, [tick(100, 4), tick(104, 4)].concat());
+
+        let full = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink("/dev/full", segment_path(full.path(), 1)).unwrap();
+        let (res, position) = run(async {
+            let mut w = SegmentWriter::open(full.path(), Position::new(1, 0), 1 << 20, SyncPolicy::None)
+                .await
+                .unwrap()
+                .with_mode(WriteMode::Inline);
+            let (res, _) = w.append(tick(1, 3)).await;
+            (res, w.position())
+        });
+        assert!(
+            matches!(res, Err(WalError::Io { ref source, .. }) if source.raw_os_error() == Some(libc::ENOSPC))
+        );
+        assert_eq!(position, Position::new(1, 0));
     }
 
     #[test]

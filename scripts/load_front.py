@@ -1,0 +1,304 @@
+"""Front-end phases of `make load-test` (issue 13), run by scripts/load_test.py after its
+closed-loop wrk rounds; stdlib only.
+
+- Open loop: oha (`cargo install oha`, cached in ~/.cargo/bin) at fixed rates with
+  `--latency-correction`, so a stall is charged to every request scheduled during it
+  (no coordinated omission). p50/p99/p99.9 at 50 % of the collector's own best plain rate, and
+  a sweep of rates to find where p99 passes 10 ms. nginx at 50 % of its own rate, for scale.
+- Many connections: 10,000 keep-alive connections on one core, each sending a beacon every
+  PSC_BENCH_IDLE_S seconds (default 3) at a random phase, for PSC_BENCH_MANY_S seconds:
+  every answer must be a 204, no connection may fail; the collector's RSS is reported.
+- Per-request counts of the HTTP runs: `perf stat -e raw_syscalls:sys_enter,context-switches`
+  attached to the measured process (see `PerfStat`), and user-space instructions per request
+  over a fixed request stream under callgrind (scripts/front_counts.py).
+
+Every process started here is stopped by its PID (the caller's `Owned` registry).
+"""
+
+import asyncio
+import json
+import os
+import random
+import resource
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+URL_PATH = "/log?event=play&domain=piratka.biz&file_id=109454"
+CLIENT_CPU = "1"
+OPEN_LOOP_S = int(os.environ.get("PSC_BENCH_OPEN_LOOP_S", 8))
+SWEEP_S = int(os.environ.get("PSC_BENCH_SWEEP_S", 4))
+SWEEP_FRACTIONS = (0.25, 0.5, 0.75, 0.9, 1.0, 1.1, 1.25)
+OPEN_LOOP_CONNS = 64
+P99_KNEE_MS = 10.0
+MANY_CONNS = int(os.environ.get("PSC_BENCH_MANY_CONNS", 10_000))
+MANY_IDLE_S = float(os.environ.get("PSC_BENCH_IDLE_S", 3))
+MANY_S = int(os.environ.get("PSC_BENCH_MANY_S", 30))
+TARGET_OPEN_P99_MS = 1.0
+TARGET_MANY_RSS_MIB = 128
+
+
+def log(msg):
+    print(f"load-test: {msg}", flush=True, file=__import__("sys").stderr)
+
+
+# ---------------------------------------------------------------- perf stat per run
+
+
+class PerfStat:
+    """`perf stat` attached to a process for the length of one run; counts or None."""
+
+    EVENTS = "raw_syscalls:sys_enter,context-switches"
+
+    def __init__(self, owned, pid, out_path):
+        self.proc = None
+        self.out = out_path
+        if shutil.which("perf"):
+            self.proc = owned.spawn("perf", ["perf", "stat", "-x", ",", "-o", str(out_path),
+                                             "-e", self.EVENTS, "-p", str(pid)],
+                                    stop_signal=signal.SIGINT, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL)
+        self.owned = owned
+
+    def finish(self):
+        """(syscalls, context switches) since the start, or (None, None)."""
+        if not self.proc:
+            return None, None
+        self.owned.stop(self.proc)
+        counts = {}
+        try:
+            for line in Path(self.out).read_text().splitlines():
+                parts = line.split(",")
+                if len(parts) > 3 and parts[0].replace(".", "").isdigit():
+                    counts[parts[2]] = float(parts[0])
+        except OSError:
+            return None, None
+        return counts.get("raw_syscalls:sys_enter"), counts.get("context-switches")
+
+
+# ---------------------------------------------------------------- open loop (oha)
+
+
+@dataclass
+class OpenLoop:
+    server: str
+    rate: float
+    achieved: float
+    p50_ms: float
+    p99_ms: float
+    p999_ms: float
+    errors: int
+    non2xx: int
+
+
+def oha_binary():
+    found = shutil.which("oha") or str(Path.home() / ".cargo" / "bin" / "oha")
+    return found if Path(found).exists() else None
+
+
+def ensure_oha():
+    """oha from crates.io, built once into ~/.cargo/bin (a few minutes the first time)."""
+    if oha_binary():
+        return oha_binary()
+    log("installing oha with `cargo install oha` (cached afterwards)")
+    rc = subprocess.run(["cargo", "install", "--locked", "oha"], check=False).returncode
+    return oha_binary() if rc == 0 else None
+
+
+def run_oha(owned, oha, port, rate, duration_s, server):
+    argv = ["taskset", "-c", CLIENT_CPU, oha, "-z", f"{duration_s}s", "-q", str(int(rate)),
+            "-c", str(OPEN_LOOP_CONNS), "--latency-correction", "--no-tui",
+            "--output-format", "json", f"http://127.0.0.1:{port}{URL_PATH}"]
+    proc = owned.spawn("oha", argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = proc.communicate(timeout=duration_s + 60)
+    finally:
+        owned.stop(proc)
+    try:
+        doc = json.loads(out)
+    except json.JSONDecodeError as e:
+        raise RuntimeError(f"oha printed no JSON ({e}): {err[-2000:]}")
+    pct = doc.get("latencyPercentiles", {})
+    codes = doc.get("statusCodeDistribution", {})
+    summary = doc.get("summary", {})
+    ms = lambda key: (pct.get(key) or 0) * 1000  # noqa: E731
+    return OpenLoop(server, rate, summary.get("requestsPerSec", 0.0), ms("p50"), ms("p99"),
+                    ms("p99.9"), sum(doc.get("errorDistribution", {}).values()),
+                    sum(n for c, n in codes.items() if not str(c).startswith("2")))
+
+
+@dataclass
+class OpenLoopResult:
+    at_half: list = field(default_factory=list)  # OpenLoop at 50 % (collector, nginx)
+    sweep: list = field(default_factory=list)  # collector at each fraction
+    knee_rate: float = None  # first swept rate where p99 > 10 ms (None: none did)
+    note: str = None
+
+
+def open_loop_phase(owned, collector_port, collector_max, nginx_port, nginx_max):
+    result = OpenLoopResult()
+    oha = ensure_oha()
+    if not oha or not collector_max:
+        result.note = "open-loop phase skipped: " + ("oha could not be installed" if not oha
+                                                     else "no collector rate measured")
+        return result
+    result.at_half.append(run_oha(owned, oha, collector_port, collector_max / 2, OPEN_LOOP_S,
+                                  "collector"))
+    if nginx_port and nginx_max:
+        result.at_half.append(run_oha(owned, oha, nginx_port, nginx_max / 2, OPEN_LOOP_S, "nginx"))
+    for fraction in SWEEP_FRACTIONS:
+        run = run_oha(owned, oha, collector_port, collector_max * fraction, SWEEP_S, "collector")
+        result.sweep.append(run)
+        log(f"open loop {fraction:.0%} of {collector_max:,.0f}: {run.achieved:,.0f} req/s "
+            f"p99 {run.p99_ms:.2f} ms p99.9 {run.p999_ms:.2f} ms")
+        if run.p99_ms > P99_KNEE_MS:
+            result.knee_rate = run.rate
+            break
+    return result
+
+
+def open_loop_rows(result):
+    rows = [[r.server, f"50 % = {r.rate:,.0f}", f"{r.achieved:,.0f}", f"{r.p50_ms:.3f}",
+             f"{r.p99_ms:.3f}", f"{r.p999_ms:.3f}", str(r.errors), str(r.non2xx)]
+            for r in result.at_half]
+    rows += [[r.server, f"sweep {r.rate:,.0f}", f"{r.achieved:,.0f}", f"{r.p50_ms:.3f}",
+              f"{r.p99_ms:.3f}", f"{r.p999_ms:.3f}", str(r.errors), str(r.non2xx)]
+             for r in result.sweep]
+    return rows
+
+
+OPEN_LOOP_HEADER = ["server", "rate asked (req/s)", "req/s done", "p50 ms", "p99 ms",
+                    "p99.9 ms", "errors", "non-2xx"]
+
+
+# ---------------------------------------------------------------- many connections
+
+
+@dataclass
+class ManyResult:
+    conns: int = 0
+    connected: int = 0
+    requests: int = 0
+    ok: int = 0
+    failures: int = 0
+    rss_mib: float = None
+    peak_rss_mib: float = None
+    note: str = None
+
+
+REQUEST = (f"GET {URL_PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: many\r\n\r\n").encode()
+
+
+async def one_client(port, stop_at, result, idle_s):
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    except OSError:
+        result.failures += 1
+        return
+    result.connected += 1
+    await asyncio.sleep(random.uniform(0, idle_s))
+    try:
+        while time.monotonic() < stop_at:
+            writer.write(REQUEST)
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            result.requests += 1
+            if head.startswith(b"HTTP/1.1 204"):
+                result.ok += 1
+            else:
+                result.failures += 1
+            await asyncio.sleep(idle_s)
+    except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError):
+        result.failures += 1
+    finally:
+        writer.close()
+
+
+async def many_clients(port, conns, duration_s, idle_s, result):
+    stop_at = time.monotonic() + duration_s
+    tasks = []
+    for _ in range(conns):
+        tasks.append(asyncio.create_task(one_client(port, stop_at, result, idle_s)))
+        if len(tasks) % 500 == 0:
+            await asyncio.sleep(0.05)  # let the backlog drain while connecting
+    await asyncio.gather(*tasks)
+
+
+def rss_mib(pid, key):
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key):
+            return int(line.split()[1]) / 1024
+    return None
+
+
+def many_phase(port, pid):
+    """MANY_CONNS keep-alive connections from this process (pinned to CPU 1 meanwhile)."""
+    result = ManyResult(conns=MANY_CONNS)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard < MANY_CONNS + 100:
+        result.note = f"skipped: RLIMIT_NOFILE hard limit {hard} < {MANY_CONNS + 100}"
+        return result
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    affinity = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {int(CLIENT_CPU)})
+    try:
+        asyncio.run(many_clients(port, MANY_CONNS, MANY_S, MANY_IDLE_S, result))
+        result.rss_mib, result.peak_rss_mib = rss_mib(pid, "VmRSS:"), rss_mib(pid, "VmHWM:")
+    finally:
+        os.sched_setaffinity(0, affinity)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    log(f"{result.connected:,}/{MANY_CONNS:,} connections, {result.ok:,}/{result.requests:,} "
+        f"answered 204, {result.failures} failures, RSS {result.rss_mib:.1f} MiB")
+    return result
+
+
+def many_rows(m):
+    if m.note:
+        return [["10,000 connections", m.note]]
+    return [
+        ["connections (asked / connected)", f"{m.conns:,} / {m.connected:,}"],
+        ["beacons sent / answered 204", f"{m.requests:,} / {m.ok:,}"],
+        ["failures (connect, read, non-204, timeout)", str(m.failures)],
+        ["collector RSS at the end / peak", f"{m.rss_mib:.1f} / {m.peak_rss_mib:.1f} MiB"],
+        ["load", f"one beacon per connection every {MANY_IDLE_S:g} s for {MANY_S} s, cores = 1"],
+    ]
+
+
+def target_rows(open_loop, many, fmt_ratio):
+    rows = []
+    half = next((r for r in open_loop.at_half if r.server == "collector"), None)
+    value, verdict = fmt_ratio(half.p99_ms if half else None, TARGET_OPEN_P99_MS,
+                               higher_is_better=False, suffix=" ms")
+    rows.append(["open-loop p99 at 50 % of the collector's max", value,
+                 f"≤ {TARGET_OPEN_P99_MS} ms", verdict])
+    knee = (f"{open_loop.knee_rate:,.0f} req/s" if open_loop.knee_rate
+            else "not reached in the sweep" if open_loop.sweep else "n/a")
+    rows.append(["rate where the collector's p99 passes 10 ms", knee, "reported", "-"])
+    all_served = many.conns and many.connected == many.conns and many.failures == 0 \
+        and many.ok == many.requests and many.requests > 0
+    rows.append(["10,000 connections on one core: all served, no errors",
+                 f"{many.ok:,}/{many.requests:,} ok, {many.failures} failures" if not many.note
+                 else many.note, "all, 0", "PASS" if all_served else "FAIL"])
+    value, verdict = fmt_ratio(many.peak_rss_mib, TARGET_MANY_RSS_MIB, higher_is_better=False,
+                               suffix=" MiB")
+    rows.append(["collector peak RSS with 10,000 connections", value,
+                 f"≤ {TARGET_MANY_RSS_MIB} MiB", verdict])
+    return rows
+
+
+def callgrind_instr_per_req(binary, requests=10_000):
+    """User-space instructions per request (plain keep-alive, 64 connections) or None."""
+    if not shutil.which("valgrind"):
+        return None, "valgrind not installed"
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        "front_counts", Path(__file__).with_name("front_counts.py"))
+    counts = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(counts)
+    try:
+        value, driver = counts.callgrind(binary, requests, 64, 1)
+        return value, driver
+    except (RuntimeError, OSError, subprocess.SubprocessError) as e:
+        return None, str(e)[:200]
