@@ -1,7 +1,7 @@
 # Entry points; each target installs what it needs (scripts/ensure-deps.sh) on a fresh
 # Debian/Ubuntu machine.
 
-.PHONY: run build test lint deps bench load-test chaos fuzz
+.PHONY: run build test lint deps bench load-test chaos fuzz failpoints
 
 # Build the release binary and serve with config.toml, starting a private MariaDB in
 # ./var/mysql when mysql.url is empty.
@@ -14,6 +14,11 @@ build: deps
 # Lint, then every test target. Integration tests start their own private MariaDB servers.
 test: deps lint
 	cargo test --all-targets --features failpoints
+
+# The fail-point suite alone (tests/failpoints.rs): every IO call of the WAL, cursor and
+# compaction code fails once, in process, and the next attempt must recover. `test` runs it too.
+failpoints:
+	cargo test --features failpoints --test failpoints
 
 lint: deps
 	cargo fmt --check
