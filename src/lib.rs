@@ -28,6 +28,7 @@ pub mod clickhouse;
 pub mod clock;
 pub mod compact;
 pub mod config;
+pub mod country;
 pub mod cursor;
 pub mod event_id;
 pub mod failpoint;

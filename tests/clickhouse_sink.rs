@@ -64,6 +64,8 @@ fn rows_and_cursors_land_together_and_a_stale_start_is_fenced() {
         rows[0].ua = Some("Bot/1 'x'\t\\".into());
         rows[0].referer = Some("ref.org".into());
         rows[0].extra = Some(r#"{"k":"v"}"#.into());
+        rows[0].event_id = Some(*b"0123456789abcdef");
+        rows[0].country = Some("DE");
         let first = batch(LANE_A, Position::new(1, 0), &rows);
         conn.deliver(&wal(), &first).await.unwrap();
         assert_eq!(cursor_of(&mut conn).await, vec![SinkCursor { lane: LANE_A, position: first.to() }]);
@@ -99,16 +101,19 @@ fn rows_and_cursors_land_together_and_a_stale_start_is_fenced() {
     });
     assert_eq!(ch.count("SELECT count() FROM psc.events"), 7, "3 + 2 + 2 rows, the fenced batch wrote none");
     assert_eq!(ch.count("SELECT count() FROM psc.events WHERE file_id >= 10 AND file_id < 20"), 0);
+    let without = "SELECT count() FROM psc.events WHERE event_id = toFixedString('', 16) AND country = toFixedString('', 2)";
+    assert_eq!(ch.count(without), 6, "rows without an event id or a country store zeros");
     let context = ch.query(
         "SELECT IPv6NumToString(client_ip), user_agent, referer_host, extra, domain, event, received_ms, \
-         toUInt64(received_at) * 1000 + received_ms, node, core, wal_segment, wal_end \
+         toUInt64(received_at) * 1000 + received_ms, node, core, wal_segment, wal_end, event_id, country \
          FROM psc.events WHERE file_id = 1 FORMAT TabSeparated",
     );
     let ts = harness::BASE_TS_MS + 1;
     // TabSeparated escapes the quotes, the tab and the backslash of the User-Agent.
     let ua = r"Bot/1 \'x\'\t\\";
     let fields = ["::ffff:10.1.2.3", ua, "ref.org", r#"{"k":"v"}"#, "d1.example.org", "play"];
-    let want = format!("{}\t{}\t{ts}\tnode-a\t0\t1\t100\n", fields.join("\t"), ts % 1000);
+    let want =
+        format!("{}\t{}\t{ts}\tnode-a\t0\t1\t100\t0123456789abcdef\tDE\n", fields.join("\t"), ts % 1000);
     assert_eq!(context, want);
     let snapshot = stats.snapshot();
     assert_eq!((snapshot.fenced, snapshot.rows, snapshot.blocks), (1, 7, 3));
@@ -243,7 +248,14 @@ fn a_table_that_does_not_fit_refuses_the_batch_and_its_rows_are_dead_lettered() 
     run(async {
         connect(&sink).await.deliver(&wal(), &batch(LANE_A, Position::new(1, 0), &ids(1..3))).await.unwrap()
     });
+    // A column missing (a table of an older version) is added at the next connect.
     ch.query("ALTER TABLE psc.events DROP COLUMN extra");
+    run(async { drop(connect(&sink).await) });
+    let has_extra =
+        "SELECT count() FROM system.columns WHERE database = 'psc' AND table = 'events' AND name = 'extra'";
+    assert_eq!(ch.count(has_extra), 1);
+    // A column of another type is the operator's choice: every batch is refused.
+    ch.query("ALTER TABLE psc.events MODIFY COLUMN received_ms UInt32");
     let b = batch(LANE_A, Position::new(1, 200), &ids(3..6));
     run(async {
         let mut conn = connect(&sink).await;
@@ -251,7 +263,7 @@ fn a_table_that_does_not_fit_refuses_the_batch_and_its_rows_are_dead_lettered() 
             Err(SinkError::Refused { code, message, every_row: true }) => (code, message),
             other => panic!("expected a refusal of every row, got {other:?}"),
         };
-        assert_eq!(code, 16, "{message}");
+        assert_eq!(code, 368, "{message}");
         let mut conn = connect(&sink).await;
         assert_eq!(cursor_of(&mut conn).await[0].position, Position::new(1, 200), "nothing committed");
         conn.reject(&wal(), &b, code, &message).await.unwrap();
@@ -266,7 +278,7 @@ fn a_table_that_does_not_fit_refuses_the_batch_and_its_rows_are_dead_lettered() 
     let w = wal().wal;
     let line = |i: u64| {
         format!(
-            "0\t{}\t1\t{}\t{}\traw {i}\\n\t16\tnode-a\t{w}",
+            "0\t{}\t1\t{}\t{}\traw {i}\\n\t368\tnode-a\t{w}",
             LANE_A.incarnation,
             200 + 100 * (i - 2) - 6,
             200 + 100 * (i - 2)

@@ -4,7 +4,7 @@
 //! block   = varuint(columns) varuint(rows) column*
 //! column  = string(name) string(type) value{rows}
 //! string  = varuint(len) bytes            (String values too)
-//! fixed   = little-endian bytes            (UInt16/32/64, DateTime = UInt32 seconds, FixedString(N))
+//! fixed   = little-endian bytes            (UInt8/16/32/64, DateTime = UInt32 seconds, FixedString(N))
 //! ```
 //!
 //! Why Native and not TSV or RowBinary: the server reads a Native block whole before it
@@ -108,7 +108,7 @@ impl NativeBlock {
 pub fn fixed_width(ty: &str) -> Option<usize> {
     match ty {
         "UInt8" => Some(1),
-        "UInt16" => Some(2),
+        "UInt16" | "FixedString(2)" => Some(2),
         "UInt32" | "DateTime('UTC')" => Some(4),
         "UInt64" => Some(8),
         "FixedString(16)" => Some(16),

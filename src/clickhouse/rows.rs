@@ -85,6 +85,8 @@ pub fn events_block(
     b.strings(rows.iter().map(|r| batch.user_agent(r).unwrap_or("").as_bytes()));
     b.strings(rows.iter().map(|r| batch.referer_host(r).unwrap_or("").as_bytes()));
     b.strings(rows.iter().map(|r| batch.extra(r).unwrap_or("").as_bytes()));
+    b.fixed(rows.iter().map(|r| r.event_id.map_or([0; 16], |id| *id.bytes())));
+    b.fixed(rows.iter().map(|r| r.country.map_or([0; 2], |c| c.bytes())));
     b.strings(rows.iter().map(|_| wal.node.as_bytes()));
     b.strings(rows.iter().map(|_| wal_id.as_bytes()));
     b.fixed(rows.iter().map(|_| lane.core.to_le_bytes()));

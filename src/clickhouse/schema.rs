@@ -1,6 +1,10 @@
 //! The tables in ClickHouse: their columns (one spec used by the DDL, the INSERT column lists
 //! and the Native encoder), their engines and keys, and why.
 //!
+//! Columns this version adds to a table created by an older one are added at connect
+//! (`ALTER TABLE … ADD COLUMN`, after reading `system.columns`); nothing is ever dropped or
+//! retyped: a column of another type is the operator's choice, and the INSERT is refused.
+//!
 //! Only what Debian's 18.16 has: `DateTime` (seconds; the milliseconds in their own column),
 //! no `DateTime64`, no `LowCardinality`, no `IPv6` type (a `FixedString(16)`), no TTL, no
 //! table comments (column comments exist). Tables are created with `IF NOT EXISTS` at every
@@ -30,6 +34,12 @@ pub static EVENTS: &[Column] = &[
     col("user_agent", "String", "User-Agent; empty = not stored"),
     col("referer_host", "String", "Host of the Referer; empty = not stored"),
     col("extra", "String", "Kept extra parameters as a JSON object; empty = none"),
+    col("event_id", "FixedString(16)", "Client event id (eid / event_id), the UUID bytes; all zero = none"),
+    col(
+        "country",
+        "FixedString(2)",
+        "ISO 3166-1 alpha-2 country of client_ip (enrich.geoip_db); zero = unknown",
+    ),
     col("node", "String", "ingest.node_id of the collector that accepted it"),
     col("wal_id", "String", "WAL id (32 hex) of that collector's WAL"),
     col("core", "UInt16", "Lane: the N of core-N"),
@@ -97,11 +107,32 @@ pub fn create_statements(db: &str) -> Vec<String> {
     ]
 }
 
+/// The names of `table`'s columns, one a line.
+pub fn columns_query(db: &str, table: &str) -> String {
+    format!(
+        "SELECT name FROM system.columns WHERE database = '{db}' AND table = '{table}' FORMAT TabSeparated"
+    )
+}
+
+/// The tables and their specs, for [`add_missing_columns`].
+pub fn tables() -> [(&'static str, &'static [Column]); 3] {
+    [("events", EVENTS), ("ingest_cursors", CURSORS), ("ingest_rejects", REJECTS)]
+}
+
+/// `ALTER TABLE … ADD COLUMN` statements for the columns of `spec` not in `present`.
+pub fn add_missing_columns(db: &str, table: &str, spec: &[Column], present: &[&str]) -> Vec<String> {
+    spec.iter()
+        .filter(|c| !present.contains(&c.name))
+        .map(|c| format!("ALTER TABLE `{db}`.`{table}` ADD COLUMN {}", column_definition(c)))
+        .collect()
+}
+
+fn column_definition(c: &Column) -> String {
+    format!("`{}` {} COMMENT '{}'", c.name, c.ty, c.comment.replace('\'', "\\'"))
+}
+
 fn create_table(db: &str, table: &str, columns: &[Column], engine: &str) -> String {
-    let defs: Vec<String> = columns
-        .iter()
-        .map(|c| format!("`{}` {} COMMENT '{}'", c.name, c.ty, c.comment.replace('\'', "\\'")))
-        .collect();
+    let defs: Vec<String> = columns.iter().map(column_definition).collect();
     format!("CREATE TABLE IF NOT EXISTS `{db}`.`{table}` ({}) {engine}", defs.join(", "))
 }
 
@@ -133,6 +164,9 @@ mod tests {
             all[1].starts_with("CREATE TABLE IF NOT EXISTS `psc_t`.`events` (`received_at` DateTime('UTC')")
         );
         assert!(all[1].ends_with("ORDER BY (domain, toStartOfHour(received_at), file_id, received_at)"));
+        let added = add_missing_columns("psc", "events", EVENTS, &["received_at", "extra"]);
+        assert_eq!(added.len(), EVENTS.len() - 2);
+        assert!(added[0].starts_with("ALTER TABLE `psc`.`events` ADD COLUMN `received_ms` UInt16 COMMENT"));
         let insert = insert_statement("psc", "ingest_rejects", REJECTS);
         assert!(insert.starts_with("INSERT INTO `psc`.`ingest_rejects` (`node`, `wal_id`"));
         assert!(insert.ends_with("`rejected_at`) FORMAT Native"));

@@ -3,7 +3,8 @@
 //! `super::deliver`; why that is exactly once, in `super`.
 //!
 //! A connect reads `version()` (logged when it changes) and runs the schema's
-//! `CREATE … IF NOT EXISTS` statements, every time: cheap, and a dropped table comes back.
+//! `CREATE … IF NOT EXISTS` statements and adds missing columns (`super::schema`), every time:
+//! cheap, and a dropped table comes back.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -100,9 +101,7 @@ impl Sink for ClickHouseSink {
         let version = conn.query("SELECT version()", "server version").await?;
         let version = String::from_utf8_lossy(&version).trim().to_owned();
         self.log_version(&version);
-        for statement in schema::create_statements(&c.database) {
-            conn.query(&statement, "create the schema").await?;
-        }
+        conn.ensure_schema().await?;
         self.shared.stats.connected(&version);
         Ok(conn)
     }
@@ -128,6 +127,24 @@ impl ClickHouseConn {
         let params = [("wait_end_of_query", "1")];
         let answer = self.http.post(&params, Bytes::copy_from_slice(sql.as_bytes())).await;
         answer.map_err(|e| self.sorted(e, Phase::Read, false, what))
+    }
+
+    /// The database and tables, and the columns a table created by an older version lacks.
+    async fn ensure_schema(&mut self) -> Result<(), SinkError> {
+        let db = self.db().to_owned();
+        for statement in schema::create_statements(&db) {
+            self.query(&statement, "create the schema").await?;
+        }
+        for (table, spec) in schema::tables() {
+            let answer = self.query(&schema::columns_query(&db, table), "read the columns").await?;
+            let text = String::from_utf8_lossy(&answer);
+            let present: Vec<&str> = text.lines().collect();
+            for statement in schema::add_missing_columns(&db, table, spec, &present) {
+                info!(%statement, "adding a column a table created by an older version lacks");
+                self.query(&statement, "add a column").await?;
+            }
+        }
+        Ok(())
     }
 
     pub(super) async fn count(&mut self, sql: &str, what: &str) -> Result<u64, SinkError> {

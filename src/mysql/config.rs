@@ -32,6 +32,10 @@ pub struct MysqlConfig {
     /// Write one `events` row per event. `false`: rollups only (needs a `[[rollup]]`).
     /// Default true.
     pub raw_events: bool,
+    /// Most User-Agent hashes the sink remembers as stored in `user_agents` with their class,
+    /// so each distinct UA is classified once; when full it starts over (counted as
+    /// `ingest_mysql_user_agent_cache_resets_total`). Default 100000.
+    pub user_agent_cache_entries: usize,
 }
 
 /// `mysql.method`.
@@ -55,6 +59,7 @@ impl Default for MysqlConfig {
             max_statement_bytes: 8 * 1024 * 1024,
             method: Method::LoadData,
             raw_events: true,
+            user_agent_cache_entries: 100_000,
         }
     }
 }
@@ -77,6 +82,9 @@ impl MysqlConfig {
     pub fn validate(&self) -> Result<(), InvalidKey> {
         if self.batch_rows == 0 {
             return InvalidKey::err("mysql.batch_rows", "must be at least 1");
+        }
+        if self.user_agent_cache_entries == 0 {
+            return InvalidKey::err("mysql.user_agent_cache_entries", "must be at least 1");
         }
         if self.flush_interval_ms == 0 {
             return InvalidKey::err("mysql.flush_interval_ms", "must be at least 1");
