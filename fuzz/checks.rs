@@ -218,6 +218,7 @@ pub fn wal_record(data: &[u8]) {
         referer_host: ctx.referer_host,
         extra: ctx.extra.as_deref(),
         event_id: ctx.event_id,
+        country: ctx.country,
     };
     let mut again = Vec::new();
     encode(&event, &context, &mut again);

@@ -1,6 +1,6 @@
 //! Configuration: the stages' own config types (`server::config`, `http::config`,
-//! `ingest::config`, `wal::config`, `queue`, `mysql::config`), assembled here, loaded from TOML,
-//! then environment overrides, then [`Config::validate`].
+//! `ingest::config`, `ingest::enrich`, `wal::config`, `queue`, `mysql::config`), assembled
+//! here, loaded from TOML, then environment overrides, then [`Config::validate`].
 //!
 //! Invariants:
 //! - every key has a default (an empty file is a valid config) and each field's doc states it;
@@ -16,6 +16,7 @@ use serde::Deserialize;
 
 pub use crate::http::config::HttpConfig;
 pub use crate::ingest::config::IngestConfig;
+pub use crate::ingest::enrich::EnrichConfig;
 use crate::invalid::InvalidKey;
 pub use crate::mysql::config::{DomainsConfig, MysqlConfig};
 pub use crate::queue::QueueConfig;
@@ -48,6 +49,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub http: HttpConfig,
     pub ingest: IngestConfig,
+    pub enrich: EnrichConfig,
     pub wal: WalConfig,
     pub queue: QueueConfig,
     pub sink: SinkConfig,
@@ -132,6 +134,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.http.validate()?;
         self.ingest.validate()?;
+        self.enrich.validate()?;
         self.wal.validate()?;
         self.queue.validate()?;
         self.mysql.validate()?;

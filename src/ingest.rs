@@ -28,6 +28,7 @@ pub mod body;
 pub mod client;
 pub mod config;
 pub mod encoding;
+pub mod enrich;
 pub mod extra;
 pub mod geoip;
 pub mod intake;

@@ -27,6 +27,7 @@
 pub mod clock;
 pub mod compact;
 pub mod config;
+pub mod country;
 pub mod cursor;
 pub mod event_id;
 pub mod failpoint;

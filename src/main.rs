@@ -9,6 +9,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use psc::config::{Config, LogFormat};
 use psc::cursor::CursorError;
+use psc::ingest::enrich::Enrichment;
 use psc::server::{self, signals};
 use psc::wal::identity::{self, IdentityError, LaneId};
 use psc::wal::Position;
@@ -81,7 +82,9 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve(config: Config) -> anyhow::Result<ExitCode> {
+fn serve(mut config: Config) -> anyhow::Result<ExitCode> {
+    // Before the cores start: they take the GeoIP database from their copy of the config.
+    let _enrichment = Enrichment::start(&mut config.enrich).context("enrich.geoip_db")?;
     let running = server::start(config).context("starting the collector")?;
     if let Some(path) = std::env::var_os("PSC_PORT_FILE") {
         write_port_file(Path::new(&path), running.local_addr()).context("writing PSC_PORT_FILE")?;

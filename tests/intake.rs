@@ -1,6 +1,10 @@
 //! Issue 14 against the real binary and a private MariaDB: compressed POST bodies (gzip,
 //! deflate, a bomb, an unknown coding), `Expect: 100-continue`, `X-Forwarded-For` over several
-//! lines, the connection limits, client event ids and `ingest.drop_bots`, checked row by row.
+//! lines, the connection limits, client event ids and `ingest.drop_bots`, checked row by row;
+//! then the stored fields: a retried `eid` accepted on both cores is one row, a known IP's
+//! country through a trusted proxy (the real test database of `scripts/geoip-test-db.sh`),
+//! a Googlebot flagged and a browser parsed in `user_agents`. Only rows in MySQL and the
+//! collector's own endpoints are checked, never how the flusher got them there.
 mod support;
 
 use std::io::{Read, Write};
@@ -15,6 +19,10 @@ const DELIVERY_TIMEOUT: Duration = Duration::from_secs(120);
 const IO_TIMEOUT: Duration = Duration::from_secs(20);
 const GOOGLEBOT: &str = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)";
 const FIREFOX: &str = "Mozilla/5.0 (X11; Linux x86_64; rv:121.0) Gecko/20100101 Firefox/121.0";
+const CHROME_WIN: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) \
+                          Chrome/120.0.0.0 Safari/537.36";
+/// Sends of one event id on fresh connections until both cores took one; 2^-63 to fail.
+const RETRIES_MAX: usize = 64;
 
 fn start(db: &MariaDb, node: &str, extra: &str) -> (tempfile::TempDir, Collector) {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -231,4 +239,93 @@ fn continue_forwarded_lines_limits_event_ids_and_bots() {
     assert_eq!(metric(c.addr, "ingest_http_limit_hits_total{limit=\"connection_requests\"}"), 1);
     assert_eq!(metric(c.addr, "ingest_requests_total{code=\"100\"}"), 1);
     assert_eq!(metric(c.addr, "ingest_requests_total{code=\"417\"}"), 1);
+}
+
+/// The country database of the GeoIP tests, fetched once by the script.
+fn geoip_db() -> String {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/geoip-test-db.sh");
+    let out = std::process::Command::new(script).output().expect("run scripts/geoip-test-db.sh");
+    assert!(out.status.success(), "geoip-test-db.sh: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).expect("a UTF-8 path").trim().to_owned()
+}
+
+/// Events each core accepted, from `/stats`.
+fn accepted_per_core(addr: SocketAddr) -> Vec<u64> {
+    let (_, text) = http_get(addr, "/stats");
+    let stats: serde_json::Value = serde_json::from_str(&text).expect("/stats is JSON");
+    let cores = stats["cores"].as_array().expect("/stats has cores");
+    cores.iter().map(|c| c["accepted"].as_u64().expect("accepted")).collect()
+}
+
+/// GETs `target(i)`, i = 0, 1, …, each on a fresh connection (the kernel picks the core), until
+/// every one of the two cores took at least one of them; returns how many were sent.
+fn until_both_cores_take_one(addr: SocketAddr, target: impl Fn(usize) -> String) -> usize {
+    let before = accepted_per_core(addr);
+    let mut sent = 0;
+    loop {
+        let now = accepted_per_core(addr);
+        if now.len() == 2 && now.iter().zip(&before).all(|(n, b)| n > b) {
+            return sent;
+        }
+        assert!(sent < RETRIES_MAX, "every connection went to one core: {before:?} -> {now:?}");
+        assert_eq!(http_get(addr, &target(sent)).0, 204);
+        sent += 1;
+    }
+}
+
+/// One GET on a fresh connection with extra header lines; the status.
+fn get_with(addr: SocketAddr, target: &str, headers: &str) -> u16 {
+    let mut s = connect(addr);
+    let req = format!("GET {target} HTTP/1.1\r\nHost: t\r\n{headers}Connection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).expect("send");
+    read_answer(&mut s).0
+}
+
+#[test]
+fn retried_event_ids_countries_and_user_agents_are_stored() {
+    let db = MariaDb::start();
+    let geoip = geoip_db();
+    let extra = format!(
+        "[server]\ncores = 2\n[http]\ntrusted_proxies = [\"127.0.0.0/8\"]\n[enrich]\ngeoip_db = \"{geoip}\"\n"
+    );
+    let (_dir, c) = start(&db, "intake-stored", &extra);
+    let ids = unique_file_ids(3 + RETRIES_MAX);
+    let (status, body) = http_get(c.addr, "/debug/geoip");
+    let geo: serde_json::Value = serde_json::from_str(&body).expect("/debug/geoip is JSON");
+    assert_eq!((status, &geo["enabled"]), (200, &serde_json::Value::Bool(true)), "{body}");
+    assert!(geo["database"]["build_epoch_s"].as_u64().is_some_and(|s| s > 0), "{body}");
+
+    // The SDK retries one event (lost answers) until both cores have taken a copy of it.
+    let eid = "0b6f2c4e-1a3d-4e5f-8a9b-0c1d2e3f4a5b";
+    let retried = format!("/log?event=play&domain=eid.example&file_id={}&eid={eid}", ids[0]);
+    let sent = until_both_cores_take_one(c.addr, |_| retried.clone());
+    let xff = "X-Forwarded-For: 8.8.8.8\r\n";
+    let geo_get = |id: u64| format!("/log?event=play&domain=geo.example&file_id={id}");
+    assert_eq!(get_with(c.addr, &geo_get(ids[1]), &format!("{xff}User-Agent: {GOOGLEBOT}\r\n")), 204);
+    assert_eq!(get_with(c.addr, &geo_get(ids[2]), &format!("User-Agent: {CHROME_WIN}\r\n")), 204);
+    // Markers sent after every copy, on both cores: once a core's marker is in MySQL, so is
+    // everything that core took before it (each core's WAL is delivered in order).
+    let markers = &ids[3..];
+    let marked = until_both_cores_take_one(c.addr, |i| {
+        format!("/log?event=mark&domain=m.example&file_id={}", markers[i])
+    });
+
+    wait_rows(&db, &ids[1..3]);
+    wait_rows(&db, &markers[..marked]);
+    assert_eq!(count(&db, &ids[..1]), 1, "{sent} sends of one event id on two cores: one row");
+    let stored = db.query_rows(&format!("SELECT HEX(event_id) FROM events WHERE file_id = {}", ids[0]));
+    assert_eq!(stored, [[eid.replace('-', "").to_uppercase()]]);
+    // The v1 flusher still on main writes rows without counting (the sink counts exactly:
+    // tests/mysql_stored_fields.rs); through the sink every extra copy is one duplicate.
+    let deduplicated = metric(c.addr, "ingest_events_deduplicated_total");
+    assert!(deduplicated == 0 || deduplicated == sent as u64 - 1, "{deduplicated} of {sent}");
+
+    let fields = |id: u64| {
+        db.query_rows(&format!(
+            "SELECT IFNULL(e.country, '-'), u.family, IFNULL(u.os, '-'), u.device, u.is_bot \
+             FROM events e JOIN user_agents u ON u.hash = e.ua_hash WHERE e.file_id = {id}"
+        ))
+    };
+    assert_eq!(fields(ids[1]), [["US", "Googlebot", "-", "bot", "1"]], "country through the proxy");
+    assert_eq!(fields(ids[2]), [["-", "Chrome", "Windows 10", "desktop", "0"]], "loopback: no country");
 }

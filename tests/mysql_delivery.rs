@@ -423,10 +423,15 @@ fn migrate_blocking_applies_each_migration_once() {
     let config = config(wal.path(), &db.url, 5000);
     assert_eq!(
         psc::mysql::migrate_blocking(&config).unwrap(),
-        vec!["001_init".to_owned(), "002_client_context".to_owned(), "003_lanes".to_owned()]
+        vec![
+            "001_init".to_owned(),
+            "002_client_context".to_owned(),
+            "003_lanes".to_owned(),
+            "004_stored_fields".to_owned()
+        ]
     );
     assert!(psc::mysql::migrate_blocking(&config).unwrap().is_empty());
-    assert_eq!(db.query_count("SELECT COUNT(*) FROM schema_migrations"), 3);
+    assert_eq!(db.query_count("SELECT COUNT(*) FROM schema_migrations"), 4);
     let tables = db.query_rows("SHOW TABLES");
     let mut names: Vec<&str> = tables.iter().map(|r| r[0].as_str()).collect();
     names.sort_unstable();

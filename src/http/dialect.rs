@@ -19,6 +19,7 @@ use crate::ingest::body::{self, BatchScratch, BodyRules, JsonParser};
 use crate::ingest::client::{self, TrustedProxies};
 use crate::ingest::encoding;
 use crate::ingest::extra::KeepParams;
+use crate::ingest::geoip::{CoreGeo, GeoStatus};
 use crate::ingest::intake::{Accepted, Intake};
 use crate::wal::group::Ticket;
 use crate::wal::record::Context;
@@ -33,12 +34,21 @@ pub struct Dialects {
     client_ip: bool,
     user_agent: bool,
     referer: bool,
+    /// This core's GeoIP reader, with `enrich.geoip_db`; `None`: no lookup at all.
+    geo: Option<CoreGeo>,
 }
 
 impl Dialects {
     /// Builds from a validated config (an invalid `http.trusted_proxies` entry is skipped:
-    /// `Config::validate` already refused it).
+    /// `Config::validate` already refused it). The GeoIP database comes opened with the
+    /// config (`crate::ingest::enrich::Enrichment::start`).
     pub fn from_config(config: &Config) -> Dialects {
+        let geo = config.enrich.opened.clone().map(CoreGeo::new);
+        if geo.is_none() && config.enrich.geoip_enabled() {
+            tracing::warn!(
+                "enrich.geoip_db is set but was not opened before the cores started: no countries"
+            );
+        }
         Dialects {
             cors: Cors::new(&config.http.cors_origins),
             proxies: TrustedProxies::parse(&config.http.trusted_proxies).unwrap_or_default(),
@@ -47,7 +57,13 @@ impl Dialects {
             client_ip: config.ingest.client_ip,
             user_agent: config.ingest.user_agent,
             referer: config.ingest.referer,
+            geo,
         }
+    }
+
+    /// What `/debug/geoip` shows; `None` with GeoIP off.
+    pub fn geoip_status(&self) -> Option<GeoStatus> {
+        self.geo.as_ref().map(|g| g.shared().status())
     }
 }
 
@@ -95,17 +111,27 @@ pub enum Outcome {
     Rejected { status: u16, message: String, label: &'static str },
 }
 
-/// The client context of `req`, with each part switched on in the config.
+/// The client context of `req`, with each part switched on in the config, and the client
+/// IP's country with GeoIP on (also when the IP itself is not stored).
 pub fn client_context<'a>(req: &Request<'a>, d: &Dialects, s: &'a mut DialectScratch) -> Context<'a> {
     let DialectScratch { peer, peer_text, forwarded_ip, referer_host, extra, .. } = s;
-    let ip = d.client_ip.then(|| match &req.forwarded_for {
-        xff if !xff.is_empty() && !d.proxies.is_empty() => {
-            let ip = d.proxies.client_ip(*peer, xff);
-            client::write_ip(ip, forwarded_ip);
-            forwarded_ip.as_str()
+    let forwarded = !req.forwarded_for.is_empty() && !d.proxies.is_empty();
+    let client = (d.client_ip || d.geo.is_some()).then(|| {
+        if forwarded {
+            d.proxies.client_ip(*peer, &req.forwarded_for)
+        } else {
+            *peer
         }
-        _ => peer_text.as_str(),
     });
+    let ip = match client {
+        Some(addr) if d.client_ip && forwarded => {
+            client::write_ip(addr, forwarded_ip);
+            Some(forwarded_ip.as_str())
+        }
+        Some(_) if d.client_ip => Some(peer_text.as_str()),
+        _ => None,
+    };
+    let country = d.geo.as_ref().zip(client).and_then(|(geo, addr)| geo.country(addr));
     let ua = if d.user_agent { req.user_agent.and_then(client::user_agent) } else { None };
     let referer_host = match req.referer {
         Some(referer) if d.referer && client::referer_host(referer, referer_host) => {
@@ -114,7 +140,7 @@ pub fn client_context<'a>(req: &Request<'a>, d: &Dialects, s: &'a mut DialectScr
         _ => None,
     };
     let extra = (!d.keep.is_empty() && d.keep.extract(req.query, extra)).then_some(extra.as_str());
-    Context { ip, ua, referer_host, extra, event_id: None }
+    Context { ip, ua, referer_host, extra, event_id: None, country }
 }
 
 /// The CORS grant of a request, `None` without `Origin` or for an origin not allowed.
@@ -256,6 +282,38 @@ User-Agent: UA \"1\"\r\nReferer: https://Site.example/p\r\nX-Forwarded-For: 9.9.
         });
         let off = dialects(|c| c.ingest.client_ip = false);
         with_request(GET, |req| assert_eq!(client_context(req, &off, &mut s).ip, None));
+    }
+
+    #[test]
+    fn country_of_the_client_after_the_proxy_rule_even_without_its_ip() {
+        let geo =
+            std::sync::Arc::new(crate::ingest::geoip::GeoIp::open(&crate::ingest::geoip::test_db()).unwrap());
+        let with_geo = |client_ip: bool| {
+            dialects(|c| {
+                c.http.trusted_proxies = vec!["203.0.113.0/24".into()];
+                c.ingest.client_ip = client_ip;
+                c.enrich.opened = Some(geo.clone());
+            })
+        };
+        let xff = b"GET /log?event=play&domain=a.b&file_id=1 HTTP/1.1\r\nX-Forwarded-For: 8.8.8.8\r\n\r\n";
+        let mut proxied = DialectScratch::new("203.0.113.5".parse().unwrap());
+        let d = with_geo(true);
+        with_request(xff, |req| {
+            let c = client_context(req, &d, &mut proxied);
+            assert_eq!((c.ip, c.country.map(|c| c.to_string())), (Some("8.8.8.8"), Some("US".into())));
+        });
+        let no_ip = with_geo(false);
+        with_request(xff, |req| {
+            let c = client_context(req, &no_ip, &mut proxied);
+            assert_eq!((c.ip, c.country.map(|c| c.to_string())), (None, Some("US".into())));
+        });
+        let mut direct = DialectScratch::new("127.0.0.1".parse().unwrap());
+        with_request(xff, |req| {
+            let c = client_context(req, &d, &mut direct);
+            assert_eq!((c.ip, c.country), (Some("127.0.0.1"), None), "an untrusted peer's XFF is not read");
+        });
+        assert!(d.geoip_status().is_some_and(|s| s.info.node_count > 0));
+        assert!(dialects(|_| {}).geoip_status().is_none(), "GeoIP off");
     }
 
     fn take_tick(group: &crate::wal::group::GroupCommit) -> (Vec<u8>, u32) {

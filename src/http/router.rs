@@ -1,5 +1,6 @@
 //! Routing of one complete request to what answers it: beacons in every dialect go to the
-//! core's intake (`crate::ingest::intake`), the operator endpoints to `crate::observe`.
+//! core's intake (`crate::ingest::intake`), the operator endpoints to `crate::observe`
+//! (`/debug/geoip` to the core's GeoIP reader, `crate::ingest::geoip`).
 //! No IO and no await here: `conn` waits for the tick and renders the [`Reply`].
 //!
 //! Invariants:
@@ -89,6 +90,10 @@ pub(super) fn route(req: &Request<'_>, ctx: &ConnContext, turn: Turn<'_>) -> Rep
             Method::Get | Method::Head => observe_reply(req, &ctx.observer),
             _ => Reply::MethodNotAllowed { allow: "GET, HEAD" },
         },
+        "/debug/geoip" => match req.method {
+            Method::Get | Method::Head => geoip_reply(ctx),
+            _ => Reply::MethodNotAllowed { allow: "GET, HEAD" },
+        },
         _ => Reply::Error { status: 404, reason: "not found" },
     }
 }
@@ -109,6 +114,17 @@ fn observe_reply(req: &Request<'_>, observer: &Observer) -> Reply {
         "/stats" => Reply::Body { status: 200, content_type: json, body: report::stats_json(observer) },
         _ => Reply::Body { status: 200, content_type: json, body: report::domain_cache_json(observer) },
     }
+}
+
+/// `/debug/geoip`: the loaded database (path, type, build date, load time, size), its reloads
+/// and the last reload error; `{"enabled":false}` without `enrich.geoip_db`.
+fn geoip_reply(ctx: &ConnContext) -> Reply {
+    let body = match ctx.dialects.geoip_status() {
+        Some(status) => serde_json::to_vec(&serde_json::json!({ "enabled": true, "database": status })),
+        None => serde_json::to_vec(&serde_json::json!({ "enabled": false })),
+    };
+    // Serialising plain strings and numbers cannot fail; an empty body would say so anyway.
+    Reply::Body { status: 200, content_type: "application/json", body: body.unwrap_or_default() }
 }
 
 fn beacon(req: &Request<'_>, ctx: &ConnContext, turn: Turn<'_>, kind: BeaconKind) -> Reply {

@@ -1,57 +1,40 @@
 //! GeoIP country of a client IP, from a MaxMind DB file (`enrich.geoip_db`): GeoIP2/GeoLite2
 //! Country or City (`country.iso_code`) or the ip-location-db layout (`country_code`).
 //!
-//! Where it runs: in the flusher, once per row, from the client IP already stored in the WAL
-//! record (after the trusted-proxy rule). Never on a core: a lookup costs more than the whole
-//! validation of a GET (see `benches/geoip.rs` and the README), and the IP is in the record
-//! anyway. So the cores hold no GeoIP state at all, and the default GET path is unchanged.
+//! Where it runs: on the core, at intake, from the client IP after the trusted-proxy rule
+//! (`http::dialect::client_context`), through the core's own [`CoreGeo`]; the country goes
+//! into the WAL record (`cc`). So a replay stores the country the event was accepted with,
+//! every sink gets it without a lookup of its own, and the flusher needs no GeoIP state. With
+//! `enrich.geoip_db` unset a core holds no [`CoreGeo`] and the GET path does no more than
+//! before (one `Option` test; see the `hot_path` bench and the README).
 //!
 //! Reload: [`GeoIp::refresh`] compares the file's identity (device, inode, size, mtime) with
 //! the loaded one and, when it changed (a replace by rename, as `geoipupdate` does), opens the
-//! new file and swaps it in; lookups in flight keep the old database (an `Arc`) until they
-//! finish. A watcher thread ([`spawn_watcher`]) calls it every `enrich.geoip_refresh_ms`, so
-//! neither the cores nor the flusher ever wait for a load. A file that fails to open keeps the
-//! previous database, and is counted and logged.
+//! new file and swaps it in, then bumps a generation counter. A watcher thread
+//! ([`spawn_watcher`]) calls it every `enrich.geoip_refresh_ms`, so no core ever waits for a
+//! load: a core reads the generation (one relaxed atomic load per lookup) and only when it
+//! changed takes the lock, for an `Arc` clone. Lookups in flight keep the old database until
+//! they finish; the replaced database is kept in a retired list until no core holds it and is
+//! then freed by the watcher, so freeing megabytes never happens on a core either. A file that
+//! fails to open keeps the previous database, and is counted and logged.
 //!
 //! Invariants:
 //! - a country is exactly two ASCII upper-case letters (ISO 3166-1 alpha-2) or none; the
-//!   database's text is never stored unchecked;
+//!   database's text is never stored unchecked ([`Country::parse`]);
 //! - at start a configured database that cannot be read is an error (the operator asked for
-//!   countries); later a bad file never replaces a good one.
+//!   countries); later a bad file never replaces a good one;
+//! - the lock guards an `Arc` swap only: nobody holds it across a lookup or a load.
 
+use std::cell::{Cell, RefCell};
 use std::fs;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
 use maxminddb::{MaxMindDbError, PathElement, Reader};
 
-/// An ISO 3166-1 alpha-2 code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Country([u8; 2]);
-
-impl Country {
-    /// Two ASCII letters, upper-cased; anything else is `None`.
-    pub fn parse(code: &str) -> Option<Country> {
-        match code.as_bytes() {
-            &[a, b] if a.is_ascii_alphabetic() && b.is_ascii_alphabetic() => {
-                Some(Country([a.to_ascii_uppercase(), b.to_ascii_uppercase()]))
-            }
-            _ => None,
-        }
-    }
-
-    pub fn as_str(&self) -> &str {
-        // Two ASCII letters by construction.
-        std::str::from_utf8(&self.0).unwrap_or("??")
-    }
-
-    pub fn bytes(&self) -> [u8; 2] {
-        self.0
-    }
-}
+pub use crate::country::Country;
 
 /// Why a database cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +43,8 @@ pub enum GeoError {
     Read { path: PathBuf, source: std::io::Error },
     #[error("{path} is not a MaxMind DB: {source}")]
     Format { path: PathBuf, source: MaxMindDbError },
+    #[error("cannot start the geoip-watch thread: {0}")]
+    Watcher(std::io::Error),
 }
 
 /// What `/debug/geoip` shows of the loaded database.
@@ -156,13 +141,16 @@ fn stamp(path: &Path) -> std::io::Result<FileStamp> {
     })
 }
 
-/// The reloading database of one process, shared by the flusher (lookups), the watcher
-/// (reloads) and `/debug/geoip` (status). Its lock guards an `Arc` swap only: nobody holds it
-/// across a lookup or a load.
+/// The reloading database of one process, shared by the cores (lookups through their
+/// [`CoreGeo`]), the watcher (reloads) and `/debug/geoip` (status).
 #[derive(Debug)]
 pub struct GeoIp {
     path: PathBuf,
     current: Mutex<Loaded>,
+    /// Bumped after every swap; a core compares it with the generation of the `Arc` it holds.
+    generation: AtomicU64,
+    /// Replaced databases some core may still hold; freed by the watcher once none does.
+    retired: Mutex<Vec<Arc<GeoDb>>>,
     reloads: AtomicU64,
     reload_failures: AtomicU64,
 }
@@ -170,17 +158,20 @@ pub struct GeoIp {
 #[derive(Debug)]
 struct Loaded {
     db: Arc<GeoDb>,
+    generation: u64,
     stamp: FileStamp,
     last_error: Option<String>,
 }
 
-/// Counters and state for `/metrics` and `/debug/geoip`.
+/// Counters and state for `/debug/geoip`.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct GeoStatus {
     #[serde(flatten)]
     pub info: DbInfo,
     pub reloads: u64,
     pub reload_failures: u64,
+    /// Replaced databases still held by a core that has looked nothing up since.
+    pub retired_held: usize,
     /// Why the newest file was not loaded, if it was not.
     pub last_error: Option<String>,
 }
@@ -192,7 +183,9 @@ impl GeoIp {
         let db = Arc::new(GeoDb::open(path)?);
         Ok(GeoIp {
             path: path.to_owned(),
-            current: Mutex::new(Loaded { db, stamp, last_error: None }),
+            current: Mutex::new(Loaded { db, generation: 0, stamp, last_error: None }),
+            generation: AtomicU64::new(0),
+            retired: Mutex::new(Vec::new()),
             reloads: AtomicU64::new(0),
             reload_failures: AtomicU64::new(0),
         })
@@ -203,13 +196,27 @@ impl GeoIp {
         self.current.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// The database to use now; the caller keeps it for a whole batch.
-    pub fn current(&self) -> Arc<GeoDb> {
-        self.lock().db.clone()
+    fn lock_retired(&self) -> MutexGuard<'_, Vec<Arc<GeoDb>>> {
+        self.retired.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Reloads the file if it changed since it was loaded. Returns whether it swapped.
+    /// The database to use now and its generation; the caller keeps it until the generation
+    /// moves on.
+    pub fn current(&self) -> (Arc<GeoDb>, u64) {
+        let loaded = self.lock();
+        (loaded.db.clone(), loaded.generation)
+    }
+
+    /// The generation of the loaded database: a relaxed load, the whole cost of a lookup's
+    /// check for a reload.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Relaxed)
+    }
+
+    /// Frees retired databases no core holds any more, then reloads the file if it changed
+    /// since it was loaded. Returns whether it swapped.
     pub fn refresh(&self) -> bool {
+        self.lock_retired().retain(|db| Arc::strong_count(db) > 1);
         let now = match stamp(&self.path) {
             Ok(now) => now,
             Err(e) => return self.failed(format!("cannot stat {}: {e}", self.path.display())),
@@ -221,7 +228,11 @@ impl GeoIp {
             Ok(db) => {
                 tracing::info!(path = %self.path.display(), database_type = %db.info.database_type,
                     build_epoch_s = db.info.build_epoch_s, "GeoIP database reloaded");
-                *self.lock() = Loaded { db: Arc::new(db), stamp: now, last_error: None };
+                let generation = self.generation() + 1;
+                let loaded = Loaded { db: Arc::new(db), generation, stamp: now, last_error: None };
+                let old = std::mem::replace(&mut *self.lock(), loaded);
+                self.generation.store(generation, Ordering::Relaxed);
+                self.lock_retired().push(old.db);
                 self.reloads.fetch_add(1, Ordering::Relaxed);
                 true
             }
@@ -241,48 +252,62 @@ impl GeoIp {
     }
 
     pub fn status(&self) -> GeoStatus {
+        let retired_held = self.lock_retired().iter().filter(|db| Arc::strong_count(db) > 1).count();
         let loaded = self.lock();
         GeoStatus {
             info: loaded.db.info.clone(),
             reloads: self.reloads.load(Ordering::Relaxed),
             reload_failures: self.reload_failures.load(Ordering::Relaxed),
+            retired_held,
             last_error: loaded.last_error.clone(),
         }
     }
 }
 
-/// Calls [`GeoIp::refresh`] every `interval` until `stop` says so (checked every 100 ms, so
-/// shutdown never waits for a whole interval).
-pub fn spawn_watcher(
+/// One core's view of the [`GeoIp`]: the database it last took and its generation. Lives on
+/// that core only (`Cell`/`RefCell`, never borrowed across an await).
+#[derive(Debug, Clone)]
+pub struct CoreGeo {
     geo: Arc<GeoIp>,
-    interval: Duration,
-    stop: Arc<std::sync::atomic::AtomicBool>,
-) -> std::io::Result<std::thread::JoinHandle<()>> {
-    const TICK: Duration = Duration::from_millis(100);
-    std::thread::Builder::new().name("geoip-watch".into()).spawn(move || {
-        let mut waited = Duration::ZERO;
-        while !stop.load(Ordering::Relaxed) {
-            std::thread::sleep(TICK.min(interval));
-            waited += TICK.min(interval);
-            if waited >= interval {
-                waited = Duration::ZERO;
-                geo.refresh();
-            }
+    db: RefCell<Arc<GeoDb>>,
+    generation: Cell<u64>,
+}
+
+impl CoreGeo {
+    pub fn new(geo: Arc<GeoIp>) -> CoreGeo {
+        let (db, generation) = geo.current();
+        CoreGeo { geo, db: RefCell::new(db), generation: Cell::new(generation) }
+    }
+
+    /// The country of `ip` in the newest database this core has seen; takes the newer one
+    /// first if the watcher swapped it in since (a lock held for an `Arc` clone).
+    pub fn country(&self, ip: IpAddr) -> Option<Country> {
+        if self.geo.generation() != self.generation.get() {
+            let (db, generation) = self.geo.current();
+            *self.db.borrow_mut() = db;
+            self.generation.set(generation);
         }
-    })
+        self.db.borrow().country(ip)
+    }
+
+    /// The shared database, for `/debug/geoip`.
+    pub fn shared(&self) -> &GeoIp {
+        &self.geo
+    }
+}
+
+/// The real test database (`scripts/geoip-test-db.sh` fetches it once and prints its path).
+#[cfg(test)]
+pub(crate) fn test_db() -> PathBuf {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/geoip-test-db.sh");
+    let out = std::process::Command::new(script).output().expect("run scripts/geoip-test-db.sh");
+    assert!(out.status.success(), "geoip-test-db.sh: {}", String::from_utf8_lossy(&out.stderr));
+    PathBuf::from(String::from_utf8(out.stdout).expect("a path").trim())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The real test database (`scripts/geoip-test-db.sh` fetches it once).
-    pub(crate) fn test_db() -> PathBuf {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/geoip-test-db.sh");
-        let out = std::process::Command::new(script).output().expect("run scripts/geoip-test-db.sh");
-        assert!(out.status.success(), "geoip-test-db.sh: {}", String::from_utf8_lossy(&out.stderr));
-        PathBuf::from(String::from_utf8(out.stdout).expect("a path").trim())
-    }
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
@@ -303,15 +328,6 @@ mod tests {
     }
 
     #[test]
-    fn country_codes_are_checked() {
-        assert_eq!(Country::parse("us").map(|c| c.bytes()), Some(*b"US"));
-        assert_eq!(Country::parse("GB").map(|c| c.as_str().to_owned()).as_deref(), Some("GB"));
-        for bad in ["", "U", "USA", "1A", "é", "U-"] {
-            assert_eq!(Country::parse(bad), None, "{bad}");
-        }
-    }
-
-    #[test]
     fn open_errors_name_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("none.mmdb");
@@ -328,7 +344,7 @@ mod tests {
         let path = dir.path().join("country.mmdb");
         fs::copy(test_db(), &path).unwrap();
         let geo = GeoIp::open(&path).unwrap();
-        let first = geo.current();
+        let (first, _) = geo.current();
         assert!(!geo.refresh(), "unchanged file: no reload");
         // A bad file renamed over it is refused, the old database stays.
         let tmp = dir.path().join("country.mmdb.tmp");
@@ -338,35 +354,36 @@ mod tests {
         let status = geo.status();
         assert_eq!((status.reloads, status.reload_failures), (0, 1));
         assert!(status.last_error.is_some());
-        assert!(Arc::ptr_eq(&first, &geo.current()));
+        assert!(Arc::ptr_eq(&first, &geo.current().0));
         assert!(!geo.refresh(), "the same bad file is not tried twice");
         // A good file renamed over it is loaded; the old Arc stays usable.
         fs::copy(test_db(), &tmp).unwrap();
         fs::rename(&tmp, &path).unwrap();
         assert!(geo.refresh());
-        assert!(!Arc::ptr_eq(&first, &geo.current()));
-        assert_eq!(first.country(ip("8.8.8.8")), geo.current().country(ip("8.8.8.8")));
+        assert!(!Arc::ptr_eq(&first, &geo.current().0));
+        assert_eq!(first.country(ip("8.8.8.8")), geo.current().0.country(ip("8.8.8.8")));
         let status = geo.status();
         assert_eq!((status.reloads, status.last_error), (1, None));
     }
 
     #[test]
-    fn watcher_reloads_and_stops() {
+    fn a_core_moves_to_the_new_database_and_the_old_one_is_freed_off_the_core() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("country.mmdb");
         fs::copy(test_db(), &path).unwrap();
         let geo = Arc::new(GeoIp::open(&path).unwrap());
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let watcher = spawn_watcher(geo.clone(), Duration::from_millis(20), stop.clone()).unwrap();
+        let core = CoreGeo::new(geo.clone());
+        assert_eq!(core.country(ip("8.8.8.8")), Country::parse("US"));
+        let old = Arc::downgrade(&geo.current().0);
         let tmp = dir.path().join("new.mmdb");
         fs::copy(test_db(), &tmp).unwrap();
         fs::rename(&tmp, &path).unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while geo.status().reloads == 0 {
-            assert!(std::time::Instant::now() < deadline, "watcher did not reload");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        stop.store(true, Ordering::Relaxed);
-        watcher.join().unwrap();
+        assert!(geo.refresh());
+        assert_eq!(geo.status().retired_held, 1, "the core still holds the old database");
+        assert_eq!(core.country(ip("8.8.8.8")), Country::parse("US"));
+        assert_eq!(geo.status().retired_held, 0, "the core took the new one");
+        assert!(old.upgrade().is_some(), "but did not free the old one itself");
+        assert!(!geo.refresh());
+        assert!(old.upgrade().is_none(), "the watcher's next pass freed it");
     }
 }

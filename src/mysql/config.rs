@@ -38,6 +38,10 @@ pub struct MysqlConfig {
     /// Several MySQL databases, each a shard (`sink.shard_by` picks a row's); empty = `url`
     /// alone. Default empty.
     pub shards: Vec<String>,
+    /// Most User-Agent hashes the sink remembers as stored in `user_agents` with their class,
+    /// so each distinct UA is classified once; when full it starts over (counted as
+    /// `ingest_mysql_user_agent_cache_resets_total`). Default 100000.
+    pub user_agent_cache_entries: usize,
 }
 
 /// `mysql.method`.
@@ -63,6 +67,7 @@ impl Default for MysqlConfig {
             raw_events: true,
             connections: 0,
             shards: Vec::new(),
+            user_agent_cache_entries: 100_000,
         }
     }
 }
@@ -85,6 +90,9 @@ impl MysqlConfig {
     pub fn validate(&self) -> Result<(), InvalidKey> {
         if self.batch_rows == 0 {
             return InvalidKey::err("mysql.batch_rows", "must be at least 1");
+        }
+        if self.user_agent_cache_entries == 0 {
+            return InvalidKey::err("mysql.user_agent_cache_entries", "must be at least 1");
         }
         if self.flush_interval_ms == 0 {
             return InvalidKey::err("mysql.flush_interval_ms", "must be at least 1");

@@ -4,7 +4,8 @@
 //! Invariants: everything that can be built is built before `START TRANSACTION` (so a row too
 //! large for the statement limit costs no round trip and holds no lock); on a failure the
 //! server still answers, the transaction is rolled back at once (releasing the cursor row)
-//! before the error goes back; counters move only after `COMMIT` succeeded.
+//! before the error goes back; counters (rollup keys, duplicates, parsed User-Agents) and the
+//! cache of stored User-Agents move only after `COMMIT` succeeded.
 
 use std::sync::atomic::Ordering;
 
@@ -13,13 +14,15 @@ use tracing::{error, warn};
 use super::config::Method;
 use super::cursors::{self, Moved};
 use super::db::DbError;
+use super::dedup::{self, RowsError};
 use super::errors::{self, Cause, Phase, ER_NET_PACKET_TOO_LARGE};
-use super::load_data::{self, LoadError};
+use super::load_data;
 use super::rejects;
 use super::rollups;
 use super::sink::{MysqlConn, PACKET_MARGIN_BYTES};
 use super::sql::{self, TooLarge};
 use super::stats::MysqlStats;
+use super::user_agents;
 use crate::rollup::{aggregate, Dimension};
 use crate::sink::{Batch, SinkError};
 use crate::wal::identity::WalIdentity;
@@ -30,7 +33,8 @@ pub(super) enum Failure {
     Db(DbError, Phase),
     Fenced(Position),
     TooLarge(TooLarge),
-    /// LOAD DATA took the file but would have changed values (or rows): as an INSERT refusal.
+    /// The server took the rows but would have changed values (or lost rows no duplicate
+    /// event id explains): as an INSERT refusal.
     Refused {
         code: u32,
         message: String,
@@ -43,16 +47,28 @@ impl From<TooLarge> for Failure {
     }
 }
 
+impl From<RowsError> for Failure {
+    fn from(e: RowsError) -> Self {
+        match e {
+            RowsError::Db(e) => Failure::Db(e, Phase::BeforeCommit),
+            RowsError::Refused { code, message } => Failure::Refused { code, message },
+        }
+    }
+}
+
 impl MysqlConn {
     /// `SinkConn::deliver`.
     pub(super) async fn deliver_rows(&mut self, wal: &WalIdentity, batch: &Batch) -> Result<(), SinkError> {
         let result = match self.build_rows(batch).await {
-            Ok(keys) => self.transaction(wal, batch).await.map(|()| keys),
+            Ok(keys) => self.transaction(wal, batch).await.map(|duplicates| (keys, duplicates)),
             Err(f) => Err(f),
         };
         match result {
-            Ok(keys) => {
-                self.shared.stats.rollup_keys.fetch_add(keys, Ordering::Relaxed);
+            Ok((keys, duplicates)) => {
+                let stats = &self.shared.stats;
+                stats.rollup_keys.fetch_add(keys, Ordering::Relaxed);
+                stats.events_deduplicated.fetch_add(duplicates, Ordering::Relaxed);
+                self.shared.user_agents.committed(&self.new_user_agents);
                 Ok(())
             }
             Err(f) => Err(self.fail(batch, f).await),
@@ -68,10 +84,11 @@ impl MysqlConn {
         message: &str,
     ) -> Result<(), SinkError> {
         self.sql.clear();
+        self.events_sql.clear();
         self.tsv.clear();
         let built = rejects::build_reject_inserts(wal, batch, (code, message), self.max_bytes, &mut self.sql);
         let result = match built {
-            Ok(()) => self.transaction(wal, batch).await,
+            Ok(()) => self.transaction(wal, batch).await.map(drop),
             Err(e) => Err(Failure::TooLarge(e)),
         };
         if let Err(f) = result {
@@ -89,26 +106,30 @@ impl MysqlConn {
     /// returns the number of rollup keys.
     async fn build_rows(&mut self, batch: &Batch) -> Result<u64, Failure> {
         self.sql.clear();
+        self.events_sql.clear();
         self.tsv.clear();
         self.domain_ids.clear();
+        self.new_user_agents.clear();
         if batch.is_empty() {
             return Ok(0);
         }
         let shared = self.shared.clone();
+        let before = |e| Failure::Db(e, Phase::BeforeCommit);
         if shared.needs(Dimension::Domain) {
             let resolved =
                 shared.domains.resolve(&mut self.db, batch, self.max_bytes, &mut self.domain_ids).await;
-            resolved.map_err(|e| Failure::Db(e, Phase::BeforeCommit))?;
+            resolved.map_err(before)?;
         }
         if shared.needs(Dimension::UserAgent) {
-            sql::build_user_agent_inserts(batch, self.max_bytes, &mut self.sql)?;
+            let unknown = shared.user_agents.unknown(&mut self.db, batch, self.max_bytes).await;
+            self.new_user_agents = unknown.map_err(before)?;
+            user_agents::build_upserts(batch, &self.new_user_agents, self.max_bytes, &mut self.sql)?;
         }
         if shared.config.raw_events {
+            let (ids, max) = (&self.domain_ids, self.max_bytes);
             match self.method {
-                Method::Insert => {
-                    sql::build_event_inserts(batch, &self.domain_ids, self.max_bytes, &mut self.sql)?
-                }
-                Method::LoadData => load_data::build_tsv(batch, &self.domain_ids, &mut self.tsv),
+                Method::Insert => sql::build_event_inserts(batch, ids, max, &mut self.events_sql)?,
+                Method::LoadData => load_data::build_tsv(batch, ids, &mut self.tsv),
             }
         }
         let mut keys = 0;
@@ -120,8 +141,9 @@ impl MysqlConn {
         Ok(keys)
     }
 
-    /// `START TRANSACTION`, the fenced cursor move, the built statements, `COMMIT`.
-    async fn transaction(&mut self, wal: &WalIdentity, batch: &Batch) -> Result<(), Failure> {
+    /// `START TRANSACTION`, the fenced cursor move, the built statements, the event rows,
+    /// `COMMIT`. Returns the event rows skipped as duplicate client event ids.
+    async fn transaction(&mut self, wal: &WalIdentity, batch: &Batch) -> Result<u64, Failure> {
         let before = |e| Failure::Db(e, Phase::BeforeCommit);
         self.db.execute("start transaction", b"START TRANSACTION").await.map_err(before)?;
         let moved = cursors::move_cursor(&mut self.db, wal, batch.lane(), batch.from(), batch.to()).await;
@@ -131,19 +153,27 @@ impl MysqlConn {
         for statement in self.sql.statements() {
             self.db.execute("insert rows", statement).await.map_err(before)?;
         }
+        let ids = batch.has_event_ids();
+        let mut duplicates = 0;
+        for (statement, rows) in self.events_sql.statements_with_rows() {
+            let took = self.db.execute("insert events", statement).await.map_err(before)?;
+            if ids {
+                duplicates += dedup::check_rows(&mut self.db, rows as u64, took, ids).await?;
+            }
+        }
         if !self.tsv.is_empty() {
-            self.load(batch.len()).await?;
+            duplicates += self.load(batch.len(), ids).await?;
         }
         let committed = self.db.execute("commit", b"COMMIT").await;
-        committed.map(drop).map_err(|e| Failure::Db(e, Phase::Commit))
+        committed.map(|_| duplicates).map_err(|e| Failure::Db(e, Phase::Commit))
     }
 
-    async fn load(&mut self, rows: usize) -> Result<(), Failure> {
+    async fn load(&mut self, rows: usize, ids: bool) -> Result<u64, Failure> {
         let file = self.tsv.split().freeze();
-        match load_data::load_events(&mut self.db, file, self.max_bytes, rows).await {
-            Ok(()) => Ok(()),
-            Err(LoadError::Refused { code, message }) => Err(Failure::Refused { code, message }),
-            Err(LoadError::Db(e)) => {
+        match load_data::load_events(&mut self.db, file, self.max_bytes, rows, ids).await {
+            Ok(duplicates) => Ok(duplicates),
+            Err(RowsError::Refused { code, message }) => Err(Failure::Refused { code, message }),
+            Err(RowsError::Db(e)) => {
                 if load_data::is_load_data_refused(&e) {
                     self.shared.load_data_refused.set(true);
                     self.shared.stats.load_data_fallbacks.fetch_add(1, Ordering::Relaxed);

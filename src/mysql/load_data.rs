@@ -11,9 +11,11 @@
 //!
 //! What LOAD DATA does differently from INSERT, and how the sink keeps INSERT's meaning:
 //! - with `LOCAL`, the server cannot stop the client mid-file, so strict-mode data errors
-//!   become *warnings* and the value is cut or zeroed. [`load_events`] reads the warnings and
-//!   returns [`LoadError::Refused`] with the first one's code: the caller rolls back and the
-//!   delivery core bisects as for an INSERT refusal;
+//!   become *warnings* and the value is cut or zeroed, and a duplicate key skips its row (IGNORE
+//!   semantics, said explicitly in [`LOAD_EVENTS`]). [`load_events`] checks the counts and the
+//!   warnings with `super::dedup::check_rows`: a row skipped for a repeated client event id is
+//!   a duplicate, anything else is [`RowsError::Refused`] with the first warning's code, so the
+//!   caller rolls back and the delivery core bisects as for an INSERT refusal;
 //! - a server with `local_infile` off answers 1148, 3948 (MySQL 8) or 4166 (MariaDB):
 //!   [`is_load_data_refused`] tells the caller to fall back to INSERT.
 //!
@@ -28,30 +30,22 @@ use std::task::{Context, Poll};
 use bytes::{Bytes, BytesMut};
 use futures_core::Stream;
 
-use super::db::{cell, Db, DbError};
-use super::sql::{ip_octets, push_datetime_ms};
+use super::db::{Db, DbError};
+use super::dedup::{check_rows, RowsError};
+use super::sql::{event_columns, ip_octets, push_datetime_ms};
 use crate::ingest::client::ua_hash;
 use crate::sink::Batch;
 
 /// The statement; the file name is ignored by our handler.
-pub const LOAD_EVENTS: &str = "LOAD DATA LOCAL INFILE 'psc-batch' INTO TABLE events CHARACTER SET binary \
-FIELDS TERMINATED BY '\\t' ESCAPED BY '\\\\' LINES TERMINATED BY '\\n' \
-(received_at, event, domain_id, file_id, client_ip, ua_hash, referer_host, extra)";
+pub const LOAD_EVENTS: &str = concat!(
+    "LOAD DATA LOCAL INFILE 'psc-batch' IGNORE INTO TABLE events CHARACTER SET binary \
+FIELDS TERMINATED BY '\\t' ESCAPED BY '\\\\' LINES TERMINATED BY '\\n' ",
+    event_columns!()
+);
 
 /// Server codes for "LOAD DATA LOCAL is not allowed here": 1148 (older servers), 3948
 /// (MySQL 8), 4166 (MariaDB 10.5+).
 const REFUSED_CODES: [u16; 3] = [1148, 3948, 4166];
-
-/// Why loading a batch failed.
-#[derive(Debug, thiserror::Error)]
-pub enum LoadError {
-    #[error(transparent)]
-    Db(#[from] DbError),
-    /// The server took the file but warned (a value cut or converted under LOCAL), or took
-    /// another number of rows than sent: the batch is refused as an INSERT would be.
-    #[error("LOAD DATA (code {code}): {message}")]
-    Refused { code: u32, message: String },
-}
 
 /// Appends one TSV line per row of `batch` (columns of [`LOAD_EVENTS`]).
 pub fn build_tsv(batch: &Batch, domain_ids: &[u32], out: &mut BytesMut) {
@@ -79,6 +73,10 @@ pub fn build_tsv(batch: &Batch, domain_ids: &[u32], out: &mut BytesMut) {
             line.push(b'\t');
             push_field(text.map(str::as_bytes), &mut line);
         }
+        line.push(b'\t');
+        push_field(row.event_id.as_ref().map(|id| &id.bytes()[..]), &mut line);
+        line.push(b'\t');
+        push_field(row.country.as_ref().map(|c| c.as_str().as_bytes()), &mut line);
         line.push(b'\n');
         out.extend_from_slice(&line);
     }
@@ -103,8 +101,15 @@ pub fn push_field(value: Option<&[u8]>, out: &mut Vec<u8>) {
     }
 }
 
-/// Streams `tsv` (`rows` lines) into `events` on `db`, inside the caller's transaction.
-pub async fn load_events(db: &mut Db, tsv: Bytes, chunk_bytes: usize, rows: usize) -> Result<(), LoadError> {
+/// Streams `tsv` (`rows` lines; `ids`: some carry a client event id) into `events` on `db`,
+/// inside the caller's transaction; returns the rows skipped as duplicate event ids.
+pub async fn load_events(
+    db: &mut Db,
+    tsv: Bytes,
+    chunk_bytes: usize,
+    rows: usize,
+    ids: bool,
+) -> Result<u64, RowsError> {
     let mut chunks = VecDeque::new();
     let mut at = 0;
     while at < tsv.len() {
@@ -116,29 +121,7 @@ pub async fn load_events(db: &mut Db, tsv: Bytes, chunk_bytes: usize, rows: usiz
     // driver's stream type only when the server asks for the file.
     db.raw().set_infile_handler(async move { Ok(Box::pin(Chunks(chunks)) as mysql_async::InfileData) });
     let took = db.execute("load data", LOAD_EVENTS.as_bytes()).await?;
-    if db.warnings() > 0 {
-        return Err(first_warning(db).await?);
-    }
-    if took != rows as u64 {
-        let message = format!("the server took {took} rows of the {rows} sent");
-        return Err(LoadError::Refused { code: 0, message });
-    }
-    Ok(())
-}
-
-/// The first warning (not a note) of the last statement, as a refusal.
-async fn first_warning(db: &mut Db) -> Result<LoadError, DbError> {
-    const WHAT: &str = "show warnings";
-    for row in db.query(WHAT, b"SHOW WARNINGS").await? {
-        let level: String = cell(WHAT, &row, 0)?;
-        if level != "Note" {
-            return Ok(LoadError::Refused { code: cell(WHAT, &row, 1)?, message: cell(WHAT, &row, 2)? });
-        }
-    }
-    Ok(LoadError::Refused {
-        code: 0,
-        message: "LOAD DATA reported warnings SHOW WARNINGS did not list".into(),
-    })
+    check_rows(db, rows as u64, took, ids).await
 }
 
 /// Whether `e` says the server does not allow `LOAD DATA LOCAL` at all.
@@ -160,6 +143,8 @@ impl Stream for Chunks {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::country::Country;
+    use crate::event_id::EventId;
     use crate::wal::identity::LaneId;
     use crate::wal::record::{DecodedContext, Event};
     use crate::wal::Position;
@@ -220,7 +205,8 @@ mod tests {
             ua: Some("UA".into()),
             referer_host: Some("r\t.org"),
             extra: Some("{\"a\":\"\\n\"}".into()),
-            event_id: None,
+            event_id: Some(EventId::from_bytes(*b"\t\n\\abcdefghijklm")),
+            country: Country::parse("ch"),
         };
         b.push(
             &Event { ts_ms: 1000, event: "play", domain: "x.org", file_id: 5 },
@@ -238,8 +224,8 @@ mod tests {
         build_tsv(&b, &[3, 4], &mut out);
         let hash = ua_hash("UA");
         let want = format!(
-            "1970-01-01 00:00:01.000\tplay\t3\t5\t\x7f\\0\\0\x01\t{hash}\tr\\t.org\t{{\"a\":\"\\\\n\"}}\n\
-             1970-01-01 00:00:00.000\tend\t4\t6\t\\N\t\\N\t\\N\t\\N\n"
+            "1970-01-01 00:00:01.000\tplay\t3\t5\t\x7f\\0\\0\x01\t{hash}\tr\\t.org\t{{\"a\":\"\\\\n\"}}\t\\t\\n\\\\abcdefghijklm\tCH\n\
+             1970-01-01 00:00:00.000\tend\t4\t6\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\n"
         );
         assert_eq!(String::from_utf8_lossy(&out), want);
     }

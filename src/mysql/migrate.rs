@@ -12,6 +12,7 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
     ("001_init", include_str!("../../migrations/001_init.sql")),
     ("002_client_context", include_str!("../../migrations/002_client_context.sql")),
     ("003_lanes", include_str!("../../migrations/003_lanes.sql")),
+    ("004_stored_fields", include_str!("../../migrations/004_stored_fields.sql")),
 ];
 
 /// Applies the migrations not yet recorded in `schema_migrations`; returns their names.
@@ -97,6 +98,19 @@ mod tests {
             let columns: Vec<&str> = columns.filter(|l| !l.contains("KEY ")).collect();
             let comments = table.lines().filter(|l| l.trim_start().starts_with("COMMENT '")).count();
             assert_eq!(columns.len(), comments, "{table}");
+        }
+    }
+
+    #[test]
+    fn stored_fields_migration_alters_each_table_once_and_comments_every_column() {
+        let statements: Vec<String> = split_statements(MIGRATIONS[3].1).collect();
+        assert_eq!(statements.len(), 2, "{statements:#?}");
+        assert!(statements[0].trim_start().starts_with("ALTER TABLE events\n"));
+        assert!(statements[0].contains("ADD UNIQUE KEY IF NOT EXISTS uk_events_event_id (event_id)"));
+        assert!(statements[1].trim_start().starts_with("ALTER TABLE user_agents\n"));
+        for table in &statements {
+            let columns = table.matches("ADD COLUMN IF NOT EXISTS").count();
+            assert_eq!(columns, table.matches("\n    COMMENT '").count(), "{table}");
         }
     }
 

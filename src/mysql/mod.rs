@@ -8,7 +8,10 @@
 //! rollups.rs   rollup_<name> tables (definition in the comment) and their upserts
 //! cursors.rs   ingest_cursors: the fenced move, the locking read, retirement
 //! rejects.rs   ingest_rejects: dead-letter rows, cut to fit the statement limit
-//! sql.rs       event, user-agent and domain statements built from a sink::Batch
+//! sql.rs       event and domain statements built from a sink::Batch
+//! literal.rs   SQL literals: quoted strings, X'…' bytes, UTC datetimes
+//! dedup.rs     client event ids: IGNORE semantics checked statement by statement, duplicates counted
+//! user_agents.rs user_agents rows, classified once per distinct UA, and the cache of stored ones
 //! domains.rs   name -> id: a bounded cache shared by the sink's connections
 //! lease.rs     the node's delivery lease (GET_LOCK)
 //! errors.rs    which failure is Unavailable, InDoubt or Refused
@@ -25,10 +28,12 @@
 pub mod config;
 pub mod cursors;
 pub mod db;
+pub mod dedup;
 mod deliver;
 pub mod domains;
 pub mod errors;
 pub mod lease;
+pub mod literal;
 pub mod load_data;
 pub mod migrate;
 pub mod rejects;
@@ -36,6 +41,7 @@ pub mod rollups;
 pub mod sink;
 pub mod sql;
 pub mod stats;
+pub mod user_agents;
 
 pub use db::{Db, DbError};
 pub use migrate::{split_statements, MIGRATIONS};

@@ -6,9 +6,11 @@
 //! 2. `START TRANSACTION`, then the fenced cursor move ([`super::cursors::move_cursor`]):
 //!    FIRST, so that a fenced batch writes nothing and two connections delivering the same
 //!    lane serialise on the cursor row before either writes a row;
-//! 3. the user agents (`INSERT IGNORE`), the event rows (multi-row INSERT, or LOAD DATA
-//!    LOCAL streamed from memory: `super::load_data`), the rollup upserts (`super::rollups`),
-//!    in statements of at most the statement limit;
+//! 3. the user agents not known to be stored (upserted with their class: `super::user_agents`,
+//!    after a lookup outside the transaction), the rollup upserts (`super::rollups`), then the
+//!    event rows (multi-row INSERT, or LOAD DATA LOCAL streamed from memory:
+//!    `super::load_data`; with IGNORE semantics when the batch carries client event ids, each
+//!    statement checked by `super::dedup`), in statements of at most the statement limit;
 //! 4. `COMMIT`. Anything that goes wrong from here on is `InDoubt`.
 //!
 //! A dead-letter delivery ([`SinkConn::reject`]) is the same transaction with the
@@ -38,6 +40,7 @@ use super::domains::DomainResolver;
 use super::errors::Phase;
 use super::sql::SqlBuffer;
 use super::stats::MysqlStats;
+use super::user_agents::{BatchUa, UserAgents};
 use super::{cursors, lease, migrate, rollups};
 use crate::rollup::{Dimension, RollupConfig};
 use crate::sink::{Batch, LeaseState, Sink, SinkConn, SinkCursor, SinkError};
@@ -57,6 +60,8 @@ pub(super) struct Shared {
     pub(super) config: MysqlConfig,
     pub(super) rollups: Vec<RollupConfig>,
     pub(super) domains: DomainResolver,
+    /// User-Agent hashes known to be stored with their class.
+    pub(super) user_agents: UserAgents,
     pub(super) stats: Arc<MysqlStats>,
     /// Set once migrations, rollup tables and the domain preload ran on some connection.
     schema_ready: tokio::sync::Mutex<bool>,
@@ -88,10 +93,12 @@ impl MysqlSink {
         stats: Arc<MysqlStats>,
     ) -> MysqlSink {
         let resolver = DomainResolver::new(domains.cache_entries, stats.clone(), config.flush_interval_ms);
+        let user_agents = UserAgents::new(config.user_agent_cache_entries, stats.clone());
         let shared = Shared {
             config: config.clone(),
             rollups: rollups.to_vec(),
             domains: resolver,
+            user_agents,
             stats,
             schema_ready: tokio::sync::Mutex::new(false),
             limit_logged: Cell::new(false),
@@ -184,8 +191,10 @@ impl Sink for MysqlSink {
             db,
             shared: self.shared.clone(),
             sql: SqlBuffer::default(),
+            events_sql: SqlBuffer::default(),
             tsv: BytesMut::new(),
             domain_ids: Vec::new(),
+            new_user_agents: Vec::new(),
         })
     }
 }
@@ -198,12 +207,17 @@ pub struct MysqlConn {
     pub(super) max_bytes: usize,
     /// How this connection sends event rows.
     pub(super) method: Method,
-    /// The statements of the delivery in progress (reused).
+    /// The statements of the delivery in progress but its event rows (reused).
     pub(super) sql: SqlBuffer,
+    /// The event-row INSERTs of the delivery in progress (reused), run last and checked one
+    /// by one for duplicate event ids (`super::dedup`).
+    pub(super) events_sql: SqlBuffer,
     /// The LOAD DATA file of the delivery in progress (reused once the server read it).
     pub(super) tsv: BytesMut,
     /// Domain id of each row of the delivery in progress (reused).
     pub(super) domain_ids: Vec<u32>,
+    /// The User-Agents the delivery in progress upserts: known to be stored once it commits.
+    pub(super) new_user_agents: Vec<BatchUa>,
 }
 
 impl MysqlConn {

@@ -43,6 +43,15 @@ pub struct MysqlStats {
     pub load_data_fallbacks: AtomicU64,
     /// Rollup keys upserted (one per key per committed batch), all rollups.
     pub rollup_keys: AtomicU64,
+    /// Event rows not stored because their client event id was stored already (counted after
+    /// COMMIT: `super::dedup`).
+    pub events_deduplicated: AtomicU64,
+    /// Distinct User-Agents classified and upserted into `user_agents` (`super::user_agents`).
+    pub user_agents_parsed: AtomicU64,
+    /// Hashes in the cache of User-Agents known to be stored.
+    pub user_agent_cache_entries: AtomicU64,
+    /// Times that cache was full and emptied (`mysql.user_agent_cache_entries` hit).
+    pub user_agent_cache_resets: AtomicU64,
     /// Copy of the cache's shape and hottest names.
     domain_cache: Mutex<DomainCacheSnapshot>,
     /// Dead-lettered rows by MySQL error code.

@@ -66,6 +66,10 @@ struct MysqlScrape {
     load_data: bool,
     load_data_fallbacks: u64,
     rollup_keys: u64,
+    deduplicated: u64,
+    user_agents_parsed: u64,
+    user_agent_cache_entries: u64,
+    user_agent_cache_resets: u64,
     rejects_by_code: Vec<(u32, u64)>,
 }
 
@@ -83,6 +87,10 @@ impl MysqlScrape {
             load_data: m.load_data.load(Ordering::Relaxed),
             load_data_fallbacks: load(&m.load_data_fallbacks),
             rollup_keys: load(&m.rollup_keys),
+            deduplicated: load(&m.events_deduplicated),
+            user_agents_parsed: load(&m.user_agents_parsed),
+            user_agent_cache_entries: load(&m.user_agent_cache_entries),
+            user_agent_cache_resets: load(&m.user_agent_cache_resets),
             rejects_by_code: m.rejects_by_code(),
         }
     }
@@ -122,6 +130,14 @@ impl MysqlScrape {
         let fallbacks = "LOAD DATA LOCAL refused by the server (then INSERT)";
         counter(e, "ingest_mysql_load_data_fallbacks", fallbacks, None, self.load_data_fallbacks)?;
         counter(e, "ingest_mysql_rollup_keys", "Rollup keys upserted, all rollups", None, self.rollup_keys)?;
+        let dedup = "Event rows not stored because their client event id (eid) was stored already";
+        counter(e, "ingest_events_deduplicated", dedup, None, self.deduplicated)?;
+        let parsed = "Distinct User-Agents classified and written to user_agents";
+        counter(e, "ingest_user_agents_parsed", parsed, None, self.user_agents_parsed)?;
+        let entries = "User-Agent hashes the sink knows are stored";
+        gauge(e, "ingest_mysql_user_agent_cache_entries", entries, None, self.user_agent_cache_entries)?;
+        let resets = "Times the stored User-Agent cache was full and emptied";
+        counter(e, "ingest_mysql_user_agent_cache_resets", resets, None, self.user_agent_cache_resets)?;
         let rejects = self.rejects_by_code.iter().map(|&(c, n)| (c.to_string(), n));
         counter_family(
             e,
@@ -476,6 +492,7 @@ mod tests {
         metrics::bump(&obs.cores[0].events_accepted, 2);
         obs.flush.flush_duration_seconds.observe(0.02);
         obs.mysql.count_rejects(1406, 2);
+        obs.mysql.events_deduplicated.store(3, Ordering::Relaxed);
         let text = String::from_utf8(metrics_text(&obs)).unwrap();
         for needle in [
             "ingest_requests_total{code=\"204\"} 2\n",
@@ -497,6 +514,9 @@ mod tests {
             "ingest_domain_cache_misses_total 0\n",
             "ingest_mysql_rejected_rows_total{code=\"1406\"} 2\n",
             "ingest_mysql_statement_max_bytes 0\n",
+            "ingest_events_deduplicated_total 3\n",
+            "ingest_user_agents_parsed_total 0\n",
+            "ingest_mysql_user_agent_cache_entries 0\n",
             "ingest_http_limit_hits_total{limit=\"url_bytes\"} 0\n",
             "process_open_fds ",
             "process_resident_memory_bytes ",

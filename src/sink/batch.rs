@@ -2,7 +2,8 @@
 //! needs to commit them atomically with the lane's cursor.
 //!
 //! Rows keep their strings in one arena and their raw WAL lines in another, so after warm-up a
-//! batch allocates nothing per row. The raw line is what a dead-letter row stores
+//! batch allocates nothing per row; the fixed-size fields (the client's event id, the
+//! country) live in the row itself. The raw line is what a dead-letter row stores
 //! (`SinkConn::reject`).
 //!
 //! Invariants (debug-asserted):
@@ -14,6 +15,8 @@
 
 use std::ops::Range;
 
+use crate::country::Country;
+use crate::event_id::EventId;
 use crate::wal::identity::LaneId;
 use crate::wal::record::{DecodedContext, Event};
 use crate::wal::Position;
@@ -25,6 +28,10 @@ pub struct Row {
     pub file_id: u64,
     /// Position just past this record: the lane's cursor once this row is committed.
     pub end: Position,
+    /// The client's event id (`eid`): a sink keeps one row per id.
+    pub event_id: Option<EventId>,
+    /// The client IP's country, looked up at intake (`enrich.geoip_db`).
+    pub country: Option<Country>,
     event: Span,
     domain: Span,
     ip: Option<Span>,
@@ -79,6 +86,8 @@ impl Batch {
             ts_ms: ev.ts_ms,
             file_id: ev.file_id,
             end,
+            event_id: ctx.event_id,
+            country: ctx.country,
             event,
             domain,
             ip,
@@ -136,6 +145,11 @@ impl Batch {
 
     pub fn rows(&self) -> &[Row] {
         &self.rows
+    }
+
+    /// Whether some row carries a client event id (then a sink must de-duplicate).
+    pub fn has_event_ids(&self) -> bool {
+        self.rows.iter().any(|r| r.event_id.is_some())
     }
 
     pub fn event(&self, row: &Row) -> &str {
@@ -232,7 +246,13 @@ mod tests {
         let mut b = Batch::new(lane(), 0, Position::new(2, 10));
         for i in 0..n {
             let ev = Event { ts_ms: i, event: "play", domain: "a.org", file_id: i + 1 };
-            let ctx = DecodedContext { ip: Some("10.0.0.1"), ua: Some("UA".into()), ..Default::default() };
+            let ctx = DecodedContext {
+                ip: Some("10.0.0.1"),
+                ua: Some("UA".into()),
+                event_id: (i == 2).then(|| EventId::from_bytes([7; 16])),
+                country: Country::parse("fi"),
+                ..Default::default()
+            };
             let raw = format!("line {i}\n");
             b.push(&ev, &ctx, raw.as_bytes(), Position::new(2, 100 * (i + 1)));
         }
@@ -250,6 +270,9 @@ mod tests {
             (Some("10.0.0.1"), Some("UA"), None, None)
         );
         assert_eq!(b.raw(&r), b"line 2\n");
+        assert_eq!((r.event_id, r.country), (Some(EventId::from_bytes([7; 16])), Country::parse("FI")));
+        assert!(b.has_event_ids());
+        assert_eq!(b.rows()[0].event_id, None);
     }
 
     #[test]
@@ -262,6 +285,8 @@ mod tests {
         assert_eq!(tail.last_row_end(), Position::new(2, 500));
         let first = tail.rows()[0];
         assert_eq!((first.file_id, tail.raw(&first), tail.domain(&first)), (3, &b"line 2\n"[..], "a.org"));
+        assert_eq!(first.event_id, Some(EventId::from_bytes([7; 16])), "ids travel with their rows");
+        assert!(tail.has_event_ids() && !head.has_event_ids());
     }
 
     #[test]

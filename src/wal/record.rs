@@ -3,14 +3,18 @@
 //! The decoder is its pair: it checks every property the encoder guarantees (header, length,
 //! CRC, payload shape) and borrows the strings from the input, so it allocates nothing either.
 //!
-//! Client context (IP, User-Agent, Referer host, kept extra parameters) and the client's event
-//! id ride in optional payload keys `ip`, `ua`, `ref`, `extra` and `eid`, written only when
-//! present: a plain event's record is byte for byte what it was before they existed, and old
-//! records decode with an empty [`Context`]. `ua` and `extra` are client-controlled text and are
-//! JSON-escaped; `eid` is 32 lower-case hex digits (any other spelling is `BadPayload`).
+//! Client context (IP, User-Agent, Referer host, kept extra parameters), the client's event
+//! id and the GeoIP country ride in optional payload keys `ip`, `ua`, `ref`, `extra`, `eid` and
+//! `cc`, written only when present: a plain event's record is byte for byte what it was before
+//! they existed, and old records decode with an empty [`Context`]. `ua` and `extra` are
+//! client-controlled text and are JSON-escaped; `eid` is 32 lower-case hex digits and `cc` two
+//! upper-case letters (any other spelling is `BadPayload`). The country is looked up on the
+//! core at intake and stored here, so a replay writes the country the event was accepted with,
+//! whatever GeoIP database is loaded by then.
 
 use std::borrow::Cow;
 
+use crate::country::Country;
 use crate::event_id::EventId;
 
 /// Longest record line accepted, newline included.
@@ -59,12 +63,14 @@ pub struct Context<'a> {
     pub extra: Option<&'a str>,
     /// The client's id of this event (`eid` / `event_id`), for de-duplication in the sink.
     pub event_id: Option<EventId>,
+    /// The client IP's country (`enrich.geoip_db`), looked up at intake.
+    pub country: Option<Country>,
 }
 
 impl Context<'_> {
     /// No client context: the record holds the event only.
     pub const NONE: Context<'static> =
-        Context { ip: None, ua: None, referer_host: None, extra: None, event_id: None };
+        Context { ip: None, ua: None, referer_host: None, extra: None, event_id: None, country: None };
 
     pub fn is_empty(&self) -> bool {
         self.ip.is_none()
@@ -72,6 +78,7 @@ impl Context<'_> {
             && self.referer_host.is_none()
             && self.extra.is_none()
             && self.event_id.is_none()
+            && self.country.is_none()
     }
 }
 
@@ -83,6 +90,7 @@ pub struct DecodedContext<'a> {
     pub referer_host: Option<&'a str>,
     pub extra: Option<Cow<'a, str>>,
     pub event_id: Option<EventId>,
+    pub country: Option<Country>,
 }
 
 const HEADER_BYTES: usize = 9; // 8 hex digits + space
@@ -123,6 +131,11 @@ pub fn encode(ev: &Event<'_>, ctx: &Context<'_>, out: &mut Vec<u8>) {
         if let Some(id) = ctx.event_id {
             out.extend_from_slice(b",\"eid\":\"");
             id.write_hex(out);
+            out.push(b'"');
+        }
+        if let Some(country) = ctx.country {
+            out.extend_from_slice(b",\"cc\":\"");
+            out.extend_from_slice(&country.bytes());
             out.push(b'"');
         }
     }
@@ -186,6 +199,8 @@ struct Payload<'a> {
     extra: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     eid: Option<&'a str>,
+    #[serde(default, borrow)]
+    cc: Option<&'a str>,
 }
 
 /// Decodes the record at the start of `buf`: its event, its client context (empty for records
@@ -247,8 +262,18 @@ fn parse_payload(payload: &[u8]) -> Result<(Event<'_>, DecodedContext<'_>), Reco
         None => None,
         Some(hex) => Some(EventId::from_hex(hex.as_bytes()).ok_or(RecordError::BadPayload)?),
     };
-    let context =
-        DecodedContext { ip: p.ip, ua: p.ua, referer_host: p.referer_host, extra: p.extra, event_id };
+    let country = match p.cc {
+        None => None,
+        Some(code) => Some(Country::from_wal(code.as_bytes()).ok_or(RecordError::BadPayload)?),
+    };
+    let context = DecodedContext {
+        ip: p.ip,
+        ua: p.ua,
+        referer_host: p.referer_host,
+        extra: p.extra,
+        event_id,
+        country,
+    };
     Ok((event, context))
 }
 
@@ -421,6 +446,7 @@ mod tests {
             referer_host: Some("piratka.biz"),
             extra: Some(r#"{"quality":"720p"}"#),
             event_id: EventId::parse(b"3f2b8c1e-9d4a-4c6b-8e21-7a5f0d9c1b2e").ok(),
+            country: Country::parse("nl"),
         };
         let mut buf = Vec::new();
         encode(&ev, &ctx, &mut buf);
@@ -432,7 +458,9 @@ mod tests {
         assert_eq!(decoded.referer_host, ctx.referer_host);
         assert_eq!(decoded.extra.as_deref(), ctx.extra);
         assert_eq!(decoded.event_id, ctx.event_id);
+        assert_eq!(decoded.country, ctx.country);
         assert!(buf.windows(40).any(|w| w == b"\"eid\":\"3f2b8c1e9d4a4c6b8e217a5f0d9c1b2e\""));
+        assert!(buf.windows(11).any(|w| w == b",\"cc\":\"NL\"}"), "cc is written last");
         assert_eq!(scan(&buf).records, 1);
     }
 
@@ -492,6 +520,22 @@ mod tests {
         let mut buf = Vec::new();
         encode(&sample(1), &id_only, &mut buf);
         assert_eq!(decode(&buf).unwrap().1.event_id, id_only.event_id);
+    }
+
+    #[test]
+    fn country_is_strict_and_alone_is_a_context() {
+        let base = r#"{"ts":5,"event":"play","domain":"a.b","file_id":7,"cc":"#;
+        let ok = line_with_payload(&format!(r#"{base}"SE"}}"#));
+        assert_eq!(decode(&ok).unwrap().1.country, Country::parse("SE"));
+        for bad in [r#""se""#, r#""SWE""#, r#""S""#, r#""""#, "46"] {
+            let line = line_with_payload(&format!("{base}{bad}}}"));
+            assert_eq!(decode(&line), Err(RecordError::BadPayload), "{bad}");
+        }
+        let cc_only = Context { country: Country::parse("JP"), ..Context::default() };
+        assert!(!cc_only.is_empty());
+        let mut buf = Vec::new();
+        encode(&sample(1), &cc_only, &mut buf);
+        assert_eq!(decode(&buf).unwrap().1.country, cc_only.country);
     }
 
     #[test]

@@ -6,6 +6,8 @@ use std::future::Future;
 use std::sync::Arc;
 
 use psc::config::{DomainsConfig, MysqlConfig};
+use psc::country::Country;
+use psc::event_id::EventId;
 use psc::mysql::{MysqlConn, MysqlSink, MysqlStats};
 use psc::rollup::RollupConfig;
 use psc::sink::{Batch, Sink};
@@ -49,6 +51,9 @@ pub struct TestRow {
     pub ua: Option<String>,
     pub referer: Option<String>,
     pub extra: Option<String>,
+    /// The client's event id, as 16 bytes.
+    pub event_id: Option<[u8; 16]>,
+    pub country: Option<&'static str>,
 }
 
 /// Row `file_id`: a play at BASE + file_id ms on one of three domains, no client context.
@@ -62,6 +67,8 @@ pub fn row(file_id: u64) -> TestRow {
         ua: None,
         referer: None,
         extra: None,
+        event_id: None,
+        country: None,
     }
 }
 
@@ -80,7 +87,8 @@ pub fn batch(lane: LaneId, from: Position, rows: &[TestRow]) -> Batch {
             ua: r.ua.as_deref().map(Into::into),
             referer_host: r.referer.as_deref(),
             extra: r.extra.as_deref().map(Into::into),
-            event_id: None,
+            event_id: r.event_id.map(EventId::from_bytes),
+            country: r.country.and_then(Country::parse),
         };
         let raw = format!("raw {}\n", r.file_id);
         let end = Position::new(from.segment, from.offset + 100 * (i as u64 + 1));
