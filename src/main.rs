@@ -111,9 +111,14 @@ fn serve(mut config: Config) -> anyhow::Result<ExitCode> {
             std::process::exit(130);
         }
     });
-    let clean = running.shutdown();
-    tracing::info!(clean, "stopped");
-    Ok(if clean { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    let stopped = running.shutdown();
+    tracing::info!(?stopped, "stopped");
+    Ok(match stopped {
+        server::Stopped::Drained => ExitCode::SUCCESS,
+        // EX_TEMPFAIL: events are left in the WAL for the next start (said in the log).
+        server::Stopped::EventsLeft => ExitCode::from(75),
+        server::Stopped::Failed => ExitCode::FAILURE,
+    })
 }
 
 /// Tells systemd about a state change; failing to is logged, never fatal.
