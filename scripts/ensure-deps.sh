@@ -2,7 +2,7 @@
 # Installs what building, running and testing need, and only what is missing.
 #
 #   scripts/ensure-deps.sh [rust] [mariadb] [clickhouse] [prometheus] [chromium] [npm]
-#   (no argument: rust and mariadb)
+#   (no argument: rust, mariadb and clickhouse)
 #
 # rust:    cargo, rustfmt, clippy and a C compiler. The Rust toolchain cannot be installed from
 #          here (rustup's servers are not reachable), so a missing one is a clear error.
@@ -82,7 +82,7 @@ ensure_chromium() {
     have chromium || apt_install chromium
 }
 
-[ $# -gt 0 ] || set -- rust mariadb
+[ $# -gt 0 ] || set -- rust mariadb clickhouse
 for what in "$@"; do
     case "$what" in
         rust) ensure_rust ;;

@@ -4,8 +4,9 @@
 //! INSERT waited for, a server killed) settled by the cursors so a redelivery adds nothing; a
 //! body cut short inserts nothing; a table that does not fit refuses the batch, which then
 //! lands in `ingest_rejects`; a server down at connect; two shards behind a `Distributed`
-//! table; surprising answers are errors, not panics.
-#![cfg(feature = "failpoints")]
+//! table; surprising answers are errors, not panics; `migrate` creates the schema.
+//!
+//! The cases that arm fail points need `--features failpoints` (as `make test` runs).
 
 mod support;
 
@@ -16,10 +17,11 @@ use std::future::Future;
 use std::io::Write;
 use std::net::TcpListener;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use harness::{batch, ids, row, wal, TestRow, LANE_A, LANE_B};
 use psc::clickhouse::{schema, ClickHouseConn, ClickHouseSink, ClickhouseConfig, ClickhouseStats};
+#[cfg(feature = "failpoints")]
 use psc::failpoint::{arm, Spec};
 use psc::sink::shard::{shard_of, ShardBy};
 use psc::sink::{Batch, LeaseState, Sink, SinkConn, SinkCursor, SinkError};
@@ -142,6 +144,7 @@ fn a_batch_across_a_month_boundary_lands_as_one_block_per_month() {
     assert_eq!(ch.count("SELECT count() FROM psc.ingest_cursors WHERE kind = 1"), 2, "one step per run");
 }
 
+#[cfg(feature = "failpoints")]
 /// Delivers `b` with the fail point `point` armed: the delivery ends in doubt there.
 async fn deliver_in_doubt(conn: &mut ClickHouseConn, b: &Batch, point: &str) {
     let _armed = arm(point, Spec::errno(libc::EIO).times(1));
@@ -149,6 +152,7 @@ async fn deliver_in_doubt(conn: &mut ClickHouseConn, b: &Batch, point: &str) {
     assert!(matches!(result, Err(SinkError::InDoubt(_))), "{point}: {result:?}");
 }
 
+#[cfg(feature = "failpoints")]
 #[test]
 fn a_commit_in_doubt_is_settled_by_the_cursors_and_a_redelivery_adds_nothing() {
     let mut ch = ClickHouse::start();
@@ -178,6 +182,7 @@ fn a_commit_in_doubt_is_settled_by_the_cursors_and_a_redelivery_adds_nothing() {
     assert!(stats.snapshot().probes >= 2, "cursor reads after the doubt probed the steps");
 }
 
+#[cfg(feature = "failpoints")]
 #[test]
 fn the_cursors_wait_for_an_insert_still_running() {
     let ch = ClickHouse::start();
@@ -199,7 +204,7 @@ fn the_cursors_wait_for_an_insert_still_running() {
     late.write_all(&block[..block.len() - 10]).unwrap();
     let running = format!("SELECT count() FROM system.processes WHERE query_id = '{query_id}'");
     support::wait_for("the late INSERT to run", Duration::from_secs(20), || ch.count(&running) == 1);
-    let started = Instant::now();
+    let started = std::time::Instant::now();
     let finisher = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(1500));
         late.write_all(&block[block.len() - 10..]).unwrap();
@@ -381,4 +386,24 @@ fn surprising_answers_and_rows_are_errors_not_panics() {
     });
     assert!(matches!(answers.0, Err(SinkError::Unavailable(_))), "{:?}", answers.0);
     assert!(matches!(answers.1, Err(SinkError::Unavailable(_))), "{:?}", answers.1);
+}
+
+#[test]
+fn migrate_creates_the_schema_on_every_shard() {
+    let shards = [ClickHouse::start(), ClickHouse::start()];
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    let toml = format!(
+        "[sink]\nkind = \"clickhouse\"\n[clickhouse]\ndatabase = \"psc_m\"\nshards = [\"{}\", \"{}\"]\n",
+        shards[0].url, shards[1].url
+    );
+    std::fs::write(&config, toml).unwrap();
+    let out = support::collector_command().arg("migrate").arg("--config").arg(&config).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(stdout.lines().filter(|l| l.ends_with("schema is up to date")).count(), 2, "{stdout}");
+    for shard in &shards {
+        let tables = shard.query("SELECT name FROM system.tables WHERE database = 'psc_m' ORDER BY name");
+        assert_eq!(tables, "events\ningest_cursors\ningest_rejects\n");
+    }
 }
