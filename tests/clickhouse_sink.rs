@@ -102,6 +102,11 @@ fn rows_and_cursors_land_together_and_a_stale_start_is_fenced() {
         assert_eq!(cursor_of(&mut connect(&sink).await).await.len(), 1, "a retired lane has no cursor");
     });
     assert_eq!(ch.count("SELECT count() FROM psc.events"), 7, "3 + 2 + 2 rows, the fenced batch wrote none");
+    // Retiring deleted the lane's steps but its tombstone (once the mutation is done).
+    let pending = "SELECT count() FROM system.mutations WHERE database = 'psc' AND is_done = 0";
+    support::wait_for("the retire mutation", Duration::from_secs(30), || ch.count(pending) == 0);
+    let lane_b = format!("SELECT kind FROM psc.ingest_cursors WHERE incarnation = {}", LANE_B.incarnation);
+    assert_eq!(ch.query(&lane_b), "3\n");
     assert_eq!(ch.count("SELECT count() FROM psc.events WHERE file_id >= 10 AND file_id < 20"), 0);
     let without = "SELECT count() FROM psc.events WHERE event_id = toFixedString('', 16) AND country = toFixedString('', 2)";
     assert_eq!(ch.count(without), 6, "rows without an event id or a country store zeros");
