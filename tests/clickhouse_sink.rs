@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use harness::{batch, ids, row, wal, TestRow, LANE_A, LANE_B};
+use psc::clickhouse::config::Compression;
 use psc::clickhouse::{schema, ClickHouseConn, ClickHouseSink, ClickhouseConfig, ClickhouseStats};
 #[cfg(feature = "failpoints")]
 use psc::failpoint::{arm, Spec};
@@ -37,8 +38,11 @@ fn run<F: Future>(f: F) -> F::Output {
 }
 
 fn sink_at(url: &str) -> (ClickHouseSink, Arc<ClickhouseStats>) {
-    let config =
-        ClickhouseConfig { query_timeout_ms: 10_000, connect_timeout_ms: 2000, ..Default::default() };
+    sink_with(url, ClickhouseConfig::default())
+}
+
+fn sink_with(url: &str, config: ClickhouseConfig) -> (ClickHouseSink, Arc<ClickhouseStats>) {
+    let config = ClickhouseConfig { query_timeout_ms: 10_000, connect_timeout_ms: 2000, ..config };
     let stats = Arc::new(ClickhouseStats::default());
     (ClickHouseSink::new(&config, url, stats.clone()).expect("valid sink config"), stats)
 }
@@ -102,6 +106,11 @@ fn rows_and_cursors_land_together_and_a_stale_start_is_fenced() {
         assert_eq!(cursor_of(&mut connect(&sink).await).await.len(), 1, "a retired lane has no cursor");
     });
     assert_eq!(ch.count("SELECT count() FROM psc.events"), 7, "3 + 2 + 2 rows, the fenced batch wrote none");
+    // Retiring deleted the lane's steps but its tombstone (once the mutation is done).
+    let pending = "SELECT count() FROM system.mutations WHERE database = 'psc' AND is_done = 0";
+    support::wait_for("the retire mutation", Duration::from_secs(30), || ch.count(pending) == 0);
+    let lane_b = format!("SELECT kind FROM psc.ingest_cursors WHERE incarnation = {}", LANE_B.incarnation);
+    assert_eq!(ch.query(&lane_b), "3\n");
     assert_eq!(ch.count("SELECT count() FROM psc.events WHERE file_id >= 10 AND file_id < 20"), 0);
     let without = "SELECT count() FROM psc.events WHERE event_id = toFixedString('', 16) AND country = toFixedString('', 2)";
     assert_eq!(ch.count(without), 6, "rows without an event id or a country store zeros");
@@ -142,6 +151,24 @@ fn a_batch_across_a_month_boundary_lands_as_one_block_per_month() {
     );
     assert_eq!(parts, "202511\t2\n202512\t2\n");
     assert_eq!(ch.count("SELECT count() FROM psc.ingest_cursors WHERE kind = 1"), 2, "one step per run");
+}
+
+#[test]
+fn gzipped_bodies_land_the_same() {
+    let ch = ClickHouse::start();
+    let gzip = ClickhouseConfig { compression: Compression::Gzip, ..Default::default() };
+    let (sink, stats) = sink_with(&ch.url, gzip);
+    let mut rows = ids(1..2001);
+    rows.iter_mut().for_each(|r| r.ua = Some("Mozilla/5.0 (X11; Linux x86_64) Firefox/120.0".into()));
+    let b = batch(LANE_A, Position::new(1, 0), &rows);
+    run(async {
+        let mut conn = connect(&sink).await;
+        conn.deliver(&wal(), &b).await.unwrap();
+        assert_eq!(cursor_of(&mut conn).await, vec![SinkCursor { lane: LANE_A, position: b.to() }]);
+    });
+    assert_eq!(ch.count("SELECT count() FROM psc.events"), 2000);
+    assert_eq!(ch.count("SELECT count() FROM psc.events WHERE user_agent LIKE '%Firefox/120.0'"), 2000);
+    assert_eq!(stats.snapshot().rows, 2000);
 }
 
 #[cfg(feature = "failpoints")]

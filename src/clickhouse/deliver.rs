@@ -8,7 +8,8 @@
 //!
 //! A dead-letter delivery is the same with one `Rejects` step and one block into
 //! `ingest_rejects`. Retiring lanes writes a `Retired` step per lane, then asks the server
-//! to delete the retired lanes' steps (a mutation; only tidying, the step already counts).
+//! to delete the retired lanes' other steps (a mutation; only tidying, the step already
+//! counts, and stays: one row per retired lane).
 //! Fail points (tests): `clickhouse.before_events` and `clickhouse.after_events`, see
 //! `fail_point` below.
 //!
@@ -159,7 +160,14 @@ impl ClickHouseConn {
             self.known.insert(step.lane, (step.seq, None));
         }
         let keys: Vec<String> = lanes.iter().map(|l| format!("({}, {})", l.core, l.incarnation)).collect();
-        let filter = format!("wal_id = '{}' AND (core, incarnation) IN ({})", wal.wal, keys.join(", "));
+        // The `Retired` steps stay: a mutation applies part by part, and until the last part
+        // is done, a lane whose tombstone went first would show an old step as its latest.
+        let filter = format!(
+            "wal_id = '{}' AND (core, incarnation) IN ({}) AND kind != {}",
+            wal.wal,
+            keys.join(", "),
+            Kind::Retired as u8
+        );
         self.tidy(&filter).await;
         Ok(())
     }

@@ -125,10 +125,15 @@ impl Http {
     }
 
     /// POSTs `body` to `/?<params>` and returns the answer's body. `params` are
-    /// (name, value) pairs, percent-encoded here.
-    pub async fn post(&mut self, params: &[(&str, &str)], body: Bytes) -> Result<Bytes, HttpError> {
+    /// (name, value) pairs, percent-encoded here. `gzipped`: the body is gzip data.
+    pub async fn post(
+        &mut self,
+        params: &[(&str, &str)],
+        body: Bytes,
+        gzipped: bool,
+    ) -> Result<Bytes, HttpError> {
         let target = target(params);
-        match tokio::time::timeout(self.query_timeout, self.exchange(&target, body)).await {
+        match tokio::time::timeout(self.query_timeout, self.exchange(&target, body, gzipped)).await {
             Ok(Ok(answer)) => Ok(answer),
             Ok(Err(e)) => {
                 self.link = None;
@@ -141,8 +146,8 @@ impl Http {
         }
     }
 
-    async fn exchange(&mut self, target: &str, body: Bytes) -> Result<Bytes, HttpError> {
-        let mut request = Some(self.request(target, body)?);
+    async fn exchange(&mut self, target: &str, body: Bytes, gzipped: bool) -> Result<Bytes, HttpError> {
+        let mut request = Some(self.request(target, body, gzipped)?);
         // A link found closed, or closed under the request before hyper wrote it, is replaced
         // once: nothing was sent on it.
         for attempt in 0..2 {
@@ -163,9 +168,12 @@ impl Http {
         Err(HttpError::Connect("link closed twice before the request was sent".into()))
     }
 
-    fn request(&self, target: &str, body: Bytes) -> Result<Request<Full<Bytes>>, HttpError> {
+    fn request(&self, target: &str, body: Bytes, gzipped: bool) -> Result<Request<Full<Bytes>>, HttpError> {
         let host = format!("{}:{}", self.endpoint.host, self.endpoint.port);
         let mut builder = Request::post(target).header(hyper::header::HOST, host);
+        if gzipped {
+            builder = builder.header(hyper::header::CONTENT_ENCODING, "gzip");
+        }
         if let Some((user, password)) = &self.auth {
             builder = builder.header("X-ClickHouse-User", user).header("X-ClickHouse-Key", password);
         }

@@ -15,7 +15,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use tracing::{info, warn};
 
-use super::config::ClickhouseConfig;
+use super::config::{ClickhouseConfig, Compression};
 use super::errors::{is_schema_misfit, sorted, Step as Phase};
 use super::http::{Endpoint, Http, HttpError};
 use super::notes::{self, Step};
@@ -75,6 +75,17 @@ impl ClickHouseSink {
     }
 }
 
+/// `block` as gzip at the fastest level (a Native block of repeated names and context
+/// compresses several times even so). A truncated gzip body is refused by the server, like a
+/// truncated Native one.
+fn gzip(block: &[u8]) -> std::io::Result<Vec<u8>> {
+    use std::io::Write;
+    let mut encoder =
+        flate2::write::GzEncoder::new(Vec::with_capacity(block.len() / 4), flate2::Compression::fast());
+    encoder.write_all(block)?;
+    encoder.finish()
+}
+
 /// (major, minor) of `18.16.1` or `23.8.2.7`.
 pub fn parse_version(v: &str) -> Option<(u32, u32)> {
     let mut parts = v.trim().split('.');
@@ -125,7 +136,7 @@ impl ClickHouseConn {
     /// Runs a statement that commits nothing and returns its answer.
     pub(super) async fn query(&mut self, sql: &str, what: &str) -> Result<Bytes, SinkError> {
         let params = [("wait_end_of_query", "1")];
-        let answer = self.http.post(&params, Bytes::copy_from_slice(sql.as_bytes())).await;
+        let answer = self.http.post(&params, Bytes::copy_from_slice(sql.as_bytes()), false).await;
         answer.map_err(|e| self.sorted(e, Phase::Read, false, what))
     }
 
@@ -166,7 +177,13 @@ impl ClickHouseConn {
         if let Some(id) = query_id {
             params.push(("query_id", id));
         }
-        let result = self.http.post(&params, Bytes::from(block)).await;
+        let (body, gzipped) = match self.shared.config.compression {
+            Compression::None => (block, false),
+            Compression::Gzip => {
+                (gzip(&block).map_err(|e| SinkError::Unavailable(format!("{what}: gzip: {e}")))?, true)
+            }
+        };
+        let result = self.http.post(&params, Bytes::from(body), gzipped).await;
         result.map(drop).map_err(|e| self.sorted(e, phase, committed_before, what))
     }
 
