@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # Installs what building, running and testing need, and only what is missing.
 #
-#   scripts/ensure-deps.sh [rust] [mariadb] [prometheus] [chromium] [npm]   (no argument: rust and mariadb)
+#   scripts/ensure-deps.sh [rust] [mariadb] [clickhouse] [prometheus] [chromium] [npm]
+#   (no argument: rust, mariadb and clickhouse)
 #
 # rust:    cargo, rustfmt, clippy and a C compiler. The Rust toolchain cannot be installed from
 #          here (rustup's servers are not reachable), so a missing one is a clear error.
 # mariadb: mariadbd, mariadb-install-db, mariadb and mariadb-admin, from Debian's
 #          mariadb-server-core and mariadb-client: the programs without the system service
 #          (nothing is started; scripts/mariadb.sh runs private servers).
+# clickhouse: clickhouse-server (Debian's package, 18.16), for the ClickHouse sink and its tests.
+#          Its system service is never started by us (policy-rc.d keeps apt from starting it);
+#          scripts/clickhouse.sh runs private servers with their own config.
 # prometheus: prometheus and promtool, from Debian's prometheus package, for tests/ops.rs. The
 #          package's system service is never started by us (policy-rc.d keeps apt from starting it).
 # npm:     Node's package client, for scripts/geoip-test-db.sh (the GeoIP tests' database).
@@ -48,17 +52,26 @@ ensure_mariadb() {
     [ -z "$missing" ] || apt_install mariadb-server-core mariadb-client
 }
 
-ensure_prometheus() {
-    if have prometheus && have promtool; then
-        return
-    fi
-    # Keep apt's maintainer scripts from starting the system service (exit 101 = "not allowed").
+# apt_install, with apt's maintainer scripts kept from starting a system service (a
+# policy-rc.d that exits 101 = "not allowed").
+apt_install_no_service() {
     local policy=/usr/sbin/policy-rc.d created=""
     if [ ! -e "$policy" ] && [ "$(id -u)" -eq 0 ]; then
         printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && created=1
     fi
-    apt_install prometheus
+    apt_install "$@"
     [ -z "$created" ] || rm -f "$policy"
+}
+
+ensure_prometheus() {
+    if have prometheus && have promtool; then
+        return
+    fi
+    apt_install_no_service prometheus
+}
+
+ensure_clickhouse() {
+    have clickhouse-server || apt_install_no_service clickhouse-server
 }
 
 ensure_npm() {
@@ -69,14 +82,15 @@ ensure_chromium() {
     have chromium || apt_install chromium
 }
 
-[ $# -gt 0 ] || set -- rust mariadb
+[ $# -gt 0 ] || set -- rust mariadb clickhouse
 for what in "$@"; do
     case "$what" in
         rust) ensure_rust ;;
         mariadb) ensure_mariadb ;;
+        clickhouse) ensure_clickhouse ;;
         prometheus) ensure_prometheus ;;
         chromium) ensure_chromium ;;
         npm) ensure_npm ;;
-        *) die "unknown component '$what' (rust, mariadb, prometheus, chromium, npm)" ;;
+        *) die "unknown component '$what' (rust, mariadb, clickhouse, prometheus, chromium, npm)" ;;
     esac
 done

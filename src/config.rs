@@ -1,6 +1,7 @@
 //! Configuration: the stages' own config types (`server::config`, `http::config`,
-//! `ingest::config`, `ingest::enrich`, `wal::config`, `queue`, `mysql::config`), assembled
-//! here, loaded from TOML, then environment overrides, then [`Config::validate`].
+//! `ingest::config`, `ingest::enrich`, `wal::config`, `queue`, `mysql::config`,
+//! `clickhouse::config`), assembled here, loaded from TOML, then environment overrides, then
+//! [`Config::validate`].
 //!
 //! Invariants:
 //! - every key has a default (an empty file is a valid config) and each field's doc states it;
@@ -14,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub use crate::clickhouse::config::ClickhouseConfig;
 pub use crate::http::config::HttpConfig;
 pub use crate::ingest::config::IngestConfig;
 pub use crate::ingest::enrich::EnrichConfig;
@@ -54,6 +56,7 @@ pub struct Config {
     pub queue: QueueConfig,
     pub sink: SinkConfig,
     pub mysql: MysqlConfig,
+    pub clickhouse: ClickhouseConfig,
     pub domains: DomainsConfig,
     pub log: LogConfig,
     /// `[[rollup]]` entries: counts per time bucket and key (`crate::rollup`). Default none.
@@ -68,6 +71,7 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("PSC_WAL_SYNC", "wal.sync"),
     ("PSC_QUEUE_CAPACITY", "queue.capacity"),
     ("PSC_MYSQL_URL", "mysql.url"),
+    ("PSC_CLICKHOUSE_URL", "clickhouse.url"),
     ("PSC_NODE_ID", "ingest.node_id"),
     ("PSC_LOG_FORMAT", "log.format"),
 ];
@@ -121,6 +125,9 @@ impl Config {
         if let Some(v) = get("PSC_MYSQL_URL") {
             self.mysql.url = v;
         }
+        if let Some(v) = get("PSC_CLICKHOUSE_URL") {
+            self.clickhouse.url = v;
+        }
         if let Some(v) = get("PSC_NODE_ID") {
             self.ingest.node_id = v;
         }
@@ -138,6 +145,7 @@ impl Config {
         self.wal.validate()?;
         self.queue.validate()?;
         self.mysql.validate()?;
+        self.clickhouse.validate()?;
         self.domains.validate()?;
         crate::rollup::validate(&self.rollup)?;
         if !self.mysql.raw_events && self.rollup.is_empty() {

@@ -24,6 +24,7 @@
 //!   the flusher reads it back from the WAL (it notices the gap in positions).
 //! - A cursor never passes a record that MySQL has not committed; a segment is deleted only
 //!   when it lies wholly behind a cursor that is durable in `commit.meta`.
+pub mod clickhouse;
 pub mod clock;
 pub mod compact;
 pub mod config;

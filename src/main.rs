@@ -28,7 +28,8 @@ struct Cli {
 enum Command {
     /// Serve beacons (the default).
     Serve,
-    /// Apply the database migrations (idempotent; serving applies them too) and exit.
+    /// Apply the database migrations, or with sink.kind = "clickhouse" create the ClickHouse
+    /// database and tables on every shard (idempotent; serving does it too) and exit.
     Migrate,
     /// WAL tools: `inspect` and `verify` only read (safe while the collector runs).
     Wal {
@@ -110,9 +111,14 @@ fn serve(mut config: Config) -> anyhow::Result<ExitCode> {
             std::process::exit(130);
         }
     });
-    let clean = running.shutdown();
-    tracing::info!(clean, "stopped");
-    Ok(if clean { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    let stopped = running.shutdown();
+    tracing::info!(?stopped, "stopped");
+    Ok(match stopped {
+        server::Stopped::Drained => ExitCode::SUCCESS,
+        // EX_TEMPFAIL: events are left in the WAL for the next start (said in the log).
+        server::Stopped::EventsLeft => ExitCode::from(75),
+        server::Stopped::Failed => ExitCode::FAILURE,
+    })
 }
 
 /// Tells systemd about a state change; failing to is logged, never fatal.
@@ -123,6 +129,11 @@ fn notify_systemd(state: &str) {
 }
 
 fn migrate(config: &Config) -> anyhow::Result<ExitCode> {
+    if config.sink.kind == psc::config::SinkKind::Clickhouse {
+        let done = psc::clickhouse::migrate_blocking(config).context("creating the ClickHouse schema")?;
+        done.iter().for_each(|line| println!("{line}"));
+        return Ok(ExitCode::SUCCESS);
+    }
     let applied = psc::mysql::migrate_blocking(config).context("applying migrations")?;
     if applied.is_empty() {
         println!("schema is up to date");

@@ -64,11 +64,20 @@ pub struct Observer {
 }
 
 /// Why `/readyz` says no.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NotReady {
     Draining,
-    CoreWedged { core: usize },
-    WalRefusing { core: usize },
+    CoreWedged {
+        core: usize,
+    },
+    WalRefusing {
+        core: usize,
+    },
+    /// Another live process with this node id holds the delivery lease: events are taken
+    /// into the WAL but not delivered until it is released.
+    LeaseHeldElsewhere {
+        holder: String,
+    },
 }
 
 impl Observer {
@@ -113,7 +122,11 @@ impl Observer {
         if let Some(core) = self.cores.iter().position(|c| c.wal_refusing.load(Ordering::Relaxed)) {
             return Some(NotReady::WalRefusing { core });
         }
-        self.wedged_core().map(|core| NotReady::CoreWedged { core })
+        if let Some(core) = self.wedged_core() {
+            return Some(NotReady::CoreWedged { core });
+        }
+        let holder = self.flush.lease_held_elsewhere_by.lock().ok().and_then(|h| h.clone());
+        holder.map(|holder| NotReady::LeaseHeldElsewhere { holder })
     }
 
     /// `/readyz`: one line of JSON saying why.
@@ -129,6 +142,9 @@ impl Observer {
             }
             Some(NotReady::CoreWedged { core }) => {
                 serde_json::json!({"status": "not_ready", "reason": "core_wedged", "core": core})
+            }
+            Some(NotReady::LeaseHeldElsewhere { holder }) => {
+                serde_json::json!({"status": "not_ready", "reason": "lease_held_elsewhere", "holder": holder})
             }
         };
         let status = if body["status"] == "ready" { 200 } else { 503 };
@@ -173,7 +189,7 @@ pub(crate) mod tests {
         Observer::new(ObserverInputs {
             cores: counters,
             progress: (0..cores).map(|_| Arc::default()).collect(),
-            flush: Arc::new(FlushStats::new(cores)),
+            flush: Arc::new(FlushStats::new(cores, 1)),
             mysql: Arc::default(),
             queue_depth: Arc::default(),
             queue_capacity: 100,

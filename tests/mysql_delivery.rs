@@ -17,11 +17,12 @@ use std::time::{Duration, Instant};
 
 use psc::config::Config;
 use psc::cursor::read_commit_meta;
+use psc::flush::core::LaneInit;
 use psc::flush::stats::FlushStats;
-use psc::flush::{self, FlusherHandle};
+use psc::flush::{self, FlusherHandle, FlusherInputs};
 use psc::queue::{self, CoreProgress, Offer, QueueReceiver, WalChunk};
 use psc::wal::identity::read_identity;
-use psc::wal::lane::read_lane;
+use psc::wal::lane::{open_lane, read_lane};
 use psc::wal::record::{encode, Context, Event};
 use psc::wal::segment::{core_dir, segment_path};
 use psc::wal::Position;
@@ -85,10 +86,33 @@ struct Running {
 }
 
 fn start_flusher(config: &Config, queue: QueueReceiver, cores: Vec<Arc<CoreProgress>>) -> Running {
-    let stats = Arc::new(FlushStats::new(cores.len()));
+    let stats = Arc::new(FlushStats::new(cores.len(), 1));
     let shutdown = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
-    let handle = flush::spawn(config, queue, cores, stats.clone(), Arc::default(), shutdown.clone()).unwrap();
+    // What the server does before it starts the flusher, minus recovery (these WALs are
+    // written by hand, and their newest segments are appended to across restarts).
+    let dir = &config.wal.dir;
+    let identity = psc::cursor::open_wal_identity(dir, NODE, "test-host").unwrap();
+    let lanes = (0..cores.len() as u16)
+        .map(|core| LaneInit {
+            id: open_lane(dir, core).unwrap(),
+            live: true,
+            end: cores[usize::from(core)].written_end(),
+        })
+        .collect();
+    let meta = read_commit_meta(dir, &identity).unwrap();
+    let inputs = FlusherInputs {
+        config: config.clone(),
+        identity,
+        lanes,
+        meta,
+        queue,
+        progress: cores,
+        stats: stats.clone(),
+        mysql_stats: Arc::default(),
+        shutdown: shutdown.clone(),
+    };
+    let handle = flush::spawn(inputs).unwrap();
     Running { handle, stats, shutdown, started }
 }
 
@@ -110,14 +134,14 @@ impl Running {
 
     fn stop(self) -> Arc<FlushStats> {
         self.shutdown.store(true, Ordering::Release);
-        self.handle.join().unwrap();
+        self.handle.join();
         self.stats
     }
 }
 
 fn db_cursors(db: &MariaDb) -> Vec<Position> {
     db.query_rows(&format!(
-        "SELECT segment, `offset` FROM ingest_cursors_v1 WHERE node = '{NODE}' ORDER BY core"
+        "SELECT segment, `offset` FROM ingest_cursors WHERE node = '{NODE}' ORDER BY core"
     ))
     .iter()
     .map(|r| Position::new(r[0].parse().unwrap(), r[1].parse().unwrap()))

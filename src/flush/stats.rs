@@ -4,6 +4,7 @@
 //! Positions are stored packed ([`Position::pack`]) so each fits one `AtomicU64`.
 
 use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::Mutex;
 
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 
@@ -34,8 +35,8 @@ pub struct FlushStats {
     pub wal_catchup_total: AtomicU64,
     /// Corrupt records found while delivering (`ingest_wal_corrupt_records_total`).
     pub corrupt_records: AtomicU64,
-    /// Sealed segments moved to `<wal.dir>/quarantine/` because of a corrupt record.
-    pub quarantined_segments: AtomicU64,
+    /// Bytes of corrupt records copied to `<wal.dir>/quarantine/` and skipped.
+    pub corrupt_bytes: AtomicU64,
     /// Gauge: bytes of WAL segments on disk, all cores. Core writers add what they write,
     /// compaction and quarantine subtract what they remove (see `crate::wal::budget`).
     pub wal_disk_bytes: AtomicU64,
@@ -47,10 +48,25 @@ pub struct FlushStats {
     pub flush_duration_seconds: Histogram,
     /// Rows per committed batch.
     pub batch_rows: Histogram,
+    /// Per shard of the sink.
+    pub shards: Vec<ShardStats>,
+    /// Who holds this node's delivery lease instead of us (`/readyz`, `/stats`).
+    pub lease_held_elsewhere_by: Mutex<Option<String>>,
+}
+
+/// One shard of the sink, as `/metrics` and `/stats` show it.
+#[derive(Debug, Default)]
+pub struct ShardStats {
+    /// The last step on this shard succeeded.
+    pub up: AtomicBool,
+    /// It takes deliveries (up, lease held, not backing off).
+    pub ready: AtomicBool,
+    /// Rows committed into it.
+    pub rows: AtomicU64,
 }
 
 impl FlushStats {
-    pub fn new(cores: usize) -> FlushStats {
+    pub fn new(cores: usize, shards: usize) -> FlushStats {
         let positions = || (0..cores).map(|_| AtomicU64::new(Position::default().pack())).collect();
         FlushStats {
             events_flushed: AtomicU64::new(0),
@@ -64,12 +80,14 @@ impl FlushStats {
             replay_done: AtomicBool::new(false),
             wal_catchup_total: AtomicU64::new(0),
             corrupt_records: AtomicU64::new(0),
-            quarantined_segments: AtomicU64::new(0),
+            corrupt_bytes: AtomicU64::new(0),
             wal_disk_bytes: AtomicU64::new(0),
             committed: positions(),
             read: positions(),
             flush_duration_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             batch_rows: Histogram::new(exponential_buckets(1.0, 4.0, 10)),
+            shards: (0..shards.max(1)).map(|_| ShardStats::default()).collect(),
+            lease_held_elsewhere_by: Mutex::new(None),
         }
     }
 }

@@ -32,6 +32,12 @@ pub struct MysqlConfig {
     /// Write one `events` row per event. `false`: rollups only (needs a `[[rollup]]`).
     /// Default true.
     pub raw_events: bool,
+    /// Delivery connections open at once per shard; each lane delivers on its own connection
+    /// with its own transaction and cursor row. 0 = one per lane. Default 0.
+    pub connections: usize,
+    /// Several MySQL databases, each a shard (`sink.shard_by` picks a row's); empty = `url`
+    /// alone. Default empty.
+    pub shards: Vec<String>,
     /// Most User-Agent hashes the sink remembers as stored in `user_agents` with their class,
     /// so each distinct UA is classified once; when full it starts over (counted as
     /// `ingest_mysql_user_agent_cache_resets_total`). Default 100000.
@@ -59,6 +65,8 @@ impl Default for MysqlConfig {
             max_statement_bytes: 8 * 1024 * 1024,
             method: Method::LoadData,
             raw_events: true,
+            connections: 0,
+            shards: Vec::new(),
             user_agent_cache_entries: 100_000,
         }
     }

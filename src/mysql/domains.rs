@@ -193,7 +193,8 @@ impl DomainResolver {
             cache.insert(name, id);
         }
         self.stats.domain_cache_refreshed_unix_ms.store(unix_ms(), Ordering::Relaxed);
-        self.stats.publish_domain_cache(&cache, unix_ms(), self.publish_interval_ms);
+        // New names are rare and change the picture: shown at once, not at the next interval.
+        self.stats.publish_domain_cache(&cache, unix_ms(), 0);
         Ok(())
     }
 

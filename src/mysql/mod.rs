@@ -18,7 +18,6 @@
 //! db.rs        one connection: timeouts, server facts, rows decoded without panics
 //! migrate.rs   the embedded migrations (migrations/*.sql)
 //! stats.rs     what /metrics, /stats and /debug/domain-cache show
-//! legacy.rs    the v1 flusher's cursor rows (goes with the v1 flusher)
 //! ```
 //!
 //! Invariants: every network step has a timeout (mysql_async has none); no row read back
@@ -34,7 +33,6 @@ mod deliver;
 pub mod domains;
 pub mod errors;
 pub mod lease;
-pub mod legacy;
 pub mod literal;
 pub mod load_data;
 pub mod migrate;

@@ -42,7 +42,7 @@ pub struct Scrape {
     wal_replay: u64,
     wal_catchup: u64,
     corrupt_records: u64,
-    quarantined_segments: u64,
+    corrupt_bytes: u64,
     commit_lag_bytes: u64,
     commit_lag_events: u64,
     mysql: MysqlScrape,
@@ -211,7 +211,7 @@ impl Scrape {
             wal_replay: load(&f.wal_replay_total),
             wal_catchup: load(&f.wal_catchup_total),
             corrupt_records: load(&f.corrupt_records),
-            quarantined_segments: load(&f.quarantined_segments),
+            corrupt_bytes: load(&f.corrupt_bytes),
             commit_lag_bytes,
             commit_lag_events,
             mysql: MysqlScrape::take(&observer.mysql),
@@ -394,10 +394,10 @@ impl Collector for Scrape {
         )?;
         counter(
             e,
-            "ingest_wal_quarantined_segments",
-            "Sealed WAL segments moved to quarantine/ because a record in them was corrupt",
-            None,
-            self.quarantined_segments,
+            "ingest_wal_corrupt",
+            "Bytes of corrupt WAL records copied to quarantine/ and skipped",
+            bytes,
+            self.corrupt_bytes,
         )?;
         counter(e, "ingest_wal_write_errors", "Failed WAL writes", None, t.wal_write_errors)?;
         counter(e, "ingest_wal_written", "Bytes written to the WAL", bytes, t.wal_bytes_written)?;

@@ -106,7 +106,7 @@ pub fn stats_value(observer: &Observer) -> Value {
             "bytes": usage.total_bytes(),
             "segments": usage.total_segments(),
             "corrupt_records": load(&f.corrupt_records),
-            "quarantined_segments": load(&f.quarantined_segments),
+            "corrupt_bytes": load(&f.corrupt_bytes),
             "write_errors": totals.wal_write_errors,
         },
         "mysql": {
@@ -125,6 +125,8 @@ pub fn stats_value(observer: &Observer) -> Value {
             "rollup_keys": load(&observer.mysql.rollup_keys),
             "rejected_rows_by_code": rejects_by_code(observer),
         },
+        "shards": shards(observer),
+        "lease_held_elsewhere_by": f.lease_held_elsewhere_by.lock().ok().and_then(|h| h.clone()),
         "drain_rate_rows_per_second": rate,
         "replay": {
             "done": f.replay_done.load(Ordering::Relaxed),
@@ -132,6 +134,15 @@ pub fn stats_value(observer: &Observer) -> Value {
             "events_caught_up": load(&f.wal_catchup_total),
         },
     })
+}
+
+/// Per shard of the sink: up, taking deliveries, rows committed.
+fn shards(observer: &Observer) -> Value {
+    let shards = observer.flush.shards.iter().enumerate().map(|(i, s)| {
+        json!({"shard": i, "up": s.up.load(Ordering::Relaxed), "ready": s.ready.load(Ordering::Relaxed),
+               "rows": s.rows.load(Ordering::Relaxed)})
+    });
+    Value::Array(shards.collect())
 }
 
 /// `{"1406": 3, …}`: dead-lettered rows per MySQL error code.

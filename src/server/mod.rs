@@ -26,8 +26,9 @@ use std::thread::JoinHandle;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::config::Config;
+use crate::flush::core::LaneInit;
 use crate::flush::stats::FlushStats;
-use crate::flush::{self, FlusherHandle};
+use crate::flush::{self, FlusherHandle, FlusherInputs};
 use crate::metrics::{bump, CoreCounters};
 use crate::mysql::MysqlStats;
 use crate::observe::{Observer, ObserverInputs};
@@ -54,6 +55,17 @@ pub enum ServerError {
     Thread { name: String, source: std::io::Error },
     #[error("WAL disk budget: {0}")]
     Budget(String),
+}
+
+/// How a collector stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// Every acknowledged event is in the sink.
+    Drained,
+    /// The sink could not take everything in time; the WAL keeps the rest for the next start.
+    EventsLeft,
+    /// A thread failed.
+    Failed,
 }
 
 /// A started collector.
@@ -90,14 +102,20 @@ pub fn start(mut config: Config) -> Result<Running, ServerError> {
     let lanes = recovery::recover_all(&wal_dir, core_count as u16, config.wal.sync)?;
     let mut tails = Vec::with_capacity(core_count);
     let mut wal_bytes = 0;
+    let mut lane_inits = Vec::with_capacity(lanes.len());
     for recovered in &lanes {
         let core = usize::from(recovered.lane.core);
         wal_bytes += recovered.segments.iter().map(|s| s.bytes).sum::<u64>();
-        if core < core_count {
+        let live = core < core_count;
+        if live {
             bump(&counters[core].wal_truncated_bytes, recovered.truncated_bytes);
             tails.push(recovered.tail);
+        } else {
+            tracing::info!(lane = %recovered.lane, "a lane no core writes any more: delivering it to its end, then removing it");
         }
+        lane_inits.push(LaneInit { id: recovered.lane, live, end: recovered.tail });
     }
+    let meta = crate::cursor::read_commit_meta(&wal_dir, &identity)?;
     let budget = resolve_budget(&config, &wal_dir, wal_bytes, core_count)?;
     let listeners = bind_listeners(config.server.listen, core_count)?;
     let local_addr = listeners[0]
@@ -106,7 +124,7 @@ pub fn start(mut config: Config) -> Result<Running, ServerError> {
 
     let (queue_tx, queue_rx) = queue::bounded(config.queue.capacity);
     let progress: Vec<Arc<CoreProgress>> = tails.iter().map(|&t| Arc::new(CoreProgress::new(t))).collect();
-    let flush_stats = Arc::new(FlushStats::new(core_count));
+    let flush_stats = Arc::new(FlushStats::new(core_count, flush::shard_urls(&config).len()));
     flush_stats.wal_disk_bytes.store(wal_bytes, Ordering::Relaxed);
     let mysql_stats = Arc::new(MysqlStats::default());
     let observer = Arc::new(Observer::new(ObserverInputs {
@@ -120,14 +138,17 @@ pub fn start(mut config: Config) -> Result<Running, ServerError> {
         node_id: config.ingest.node_id.clone(),
     }));
     let flusher_shutdown = Arc::new(AtomicBool::new(false));
-    let flusher = flush::spawn(
-        &config,
-        queue_rx,
-        progress.clone(),
-        flush_stats.clone(),
+    let flusher = flush::spawn(FlusherInputs {
+        config: config.clone(),
+        identity,
+        lanes: lane_inits,
+        meta,
+        queue: queue_rx,
+        progress: progress.clone(),
+        stats: flush_stats.clone(),
         mysql_stats,
-        flusher_shutdown.clone(),
-    )
+        shutdown: flusher_shutdown.clone(),
+    })
     .map_err(|source| ServerError::Thread { name: "flusher".into(), source })?;
 
     let shutdown = Arc::new(AtomicBool::new(false));
@@ -165,9 +186,8 @@ impl Running {
         self.local_addr
     }
 
-    /// Drains the cores, then lets the flusher deliver what it can and exit. Returns false if
-    /// a thread failed.
-    pub fn shutdown(self) -> bool {
+    /// Drains the cores, then lets the flusher deliver what it can and exit.
+    pub fn shutdown(self) -> Stopped {
         self.observer.draining.store(true, Ordering::Release);
         self.shutdown.store(true, Ordering::Release);
         let mut clean = true;
@@ -182,8 +202,12 @@ impl Running {
             }
         }
         self.flusher_shutdown.store(true, Ordering::Release);
-        clean &= self.flusher.join().is_ok();
-        clean
+        let drained = self.flusher.join();
+        match (clean, drained) {
+            (false, _) => Stopped::Failed,
+            (true, true) => Stopped::Drained,
+            (true, false) => Stopped::EventsLeft,
+        }
     }
 
     /// True if a core thread ended on its own (a failure: cores only end on shutdown).

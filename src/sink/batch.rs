@@ -213,6 +213,17 @@ impl Batch {
         self.rows.push(Row { event, domain, ip, ua, referer_host, extra, raw, ..*row });
     }
 
+    /// Drops the rows the sink already holds, those ending at or before `at`, and starts the
+    /// batch there (a commit in doubt that took a prefix). Their bytes stay in the arenas
+    /// until the next [`Batch::reset`].
+    pub fn drop_committed(&mut self, at: Position) {
+        debug_assert!(at >= self.from, "cursor moved backwards");
+        let done = self.rows.partition_point(|r| r.end <= at);
+        self.rows.drain(..done);
+        self.from = at;
+        self.to = self.to.max(at);
+    }
+
     /// Empties the batch for a new start at `from`, keeping its allocations.
     pub fn reset(&mut self, from: Position) {
         self.rows.clear();

@@ -6,11 +6,13 @@
 //!   address comes from the file named by `PSC_PORT_FILE` (never from parsing its logs), and
 //!   its stderr goes to `collector.log` in the work dir ([`Collector::log`]).
 //! - [`http_get`]: one request per fresh connection, with timeouts.
+//! - [`clickhouse::ClickHouse`]: a private clickhouse-server per test, killed by PID on drop.
 //!
 //! Invariants: every wait is bounded and panics with the relevant log when it runs out; every
 //! process is stopped by its own PID (never by name), also when a test panics (`Drop`).
 #![allow(dead_code)]
 
+pub mod clickhouse;
 pub mod load;
 pub mod wal;
 
@@ -41,6 +43,7 @@ const COLLECTOR_ENV: &[&str] = &[
     "PSC_WAL_SYNC",
     "PSC_QUEUE_CAPACITY",
     "PSC_MYSQL_URL",
+    "PSC_CLICKHOUSE_URL",
     "PSC_NODE_ID",
     "PSC_LOG_FORMAT",
     "PSC_PORT_FILE",
