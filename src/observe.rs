@@ -13,6 +13,7 @@
 //! - [`exposition`]: the Prometheus/OpenMetrics text; [`report`]: the JSON documents.
 
 pub mod exposition;
+mod mysql_metrics;
 pub mod negotiate;
 pub mod report;
 pub mod wal_usage;

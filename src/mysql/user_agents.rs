@@ -22,7 +22,7 @@
 //!   deadlock on them; the cache is borrowed between awaits only.
 
 use std::cell::RefCell;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -66,10 +66,21 @@ pub fn build_upserts(
     max_bytes: usize,
     sql: &mut SqlBuffer,
 ) -> Result<(), TooLarge> {
+    build_classified(batch, uas, max_bytes, sql, |_, text| classify(text))
+}
+
+/// [`build_upserts`] with the class of each UA from `class_of(hash, text)`.
+fn build_classified(
+    batch: &Batch,
+    uas: &[BatchUa],
+    max_bytes: usize,
+    sql: &mut SqlBuffer,
+    mut class_of: impl FnMut(u64, &str) -> UaClass,
+) -> Result<(), TooLarge> {
     let mut num = itoa::Buffer::new();
     for ua in uas {
         let text = batch.user_agent(&batch.rows()[ua.row]).unwrap_or_default();
-        let class = classify(text);
+        let class = class_of(ua.hash, text);
         sql.push_tuple((UPSERT_PREFIX, UPSERT_SUFFIX), max_bytes, ua.row, |out| {
             out.push(b'(');
             out.extend_from_slice(num.format(ua.hash).as_bytes());
@@ -95,14 +106,31 @@ fn push_class(class: &UaClass, out: &mut Vec<u8>) {
     out.extend_from_slice(if class.is_bot { b",1" } else { b",0" });
 }
 
-/// The v1 flusher's entry: every distinct UA of `batch`, classified and upserted, with no
-/// memory of what is stored (goes with the v1 flusher; the sink uses [`UserAgents`]).
+/// Classes the v1 flusher's thread computed, by hash (bounded: emptied when full).
+const V1_CLASSES_MAX: usize = 10_000;
+
+thread_local! {
+    static V1_CLASSES: RefCell<HashMap<u64, UaClass>> = RefCell::new(HashMap::new());
+}
+
+/// The v1 flusher's entry: every distinct UA of `batch` upserted, as its `INSERT IGNORE` did
+/// (it has no commit hook to learn what is stored), with the classes memoised on its one
+/// thread, so a UA is parsed once per thread and not once per batch. Goes with the v1
+/// flusher; the sink uses [`UserAgents`].
 pub fn build_user_agent_inserts(
     batch: &Batch,
     max_bytes: usize,
     sql: &mut SqlBuffer,
 ) -> Result<(), TooLarge> {
-    build_upserts(batch, &distinct(batch), max_bytes, sql)
+    V1_CLASSES.with(|memo| {
+        let mut memo = memo.borrow_mut();
+        build_classified(batch, &distinct(batch), max_bytes, sql, |hash, text| {
+            if memo.len() >= V1_CLASSES_MAX && !memo.contains_key(&hash) {
+                memo.clear();
+            }
+            memo.entry(hash).or_insert_with(|| classify(text)).clone()
+        })
+    })
 }
 
 /// The hashes known to be stored and classified; one per sink, shared by its connections.

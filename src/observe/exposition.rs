@@ -18,6 +18,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
+use super::mysql_metrics::MysqlScrape;
 use super::negotiate::{negotiate, MetricsFormat};
 use super::wal_usage::{self, WalUsage};
 use super::Observer;
@@ -51,102 +52,8 @@ pub struct Scrape {
     process: ProcessStats,
     flush_duration: Histogram,
     batch_rows: Histogram,
-}
-
-/// The MySQL sink's side of a scrape (`crate::mysql::MysqlStats`).
-#[derive(Debug, Default)]
-struct MysqlScrape {
-    domain_entries: u64,
-    domain_hits: u64,
-    domain_misses: u64,
-    statement_bytes_max: u64,
-    rows_too_large: u64,
-    schema_errors: u64,
-    fenced: u64,
-    load_data: bool,
-    load_data_fallbacks: u64,
-    rollup_keys: u64,
-    deduplicated: u64,
-    user_agents_parsed: u64,
-    user_agent_cache_entries: u64,
-    user_agent_cache_resets: u64,
-    rejects_by_code: Vec<(u32, u64)>,
-}
-
-impl MysqlScrape {
-    fn take(m: &crate::mysql::MysqlStats) -> MysqlScrape {
-        let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-        MysqlScrape {
-            domain_entries: load(&m.domain_cache_entries),
-            domain_hits: load(&m.domain_cache_hits),
-            domain_misses: load(&m.domain_cache_misses),
-            statement_bytes_max: load(&m.statement_bytes_max),
-            rows_too_large: load(&m.rows_too_large),
-            schema_errors: load(&m.schema_errors),
-            fenced: load(&m.fenced),
-            load_data: m.load_data.load(Ordering::Relaxed),
-            load_data_fallbacks: load(&m.load_data_fallbacks),
-            rollup_keys: load(&m.rollup_keys),
-            deduplicated: load(&m.events_deduplicated),
-            user_agents_parsed: load(&m.user_agents_parsed),
-            user_agent_cache_entries: load(&m.user_agent_cache_entries),
-            user_agent_cache_resets: load(&m.user_agent_cache_resets),
-            rejects_by_code: m.rejects_by_code(),
-        }
-    }
-
-    fn encode(&self, e: &mut DescriptorEncoder) -> R {
-        gauge(e, "ingest_domain_cache_entries", "Names in the domain id cache", None, self.domain_entries)?;
-        counter(
-            e,
-            "ingest_domain_cache_hits",
-            "Domain lookups answered by the cache",
-            None,
-            self.domain_hits,
-        )?;
-        counter(
-            e,
-            "ingest_domain_cache_misses",
-            "Domain lookups that went to MySQL",
-            None,
-            self.domain_misses,
-        )?;
-        let bytes = Some(&Unit::Bytes);
-        let limit =
-            "Statement limit in force: min(mysql.max_statement_bytes, server max_allowed_packet - margin)";
-        gauge(e, "ingest_mysql_statement_max", limit, bytes, self.statement_bytes_max)?;
-        let too_large = "Rows refused because alone they exceed the statement limit";
-        counter(e, "ingest_mysql_rows_too_large", too_large, None, self.rows_too_large)?;
-        let schema = "MySQL failures because the schema or grants do not fit (delivery waits)";
-        counter(e, "ingest_mysql_schema_errors", schema, None, self.schema_errors)?;
-        counter(e, "ingest_mysql_fenced", "Deliveries fenced by a cursor elsewhere", None, self.fenced)?;
-        gauge(
-            e,
-            "ingest_mysql_load_data",
-            "1 while rows go by LOAD DATA LOCAL, 0 by INSERT",
-            None,
-            self.load_data as u64,
-        )?;
-        let fallbacks = "LOAD DATA LOCAL refused by the server (then INSERT)";
-        counter(e, "ingest_mysql_load_data_fallbacks", fallbacks, None, self.load_data_fallbacks)?;
-        counter(e, "ingest_mysql_rollup_keys", "Rollup keys upserted, all rollups", None, self.rollup_keys)?;
-        let dedup = "Event rows not stored because their client event id (eid) was stored already";
-        counter(e, "ingest_events_deduplicated", dedup, None, self.deduplicated)?;
-        let parsed = "Distinct User-Agents classified and written to user_agents";
-        counter(e, "ingest_user_agents_parsed", parsed, None, self.user_agents_parsed)?;
-        let entries = "User-Agent hashes the sink knows are stored";
-        gauge(e, "ingest_mysql_user_agent_cache_entries", entries, None, self.user_agent_cache_entries)?;
-        let resets = "Times the stored User-Agent cache was full and emptied";
-        counter(e, "ingest_mysql_user_agent_cache_resets", resets, None, self.user_agent_cache_resets)?;
-        let rejects = self.rejects_by_code.iter().map(|&(c, n)| (c.to_string(), n));
-        counter_family(
-            e,
-            "ingest_mysql_rejected_rows",
-            "Rows dead-lettered in ingest_rejects",
-            "code",
-            rejects,
-        )
-    }
+    /// Per shard of the sink: (up, rows committed).
+    shards: Vec<(bool, u64)>,
 }
 
 /// Process metrics from `/proc/self`; `None` where it cannot be read.
@@ -218,6 +125,9 @@ impl Scrape {
             ready: observer.not_ready().is_none(),
             uptime_seconds: observer.started.elapsed().as_secs_f64(),
             process: ProcessStats::read(),
+            shards: (f.shards.iter())
+                .map(|s| (s.up.load(Ordering::Relaxed), s.rows.load(Ordering::Relaxed)))
+                .collect(),
             flush_duration: f.flush_duration_seconds.clone(),
             batch_rows: f.batch_rows.clone(),
             totals,
@@ -288,30 +198,54 @@ pub fn to_prometheus_text(openmetrics: &str) -> String {
     out
 }
 
-type R = Result<(), std::fmt::Error>;
+pub(super) type R = Result<(), std::fmt::Error>;
 
-fn counter(e: &mut DescriptorEncoder, name: &str, help: &str, unit: Option<&Unit>, v: u64) -> R {
+pub(super) fn counter(e: &mut DescriptorEncoder, name: &str, help: &str, unit: Option<&Unit>, v: u64) -> R {
     let mut m = e.encode_descriptor(name, help, unit, MetricType::Counter)?;
     m.encode_counter::<NoLabelSet, _, u64>(&v, None)
 }
 
-fn gauge(e: &mut DescriptorEncoder, name: &str, help: &str, unit: Option<&Unit>, v: u64) -> R {
+pub(super) fn gauge(e: &mut DescriptorEncoder, name: &str, help: &str, unit: Option<&Unit>, v: u64) -> R {
     let mut m = e.encode_descriptor(name, help, unit, MetricType::Gauge)?;
     m.encode_gauge(&v)
 }
 
 /// A counter with one label whose values are a fixed table.
-fn counter_family(
+/// A counter family, or a gauge family with [`gauge_family`], one label.
+pub(super) fn counter_family(
     e: &mut DescriptorEncoder,
     name: &str,
     help: &str,
     label: &'static str,
     values: impl Iterator<Item = (String, u64)>,
 ) -> R {
-    let mut m = e.encode_descriptor(name, help, None, MetricType::Counter)?;
+    family(e, MetricType::Counter, (name, help, label), values)
+}
+
+fn gauge_family(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    label: &'static str,
+    values: impl Iterator<Item = (String, u64)>,
+) -> R {
+    family(e, MetricType::Gauge, (name, help, label), values)
+}
+
+fn family(
+    e: &mut DescriptorEncoder,
+    kind: MetricType,
+    (name, help, label): (&str, &str, &'static str),
+    values: impl Iterator<Item = (String, u64)>,
+) -> R {
+    let mut m = e.encode_descriptor(name, help, None, kind)?;
     for (value, n) in values {
         let labels = [(label, value)];
-        m.encode_family(&labels)?.encode_counter::<NoLabelSet, _, u64>(&n, None)?;
+        let mut f = m.encode_family(&labels)?;
+        match kind {
+            MetricType::Gauge => f.encode_gauge(&(n as i64))?,
+            _ => f.encode_counter::<NoLabelSet, _, u64>(&n, None)?,
+        }
     }
     Ok(())
 }
@@ -368,6 +302,34 @@ impl Collector for Scrape {
             None,
             t.queue_full_chunks,
         )?;
+        self.encode_wal(e)?;
+        histogram(
+            e,
+            "ingest_flush_duration",
+            "Wall time of one MySQL transaction",
+            Some(&Unit::Seconds),
+            &self.flush_duration,
+        )?;
+        histogram(e, "ingest_flush_batch_rows", "Rows per committed batch", None, &self.batch_rows)?;
+        gauge(e, "ingest_mysql_up", "1 if the last MySQL operation succeeded", None, self.mysql_up as u64)?;
+        gauge(e, "ingest_ready", "1 while /readyz answers 200", None, self.ready as u64)?;
+        self.mysql.encode(e)?;
+        let limits = LIMITS.iter().zip(t.limit_hits).map(|(l, n)| (l.to_string(), n));
+        counter_family(
+            e,
+            "ingest_http_limit_hits",
+            "Connections closed by a limit or framing error",
+            "limit",
+            limits,
+        )?;
+        encode_codings(e, &t.codings)?;
+        self.encode_process(e)
+    }
+}
+
+impl Scrape {
+    fn encode_wal(&self, e: &mut DescriptorEncoder) -> R {
+        let t = &self.totals;
         let bytes = Some(&Unit::Bytes);
         gauge(e, "ingest_wal_size", "Bytes of WAL segments on disk", bytes, self.wal_bytes)?;
         gauge(e, "ingest_wal_segments", "WAL segment files on disk", None, self.wal_segments)?;
@@ -423,26 +385,13 @@ impl Collector for Scrape {
             None,
             self.commit_lag_events,
         )?;
-        histogram(
-            e,
-            "ingest_flush_duration",
-            "Wall time of one MySQL transaction",
-            Some(&Unit::Seconds),
-            &self.flush_duration,
-        )?;
-        histogram(e, "ingest_flush_batch_rows", "Rows per committed batch", None, &self.batch_rows)?;
-        gauge(e, "ingest_mysql_up", "1 if the last MySQL operation succeeded", None, self.mysql_up as u64)?;
-        gauge(e, "ingest_ready", "1 while /readyz answers 200", None, self.ready as u64)?;
-        self.mysql.encode(e)?;
-        let limits = LIMITS.iter().zip(t.limit_hits).map(|(l, n)| (l.to_string(), n));
-        counter_family(
-            e,
-            "ingest_http_limit_hits",
-            "Connections closed by a limit or framing error",
-            "limit",
-            limits,
-        )?;
-        encode_codings(e, &t.codings)?;
+        Ok(())
+    }
+
+    /// Connections, uptime, the process, and each shard of the sink.
+    fn encode_process(&self, e: &mut DescriptorEncoder) -> R {
+        let t = &self.totals;
+        let bytes = Some(&Unit::Bytes);
         gauge(e, "ingest_connections_open", "Client connections open", None, t.connections_open)?;
         counter(
             e,
@@ -464,6 +413,10 @@ impl Collector for Scrape {
         if let Some(fds) = self.process.open_fds {
             gauge(e, "process_open_fds", "Open file descriptors", None, fds)?;
         }
+        let up = self.shards.iter().enumerate().map(|(i, &(up, _))| (i.to_string(), u64::from(up)));
+        gauge_family(e, "ingest_sink_shard_up", "1 if the last step on the shard succeeded", "shard", up)?;
+        let rows = self.shards.iter().enumerate().map(|(i, &(_, rows))| (i.to_string(), rows));
+        counter_family(e, "ingest_sink_shard_rows", "Rows committed into the shard", "shard", rows)?;
         Ok(())
     }
 }

@@ -55,6 +55,51 @@ pub fn stats_value(observer: &Observer) -> Value {
     let usage = observer.wal_usage();
     let f = &observer.flush;
     let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let cores = cores_value(observer, &usage);
+    let (lag_bytes, lag_events) = commit_lag(observer, &usage, &totals);
+    let flushed = load(&f.events_flushed);
+    let rate = match observer.drain_sample.lock() {
+        Ok(mut s) => s.rate(flushed, Instant::now()),
+        Err(poisoned) => poisoned.into_inner().rate(flushed, Instant::now()),
+    };
+    json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "node_id": observer.node_id,
+        "uptime_seconds": observer.started.elapsed().as_secs(),
+        "ready": observer.not_ready().is_none(),
+        "draining": observer.draining.load(Ordering::Acquire),
+        "events": {
+            "accepted": totals.events_accepted,
+            "flushed": flushed,
+            "dropped": 0,
+            "commit_lag_bytes": lag_bytes,
+            "commit_lag_events_estimate": lag_events,
+        },
+        "cores": cores,
+        "queue": {"depth": observer.queue_depth.load(Ordering::Relaxed), "capacity": observer.queue_capacity},
+        "wal": {
+            "dir": observer.wal_dir.display().to_string(),
+            "bytes": usage.total_bytes(),
+            "segments": usage.total_segments(),
+            "corrupt_records": load(&f.corrupt_records),
+            "corrupt_bytes": load(&f.corrupt_bytes),
+            "write_errors": totals.wal_write_errors,
+        },
+        "mysql": mysql_value(observer),
+        "shards": shards(observer),
+        "lease_held_elsewhere_by": f.lease_held_elsewhere_by.lock().ok().and_then(|h| h.clone()),
+        "drain_rate_rows_per_second": rate,
+        "replay": {
+            "done": f.replay_done.load(Ordering::Relaxed),
+            "events_replayed": load(&f.wal_replay_total),
+            "events_caught_up": load(&f.wal_catchup_total),
+        },
+    })
+}
+
+/// Per core: accepted events, WAL position, committed cursor, backlog.
+fn cores_value(observer: &Observer, usage: &super::wal_usage::WalUsage) -> Value {
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     let cores: Vec<Value> = (0..observer.cores.len())
         .map(|c| {
             let counters = &observer.cores[c];
@@ -79,60 +124,29 @@ pub fn stats_value(observer: &Observer) -> Value {
             })
         })
         .collect();
-    let (lag_bytes, lag_events) = commit_lag(observer, &usage, &totals);
-    let flushed = load(&f.events_flushed);
-    let rate = match observer.drain_sample.lock() {
-        Ok(mut s) => s.rate(flushed, Instant::now()),
-        Err(poisoned) => poisoned.into_inner().rate(flushed, Instant::now()),
-    };
+    Value::Array(cores)
+}
+
+/// The MySQL sink: up, last flush, limits, method, rejects.
+fn mysql_value(observer: &Observer) -> Value {
+    let f = &observer.flush;
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     let down_since = load(&f.mysql_down_since_unix_ms);
     json!({
-        "version": env!("CARGO_PKG_VERSION"),
-        "node_id": observer.node_id,
-        "uptime_seconds": observer.started.elapsed().as_secs(),
-        "ready": observer.not_ready().is_none(),
-        "draining": observer.draining.load(Ordering::Acquire),
-        "events": {
-            "accepted": totals.events_accepted,
-            "flushed": flushed,
-            "dropped": 0,
-            "commit_lag_bytes": lag_bytes,
-            "commit_lag_events_estimate": lag_events,
-        },
-        "cores": cores,
-        "queue": {"depth": observer.queue_depth.load(Ordering::Relaxed), "capacity": observer.queue_capacity},
-        "wal": {
-            "dir": observer.wal_dir.display().to_string(),
-            "bytes": usage.total_bytes(),
-            "segments": usage.total_segments(),
-            "corrupt_records": load(&f.corrupt_records),
-            "corrupt_bytes": load(&f.corrupt_bytes),
-            "write_errors": totals.wal_write_errors,
-        },
-        "mysql": {
-            "up": f.mysql_up.load(Ordering::Relaxed),
-            "down_since_unix_ms": (down_since != 0).then_some(down_since),
-            "last_flush_unix_ms": non_zero(load(&f.last_flush_unix_ms)),
-            "last_flush_rows": load(&f.last_flush_rows),
-            "last_flush_duration_ms": load(&f.last_flush_duration_us) as f64 / 1000.0,
-            "batches": load(&f.batches),
-            "statement_bytes_max": load(&observer.mysql.statement_bytes_max),
-            "rows_too_large": load(&observer.mysql.rows_too_large),
-            "schema_errors": load(&observer.mysql.schema_errors),
-            "fenced": load(&observer.mysql.fenced),
-            "method": if observer.mysql.load_data.load(Ordering::Relaxed) { "load_data" } else { "insert" },
-            "load_data_fallbacks": load(&observer.mysql.load_data_fallbacks),
-            "rollup_keys": load(&observer.mysql.rollup_keys),
-            "rejected_rows_by_code": rejects_by_code(observer),
-        },
-        "shards": shards(observer),
-        "lease_held_elsewhere_by": f.lease_held_elsewhere_by.lock().ok().and_then(|h| h.clone()),
-        "drain_rate_rows_per_second": rate,
-        "replay": {
-            "done": f.replay_done.load(Ordering::Relaxed),
-            "events_replayed": load(&f.wal_replay_total),
-            "events_caught_up": load(&f.wal_catchup_total),
-        },
+        "up": f.mysql_up.load(Ordering::Relaxed),
+        "down_since_unix_ms": (down_since != 0).then_some(down_since),
+        "last_flush_unix_ms": non_zero(load(&f.last_flush_unix_ms)),
+        "last_flush_rows": load(&f.last_flush_rows),
+        "last_flush_duration_ms": load(&f.last_flush_duration_us) as f64 / 1000.0,
+        "batches": load(&f.batches),
+        "statement_bytes_max": load(&observer.mysql.statement_bytes_max),
+        "rows_too_large": load(&observer.mysql.rows_too_large),
+        "schema_errors": load(&observer.mysql.schema_errors),
+        "fenced": load(&observer.mysql.fenced),
+        "method": if observer.mysql.load_data.load(Ordering::Relaxed) { "load_data" } else { "insert" },
+        "load_data_fallbacks": load(&observer.mysql.load_data_fallbacks),
+        "rollup_keys": load(&observer.mysql.rollup_keys),
+        "rejected_rows_by_code": rejects_by_code(observer),
     })
 }
 

@@ -99,22 +99,7 @@ pub fn start(mut config: Config) -> Result<Running, ServerError> {
 
     // Every core directory found, whatever `server.cores` says now (issue 10 item 2); this
     // flusher only delivers the lanes of the cores that run.
-    let lanes = recovery::recover_all(&wal_dir, core_count as u16, config.wal.sync)?;
-    let mut tails = Vec::with_capacity(core_count);
-    let mut wal_bytes = 0;
-    let mut lane_inits = Vec::with_capacity(lanes.len());
-    for recovered in &lanes {
-        let core = usize::from(recovered.lane.core);
-        wal_bytes += recovered.segments.iter().map(|s| s.bytes).sum::<u64>();
-        let live = core < core_count;
-        if live {
-            bump(&counters[core].wal_truncated_bytes, recovered.truncated_bytes);
-            tails.push(recovered.tail);
-        } else {
-            tracing::info!(lane = %recovered.lane, "a lane no core writes any more: delivering it to its end, then removing it");
-        }
-        lane_inits.push(LaneInit { id: recovered.lane, live, end: recovered.tail });
-    }
+    let Recovered { tails, wal_bytes, lanes: lane_inits } = recover_lanes(&wal_dir, &config, &counters)?;
     let meta = crate::cursor::read_commit_meta(&wal_dir, &identity)?;
     let budget = resolve_budget(&config, &wal_dir, wal_bytes, core_count)?;
     let listeners = bind_listeners(config.server.listen, core_count)?;
@@ -152,31 +137,14 @@ pub fn start(mut config: Config) -> Result<Running, ServerError> {
     .map_err(|source| ServerError::Thread { name: "flusher".into(), source })?;
 
     let shutdown = Arc::new(AtomicBool::new(false));
-    let pin = config.server.pin_cores;
-    let mut cores = Vec::with_capacity(core_count);
-    for (i, listener) in listeners.into_iter().enumerate() {
-        let setup = core::CoreSetup {
-            core: i as u16,
-            cpu: pin.then(|| cpus.get(i % cpus.len().max(1)).copied()).flatten(),
-            listener,
-            core_dir: segment::core_dir(&wal_dir, i as u16),
-            tail: tails[i],
-            config: config.clone(),
-            counters: counters[i].clone(),
-            progress: progress[i].clone(),
-            queue: queue_tx.clone(),
-            observer: observer.clone(),
-            shutdown: shutdown.clone(),
-            budget,
-            flush_stats: flush_stats.clone(),
-        };
-        let name = format!("core-{i}");
-        let handle = std::thread::Builder::new()
-            .name(name.clone())
-            .spawn(move || core::run_core(setup))
-            .map_err(|source| ServerError::Thread { name, source })?;
-        cores.push(handle);
-    }
+    let shared = CoreShared {
+        queue: queue_tx,
+        observer: observer.clone(),
+        shutdown: shutdown.clone(),
+        budget,
+        flush_stats,
+    };
+    let cores = spawn_cores(&config, listeners, &tails, &counters, &progress, &shared)?;
     tracing::info!(%local_addr, cores = core_count, wal = %wal_dir.display(), "listening on {local_addr}");
     Ok(Running { local_addr, shutdown, cores, flusher, flusher_shutdown, observer, _lock: dir_lock })
 }
@@ -214,6 +182,84 @@ impl Running {
     pub fn any_core_finished(&self) -> bool {
         self.cores.iter().any(|h| h.is_finished())
     }
+}
+
+/// What recovery found: the running cores' tails, the WAL's bytes, every lane.
+struct Recovered {
+    tails: Vec<crate::wal::Position>,
+    wal_bytes: u64,
+    lanes: Vec<LaneInit>,
+}
+
+/// Recovers every `core-N` directory found, whatever `server.cores` says now (issue 10 item
+/// 2); the cores that run write the lanes `0..counters.len()`, the flusher delivers all.
+fn recover_lanes(
+    wal_dir: &std::path::Path,
+    config: &Config,
+    counters: &[Arc<CoreCounters>],
+) -> Result<Recovered, ServerError> {
+    let core_count = counters.len();
+    let lanes = recovery::recover_all(wal_dir, core_count as u16, config.wal.sync)?;
+    let mut found = Recovered { tails: Vec::with_capacity(core_count), wal_bytes: 0, lanes: Vec::new() };
+    for recovered in &lanes {
+        let core = usize::from(recovered.lane.core);
+        found.wal_bytes += recovered.segments.iter().map(|s| s.bytes).sum::<u64>();
+        let live = core < core_count;
+        if live {
+            bump(&counters[core].wal_truncated_bytes, recovered.truncated_bytes);
+            found.tails.push(recovered.tail);
+        } else {
+            tracing::info!(lane = %recovered.lane, "a lane no core writes any more: delivering it to its end, then removing it");
+        }
+        found.lanes.push(LaneInit { id: recovered.lane, live, end: recovered.tail });
+    }
+    Ok(found)
+}
+
+/// What every core thread shares.
+struct CoreShared {
+    queue: queue::QueueSender,
+    observer: Arc<Observer>,
+    shutdown: Arc<AtomicBool>,
+    budget: DiskBudget,
+    flush_stats: Arc<FlushStats>,
+}
+
+/// Starts one pinned thread per listener.
+fn spawn_cores(
+    config: &Config,
+    listeners: Vec<std::net::TcpListener>,
+    tails: &[crate::wal::Position],
+    counters: &[Arc<CoreCounters>],
+    progress: &[Arc<CoreProgress>],
+    shared: &CoreShared,
+) -> Result<Vec<JoinHandle<Result<(), core::CoreError>>>, ServerError> {
+    let cpus = cpus::allowed_cpus();
+    let mut cores = Vec::with_capacity(listeners.len());
+    for (i, listener) in listeners.into_iter().enumerate() {
+        let setup = core::CoreSetup {
+            core: i as u16,
+            cpu: config.server.pin_cores.then(|| cpus.get(i % cpus.len().max(1)).copied()).flatten(),
+            listener,
+            core_dir: segment::core_dir(&config.wal.dir, i as u16),
+            tail: tails[i],
+            config: config.clone(),
+            counters: counters[i].clone(),
+            progress: progress[i].clone(),
+            queue: shared.queue.clone(),
+            observer: shared.observer.clone(),
+            shutdown: shared.shutdown.clone(),
+            budget: shared.budget,
+            flush_stats: shared.flush_stats.clone(),
+        };
+        let name = format!("core-{i}");
+        let handle = std::thread::Builder::new()
+            .name(name.clone())
+            .spawn(move || core::run_core(setup))
+            .map_err(|source| ServerError::Thread { name, source })?;
+        cores.push(handle);
+    }
+    Ok(cores)
 }
 
 /// The disk budget with its derived defaults filled in. The open segment of every core is
