@@ -66,10 +66,21 @@ pub fn build_upserts(
     max_bytes: usize,
     sql: &mut SqlBuffer,
 ) -> Result<(), TooLarge> {
+    build_classified(batch, uas, max_bytes, sql, |_, text| classify(text))
+}
+
+/// [`build_upserts`] with the class of each UA from `class_of(hash, text)`.
+fn build_classified(
+    batch: &Batch,
+    uas: &[BatchUa],
+    max_bytes: usize,
+    sql: &mut SqlBuffer,
+    mut class_of: impl FnMut(u64, &str) -> UaClass,
+) -> Result<(), TooLarge> {
     let mut num = itoa::Buffer::new();
     for ua in uas {
         let text = batch.user_agent(&batch.rows()[ua.row]).unwrap_or_default();
-        let class = classify(text);
+        let class = class_of(ua.hash, text);
         sql.push_tuple((UPSERT_PREFIX, UPSERT_SUFFIX), max_bytes, ua.row, |out| {
             out.push(b'(');
             out.extend_from_slice(num.format(ua.hash).as_bytes());
