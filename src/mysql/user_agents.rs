@@ -22,7 +22,7 @@
 //!   deadlock on them; the cache is borrowed between awaits only.
 
 use std::cell::RefCell;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -104,33 +104,6 @@ fn push_class(class: &UaClass, out: &mut Vec<u8>) {
         }
     }
     out.extend_from_slice(if class.is_bot { b",1" } else { b",0" });
-}
-
-/// Classes the v1 flusher's thread computed, by hash (bounded: emptied when full).
-const V1_CLASSES_MAX: usize = 10_000;
-
-thread_local! {
-    static V1_CLASSES: RefCell<HashMap<u64, UaClass>> = RefCell::new(HashMap::new());
-}
-
-/// The v1 flusher's entry: every distinct UA of `batch` upserted, as its `INSERT IGNORE` did
-/// (it has no commit hook to learn what is stored), with the classes memoised on its one
-/// thread, so a UA is parsed once per thread and not once per batch. Goes with the v1
-/// flusher; the sink uses [`UserAgents`].
-pub fn build_user_agent_inserts(
-    batch: &Batch,
-    max_bytes: usize,
-    sql: &mut SqlBuffer,
-) -> Result<(), TooLarge> {
-    V1_CLASSES.with(|memo| {
-        let mut memo = memo.borrow_mut();
-        build_classified(batch, &distinct(batch), max_bytes, sql, |hash, text| {
-            if memo.len() >= V1_CLASSES_MAX && !memo.contains_key(&hash) {
-                memo.clear();
-            }
-            memo.entry(hash).or_insert_with(|| classify(text)).clone()
-        })
-    })
 }
 
 /// The hashes known to be stored and classified; one per sink, shared by its connections.
@@ -236,7 +209,7 @@ mod tests {
     fn upsert_text_carries_the_class_and_never_rewrites_the_text() {
         let b = batch_with(&[Some("Bot 'q'"), Some(GOOGLEBOT), Some("wrk")]);
         let mut sql = SqlBuffer::default();
-        build_user_agent_inserts(&b, 1 << 20, &mut sql).unwrap();
+        build_upserts(&b, &distinct(&b), 1 << 20, &mut sql).unwrap();
         let text = String::from_utf8(sql.statements().next().unwrap().to_vec()).unwrap();
         assert!(text.starts_with(UPSERT_PREFIX) && text.ends_with(UPSERT_SUFFIX), "{text}");
         let q = ua_hash("Bot 'q'");
