@@ -1,6 +1,9 @@
 //! Hot path without IO: request bytes → parsed head → validated event → WAL record bytes.
 //! Each group reports time per request; the pipelined group parses 16 requests from one
-//! buffer, as a connection does after a read returns many pipelined requests.
+//! buffer, as a connection does after a read returns many pipelined requests. The `_geoip`
+//! case is the default GET with `enrich.geoip_db` on (the test database of
+//! `scripts/geoip-test-db.sh`, a lookup per request of a public client IP); it is skipped,
+//! with a note, where that script cannot fetch the database.
 
 use std::hint::black_box;
 
@@ -8,6 +11,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use psc::config::{Config, HttpConfig};
 use psc::http::dialect::{client_context, DialectScratch, Dialects};
 use psc::http::request::{parse, Limits, Parsed};
+use psc::ingest::geoip::GeoIp;
 use psc::ingest::{parse_beacon, QueryScratch, Rules};
 use psc::wal::record::{encode, Context};
 
@@ -87,6 +91,29 @@ fn bench_hot_path(c: &mut Criterion) {
         })
     });
 
+    if let Some(geo) = geoip() {
+        let mut config = Config::default();
+        config.enrich.opened = Some(std::sync::Arc::new(geo));
+        let dialects = Dialects::from_config(&config);
+        let mut dialect = DialectScratch::new("8.8.8.8".parse().expect("ip"));
+        group.bench_function("parse_validate_encode_context_geoip", |b| {
+            b.iter(|| {
+                if records % RECORDS_PER_FLUSH == 0 {
+                    out.clear();
+                }
+                records += 1;
+                let Parsed::Complete(req) = parse(black_box(REQUEST), &limits) else {
+                    panic!("benchmark request must parse");
+                };
+                let event = parse_beacon(req.query, TS_MS, &allow, &mut scratch).expect("valid").event;
+                let context = client_context(&req, &dialects, &mut dialect);
+                assert!(context.country.is_some(), "8.8.8.8 has a country");
+                encode(&event, &context, &mut out);
+                req.head_len
+            })
+        });
+    }
+
     let pipelined = REQUEST.repeat(PIPELINED);
     group.throughput(Throughput::Elements(PIPELINED as u64));
     group.bench_function("pipelined_16_parse_validate_encode", |b| {
@@ -103,6 +130,21 @@ fn bench_hot_path(c: &mut Criterion) {
         })
     });
     group.finish();
+}
+
+/// The test country database, or `None` (said on stderr) where it cannot be had.
+fn geoip() -> Option<GeoIp> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/geoip-test-db.sh");
+    let path = match std::process::Command::new(script).output() {
+        Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+        other => {
+            eprintln!("hot_path: no GeoIP test database ({other:?}); skipping the _geoip case");
+            return None;
+        }
+    };
+    GeoIp::open(std::path::Path::new(&path))
+        .map_err(|e| eprintln!("hot_path: {e}; skipping the _geoip case"))
+        .ok()
 }
 
 criterion_group!(benches, bench_hot_path);

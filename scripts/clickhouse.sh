@@ -75,7 +75,7 @@ write_config() {
     <default_database>default</default_database>
     <!-- Row times are UTC (the events table says DateTime('UTC') anyway). -->
     <timezone>UTC</timezone>
-    <!-- Longer than the collector's idle reuse of a connection (1 s), so the server does not
+    <!-- Longer than the collector's idle reuse of a connection (2 s), so the server does not
          close a connection the collector is about to send on. -->
     <keep_alive_timeout>10</keep_alive_timeout>
     <max_concurrent_queries>100</max_concurrent_queries>

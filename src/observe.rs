@@ -34,17 +34,6 @@ pub const HEARTBEAT_STALE_MS: u64 = 5_000;
 /// Everything the observer reads, handed over by the server at start.
 pub struct ObserverInputs {
     pub cores: Vec<Arc<CoreCounters>>,
-    pub progress: Vec<Arc<CoreProgress>>,
-    pub flush: Arc<FlushStats>,
-    pub mysql: Arc<MysqlStats>,
-    pub queue_depth: Arc<AtomicUsize>,
-    pub queue_capacity: usize,
-    pub wal_dir: PathBuf,
-    pub node_id: String,
-}
-
-pub struct Observer {
-    pub cores: Vec<Arc<CoreCounters>>,
     /// Per core: end of the last completed WAL write.
     pub progress: Vec<Arc<CoreProgress>>,
     pub flush: Arc<FlushStats>,
@@ -55,6 +44,11 @@ pub struct Observer {
     pub queue_capacity: usize,
     pub wal_dir: PathBuf,
     pub node_id: String,
+}
+
+/// The inputs (reached through `Deref`) and what the observer keeps of its own.
+pub struct Observer {
+    inputs: ObserverInputs,
     pub started: Instant,
     /// Set once the process starts draining for shutdown.
     pub draining: AtomicBool,
@@ -81,17 +75,18 @@ pub enum NotReady {
     },
 }
 
+impl std::ops::Deref for Observer {
+    type Target = ObserverInputs;
+
+    fn deref(&self) -> &ObserverInputs {
+        &self.inputs
+    }
+}
+
 impl Observer {
     pub fn new(inputs: ObserverInputs) -> Self {
         Self {
-            cores: inputs.cores,
-            progress: inputs.progress,
-            flush: inputs.flush,
-            mysql: inputs.mysql,
-            queue_depth: inputs.queue_depth,
-            queue_capacity: inputs.queue_capacity,
-            wal_dir: inputs.wal_dir,
-            node_id: inputs.node_id,
+            inputs,
             started: Instant::now(),
             draining: AtomicBool::new(false),
             wal_usage: Mutex::new(None),

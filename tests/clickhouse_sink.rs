@@ -1,61 +1,31 @@
 //! `psc::clickhouse::ClickHouseSink` driven directly, as the delivery core drives it, against
 //! private clickhouse-servers (Debian's 18.16): rows and cursors land together and
-//! `count()` without `FINAL` is exact; the fence; a commit in doubt (fail points, a running
-//! INSERT waited for, a server killed) settled by the cursors so a redelivery adds nothing; a
-//! body cut short inserts nothing; a table that does not fit refuses the batch, which then
-//! lands in `ingest_rejects`; a server down at connect; two shards behind a `Distributed`
-//! table; surprising answers are errors, not panics; `migrate` creates the schema.
-//!
-//! The cases that arm fail points need `--features failpoints` (as `make test` runs).
-
+//! `count()` without `FINAL` is exact; the fence; runs per month; gzip bodies; a table that
+//! does not fit refuses the batch, which then lands in `ingest_rejects`; a server down at
+//! connect; two shards behind a `Distributed` table; surprising answers are errors, not
+//! panics; `migrate` creates the schema. Commits in doubt: tests/clickhouse_doubt.rs.
 mod support;
 
 #[path = "mysql_sink/harness.rs"]
 mod harness;
 
-use std::future::Future;
+#[path = "clickhouse_sink/common.rs"]
+mod common;
+
 use std::io::Write;
 use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::{connect, cursor_of, run, sink_at, sink_with};
 use harness::{batch, ids, row, wal, TestRow, LANE_A, LANE_B};
 use psc::clickhouse::config::Compression;
-use psc::clickhouse::{schema, ClickHouseConn, ClickHouseSink, ClickhouseConfig, ClickhouseStats};
-#[cfg(feature = "failpoints")]
-use psc::failpoint::{arm, Spec};
+use psc::clickhouse::{ClickHouseSink, ClickhouseConfig, ClickhouseStats};
 use psc::sink::shard::{shard_of, ShardBy};
 use psc::sink::{Batch, LeaseState, Sink, SinkConn, SinkCursor, SinkError};
 use psc::wal::identity::{WalId, WalIdentity};
 use psc::wal::Position;
 use support::clickhouse::ClickHouse;
-
-/// Longest any one test's async part may take.
-const TEST_TIMEOUT: Duration = Duration::from_secs(120);
-
-fn run<F: Future>(f: F) -> F::Output {
-    harness::run(async { tokio::time::timeout(TEST_TIMEOUT, f).await.expect("test timed out") })
-}
-
-fn sink_at(url: &str) -> (ClickHouseSink, Arc<ClickhouseStats>) {
-    sink_with(url, ClickhouseConfig::default())
-}
-
-fn sink_with(url: &str, config: ClickhouseConfig) -> (ClickHouseSink, Arc<ClickhouseStats>) {
-    let config = ClickhouseConfig { query_timeout_ms: 10_000, connect_timeout_ms: 2000, ..config };
-    let stats = Arc::new(ClickhouseStats::default());
-    (ClickHouseSink::new(&config, url, stats.clone()).expect("valid sink config"), stats)
-}
-
-async fn connect(sink: &ClickHouseSink) -> ClickHouseConn {
-    sink.connect().await.unwrap_or_else(|e| panic!("connect to {}: {e}", sink.describe()))
-}
-
-async fn cursor_of(conn: &mut ClickHouseConn) -> Vec<SinkCursor> {
-    let mut cursors = conn.cursors(&wal()).await.expect("cursors");
-    cursors.sort_by_key(|c| c.lane);
-    cursors
-}
 
 #[test]
 fn rows_and_cursors_land_together_and_a_stale_start_is_fenced() {
@@ -169,108 +139,6 @@ fn gzipped_bodies_land_the_same() {
     assert_eq!(ch.count("SELECT count() FROM psc.events"), 2000);
     assert_eq!(ch.count("SELECT count() FROM psc.events WHERE user_agent LIKE '%Firefox/120.0'"), 2000);
     assert_eq!(stats.snapshot().rows, 2000);
-}
-
-#[cfg(feature = "failpoints")]
-/// Delivers `b` with the fail point `point` armed: the delivery ends in doubt there.
-async fn deliver_in_doubt(conn: &mut ClickHouseConn, b: &Batch, point: &str) {
-    let _armed = arm(point, Spec::errno(libc::EIO).times(1));
-    let result = conn.deliver(&wal(), b).await;
-    assert!(matches!(result, Err(SinkError::InDoubt(_))), "{point}: {result:?}");
-}
-
-#[cfg(feature = "failpoints")]
-#[test]
-fn a_commit_in_doubt_is_settled_by_the_cursors_and_a_redelivery_adds_nothing() {
-    let mut ch = ClickHouse::start();
-    let (sink, stats) = sink_at(&ch.url);
-    run(async {
-        // The rows went in, the answer "was lost": the cursor says so, a resend is fenced.
-        let first = batch(LANE_A, Position::new(1, 0), &ids(1..6));
-        deliver_in_doubt(&mut connect(&sink).await, &first, "clickhouse.after_events").await;
-        let mut conn = connect(&sink).await;
-        assert_eq!(cursor_of(&mut conn).await, vec![SinkCursor { lane: LANE_A, position: first.to() }]);
-        assert!(matches!(conn.deliver(&wal(), &first).await, Err(SinkError::Fenced { .. })));
-
-        // The step is in, its rows were never sent: the cursor stays, the resend lands.
-        let second = batch(LANE_A, first.to(), &ids(6..9));
-        deliver_in_doubt(&mut connect(&sink).await, &second, "clickhouse.before_events").await;
-        let mut conn = connect(&sink).await;
-        assert_eq!(cursor_of(&mut conn).await[0].position, first.to(), "not committed");
-        conn.deliver(&wal(), &second).await.unwrap();
-    });
-    // A server crash right after a commit: the part survives, the cursor still says so.
-    ch.kill9();
-    ch.launch();
-    let third_from = run(async { cursor_of(&mut connect(&sink).await).await[0].position });
-    assert_eq!(ch.count("SELECT count() FROM psc.events"), 8, "5 + 3 rows, each once");
-    assert_eq!(ch.count("SELECT count() FROM (SELECT wal_end, count() AS n FROM psc.events GROUP BY wal_end HAVING n > 1)"), 0);
-    assert_eq!(third_from, Position::new(1, 800));
-    assert!(stats.snapshot().probes >= 2, "cursor reads after the doubt probed the steps");
-}
-
-#[cfg(feature = "failpoints")]
-#[test]
-fn the_cursors_wait_for_an_insert_still_running() {
-    let ch = ClickHouse::start();
-    let (sink, _) = sink_at(&ch.url);
-    // Over 1 MiB: the server reads a body in 1 MiB buffers and starts the query after the
-    // first, so it runs while the rest is on its way.
-    let rows: Vec<TestRow> = (1..4001).map(|i| TestRow { ua: Some("U".repeat(300)), ..row(i) }).collect();
-    let b = batch(LANE_A, Position::new(1, 0), &rows);
-    run(async { deliver_in_doubt(&mut connect(&sink).await, &b, "clickhouse.before_events").await });
-    // The step is in; now its rows arrive "late", from another connection, slowly.
-    let block = psc::clickhouse::rows::events_block(&wal(), &b, 0..b.len(), Vec::new()).unwrap();
-    let query_id = format!("psc-{}-0-{:016x}-1-0", wal().wal, LANE_A.incarnation);
-    let insert = schema::insert_statement("psc", "events", schema::EVENTS);
-    let target = format!("/?query={}&query_id={query_id}", insert.replace(' ', "%20").replace('`', "%60"));
-    let head = format!("POST {target} HTTP/1.0\r\nContent-Length: {}\r\n\r\n", block.len());
-    let addr = ("127.0.0.1", ch.http_port);
-    let mut late = std::net::TcpStream::connect(addr).unwrap();
-    late.write_all(head.as_bytes()).unwrap();
-    late.write_all(&block[..block.len() - 10]).unwrap();
-    let running = format!("SELECT count() FROM system.processes WHERE query_id = '{query_id}'");
-    support::wait_for("the late INSERT to run", Duration::from_secs(20), || ch.count(&running) == 1);
-    let started = std::time::Instant::now();
-    let finisher = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(1500));
-        late.write_all(&block[block.len() - 10..]).unwrap();
-        late
-    });
-    let seen = run(async { cursor_of(&mut connect(&sink).await).await });
-    drop(finisher.join().unwrap());
-    assert_eq!(seen, vec![SinkCursor { lane: LANE_A, position: b.to() }], "the late rows count");
-    assert!(started.elapsed() >= Duration::from_millis(1400), "the read waited: {:?}", started.elapsed());
-    assert_eq!(ch.count("SELECT count() FROM psc.events"), 4000);
-}
-
-#[test]
-fn a_native_body_cut_short_inserts_nothing() {
-    let ch = ClickHouse::start();
-    let (sink, _) = sink_at(&ch.url);
-    run(async { drop(connect(&sink).await) });
-    let b = batch(LANE_A, Position::new(1, 0), &ids(1..50));
-    let block = psc::clickhouse::rows::events_block(&wal(), &b, 0..b.len(), Vec::new()).unwrap();
-    let insert = schema::insert_statement("psc", "events", schema::EVENTS);
-    let target = format!("/?query={}", insert.replace(' ', "%20").replace('`', "%60"));
-    let head = format!("POST {target} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n", block.len());
-    // Cut at many places, row boundaries of the last column among them: never a prefix.
-    let last_column_start = block.len() - 8 * b.len();
-    let cuts = [
-        1,
-        10,
-        block.len() / 2,
-        last_column_start,
-        last_column_start + 8 * 20,
-        block.len() - 8,
-        block.len() - 1,
-    ];
-    for cut in cuts {
-        ch.send_cut(&head, &block, cut);
-    }
-    assert_eq!(ch.count("SELECT count() FROM psc.events"), 0, "no cut body inserted a row");
-    ch.send_cut(&head, &block, block.len());
-    assert_eq!(ch.count("SELECT count() FROM psc.events"), 49);
 }
 
 #[test]

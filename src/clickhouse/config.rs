@@ -30,6 +30,16 @@ pub struct ClickhouseConfig {
     /// which pays over a network slower than about 1 Gbit/s and costs the flusher thread CPU
     /// everywhere. Default `none`.
     pub compression: Compression,
+    /// A batch is cut at this many rows. Each batch is one part on the server, so batches
+    /// must be large (ClickHouse refuses inserts with "too many parts" otherwise). Default
+    /// 100000.
+    pub batch_rows: usize,
+    /// A batch is cut at the latest this long after its first row. Default 1000 ms.
+    pub flush_interval_ms: u64,
+    /// First retry delay after a failure; doubles up to `retry_max_ms`. Default 100 ms.
+    pub retry_min_ms: u64,
+    /// Longest retry delay. Default 5000 ms.
+    pub retry_max_ms: u64,
 }
 
 /// `clickhouse.compression`.
@@ -51,6 +61,10 @@ impl Default for ClickhouseConfig {
             query_timeout_ms: 30_000,
             shards: Vec::new(),
             compression: Compression::None,
+            batch_rows: 100_000,
+            flush_interval_ms: 1000,
+            retry_min_ms: 100,
+            retry_max_ms: 5000,
         }
     }
 }
@@ -67,6 +81,18 @@ impl ClickhouseConfig {
 
     /// Checks the `[clickhouse]` keys.
     pub fn validate(&self) -> Result<(), InvalidKey> {
+        if self.batch_rows == 0 {
+            return InvalidKey::err("clickhouse.batch_rows", "must be at least 1");
+        }
+        if self.flush_interval_ms == 0 {
+            return InvalidKey::err("clickhouse.flush_interval_ms", "must be at least 1");
+        }
+        if self.retry_min_ms == 0 || self.retry_min_ms > self.retry_max_ms {
+            return InvalidKey::err(
+                "clickhouse.retry_min_ms",
+                "must be at least 1 and at most clickhouse.retry_max_ms",
+            );
+        }
         if let Err(why) = super::http::Endpoint::parse(&self.url) {
             return InvalidKey::err("clickhouse.url", why);
         }

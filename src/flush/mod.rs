@@ -45,6 +45,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use self::core::{Core, CoreConfig, LaneInit};
+use crate::clickhouse::{ClickHouseSink, ClickhouseStats};
 use crate::config::Config;
 use crate::cursor::CommitMeta;
 use crate::mysql::{MysqlSink, MysqlStats};
@@ -91,7 +92,7 @@ pub fn shard_urls(config: &Config) -> Vec<String> {
     match config.sink.kind {
         SinkKind::Mysql if !config.mysql.shards.is_empty() => config.mysql.shards.clone(),
         SinkKind::Mysql => vec![config.mysql.url.clone()],
-        SinkKind::Clickhouse => vec![String::new()],
+        SinkKind::Clickhouse => config.clickhouse.shard_urls(),
     }
 }
 
@@ -119,10 +120,19 @@ async fn run(inputs: FlusherInputs) -> Done {
             drive(inputs, sinks, "MySQL").await
         }
         SinkKind::Clickhouse => {
-            tracing::error!(
-                "sink.kind = \"clickhouse\" is not wired into the flusher yet; nothing is delivered"
-            );
-            Done::RowsLeft
+            let c = &inputs.config.clickhouse;
+            let stats = Arc::new(ClickhouseStats::default());
+            let sinks: Result<Vec<_>, _> = shard_urls(&inputs.config)
+                .iter()
+                .map(|url| ClickHouseSink::new(c, url, stats.clone()).map(Rc::new))
+                .collect();
+            match sinks {
+                Ok(sinks) => drive(inputs, sinks, "ClickHouse").await,
+                Err(e) => {
+                    tracing::error!(key = e.key, error = %e.message, "no ClickHouse sink; nothing is delivered");
+                    Done::RowsLeft
+                }
+            }
         }
     }
 }
@@ -130,15 +140,19 @@ async fn run(inputs: FlusherInputs) -> Done {
 async fn drive<S: Sink + 'static>(inputs: FlusherInputs, sinks: Vec<Rc<S>>, kind: &str) -> Done {
     let FlusherInputs { config, identity, lanes, meta, queue, progress, stats, shutdown, .. } = inputs;
     let now = Instant::now();
-    let m = &config.mysql;
+    let (m, ch) = (&config.mysql, &config.clickhouse);
+    // (batch rows, flush interval, retry min and max, connections per shard; 0 = one per lane)
+    let (rows, interval_ms, retry_min, retry_max, connections) = match config.sink.kind {
+        SinkKind::Mysql => (m.batch_rows, m.flush_interval_ms, m.retry_min_ms, m.retry_max_ms, m.connections),
+        SinkKind::Clickhouse => (ch.batch_rows, ch.flush_interval_ms, ch.retry_min_ms, ch.retry_max_ms, 0),
+    };
     let route = Route { by: config.sink.shard_by, shards: sinks.len() as u16 };
-    let core_config =
-        CoreConfig { batch_rows: m.batch_rows, interval: Duration::from_millis(m.flush_interval_ms), route };
-    let per_shard = if m.connections == 0 { lanes.len().max(1) } else { m.connections };
+    let core_config = CoreConfig { batch_rows: rows, interval: Duration::from_millis(interval_ms), route };
+    let per_shard = if connections == 0 { lanes.len().max(1) } else { connections };
     let links = (0..sinks.len())
         .map(|shard| {
             let name = if sinks.len() > 1 { format!("{kind} shard {shard}") } else { kind.to_owned() };
-            let (min, max) = (Duration::from_millis(m.retry_min_ms), Duration::from_millis(m.retry_max_ms));
+            let (min, max) = (Duration::from_millis(retry_min), Duration::from_millis(retry_max));
             Link::new(shard as u16, name, per_shard, min, max, now)
         })
         .collect();

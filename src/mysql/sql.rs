@@ -19,7 +19,6 @@ use std::net::IpAddr;
 use std::ops::Range;
 
 pub use super::literal::{push_datetime_ms, push_hex_literal, push_quoted};
-pub use super::user_agents::build_user_agent_inserts;
 use crate::ingest::client::ua_hash;
 use crate::sink::{Batch, Row};
 

@@ -66,10 +66,21 @@ pub fn build_upserts(
     max_bytes: usize,
     sql: &mut SqlBuffer,
 ) -> Result<(), TooLarge> {
+    build_classified(batch, uas, max_bytes, sql, |_, text| classify(text))
+}
+
+/// [`build_upserts`] with the class of each UA from `class_of(hash, text)`.
+fn build_classified(
+    batch: &Batch,
+    uas: &[BatchUa],
+    max_bytes: usize,
+    sql: &mut SqlBuffer,
+    mut class_of: impl FnMut(u64, &str) -> UaClass,
+) -> Result<(), TooLarge> {
     let mut num = itoa::Buffer::new();
     for ua in uas {
         let text = batch.user_agent(&batch.rows()[ua.row]).unwrap_or_default();
-        let class = classify(text);
+        let class = class_of(ua.hash, text);
         sql.push_tuple((UPSERT_PREFIX, UPSERT_SUFFIX), max_bytes, ua.row, |out| {
             out.push(b'(');
             out.extend_from_slice(num.format(ua.hash).as_bytes());
@@ -93,16 +104,6 @@ fn push_class(class: &UaClass, out: &mut Vec<u8>) {
         }
     }
     out.extend_from_slice(if class.is_bot { b",1" } else { b",0" });
-}
-
-/// The v1 flusher's entry: every distinct UA of `batch`, classified and upserted, with no
-/// memory of what is stored (goes with the v1 flusher; the sink uses [`UserAgents`]).
-pub fn build_user_agent_inserts(
-    batch: &Batch,
-    max_bytes: usize,
-    sql: &mut SqlBuffer,
-) -> Result<(), TooLarge> {
-    build_upserts(batch, &distinct(batch), max_bytes, sql)
 }
 
 /// The hashes known to be stored and classified; one per sink, shared by its connections.
@@ -208,7 +209,7 @@ mod tests {
     fn upsert_text_carries_the_class_and_never_rewrites_the_text() {
         let b = batch_with(&[Some("Bot 'q'"), Some(GOOGLEBOT), Some("wrk")]);
         let mut sql = SqlBuffer::default();
-        build_user_agent_inserts(&b, 1 << 20, &mut sql).unwrap();
+        build_upserts(&b, &distinct(&b), 1 << 20, &mut sql).unwrap();
         let text = String::from_utf8(sql.statements().next().unwrap().to_vec()).unwrap();
         assert!(text.starts_with(UPSERT_PREFIX) && text.ends_with(UPSERT_SUFFIX), "{text}");
         let q = ua_hash("Bot 'q'");

@@ -211,7 +211,7 @@ pub(super) fn gauge(e: &mut DescriptorEncoder, name: &str, help: &str, unit: Opt
 }
 
 /// A counter with one label whose values are a fixed table.
-/// A counter family, or a gauge family with [`gauge_family`], one label.
+/// A counter family with one label (see [`family`]).
 pub(super) fn counter_family(
     e: &mut DescriptorEncoder,
     name: &str,
@@ -220,16 +220,6 @@ pub(super) fn counter_family(
     values: impl Iterator<Item = (String, u64)>,
 ) -> R {
     family(e, MetricType::Counter, (name, help, label), values)
-}
-
-fn gauge_family(
-    e: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    label: &'static str,
-    values: impl Iterator<Item = (String, u64)>,
-) -> R {
-    family(e, MetricType::Gauge, (name, help, label), values)
 }
 
 fn family(
@@ -414,7 +404,12 @@ impl Scrape {
             gauge(e, "process_open_fds", "Open file descriptors", None, fds)?;
         }
         let up = self.shards.iter().enumerate().map(|(i, &(up, _))| (i.to_string(), u64::from(up)));
-        gauge_family(e, "ingest_sink_shard_up", "1 if the last step on the shard succeeded", "shard", up)?;
+        family(
+            e,
+            MetricType::Gauge,
+            ("ingest_sink_shard_up", "1 if the last step on the shard succeeded", "shard"),
+            up,
+        )?;
         let rows = self.shards.iter().enumerate().map(|(i, &(_, rows))| (i.to_string(), rows));
         counter_family(e, "ingest_sink_shard_rows", "Rows committed into the shard", "shard", rows)?;
         Ok(())
