@@ -245,6 +245,12 @@ impl Core {
         }
     }
 
+    /// A delivery of `stream` failed on its connection: it tries again at `until` (after
+    /// reading the cursors), and no other stream waits for it.
+    pub fn back_off(&mut self, stream: usize, until: Instant) {
+        self.streams[stream].deliver_after = Some(until);
+    }
+
     /// The cursors a shard holds for this WAL's lanes (`None`: the read failed).
     pub fn on_cursors(&mut self, shard: u16, cursors: Option<Vec<SinkCursor>>, now: Instant) {
         self.cursor_reads[usize::from(shard)] = false;
@@ -370,7 +376,7 @@ impl Core {
             }
             s.cut(batch_rows, interval, now, self.stopping);
             if shard_ready(s.shard) {
-                if let Some(pending) = s.take_front() {
+                if let Some(pending) = s.take_front(now) {
                     actions.push(Action::Deliver { stream: i, pending });
                 }
             }

@@ -97,6 +97,11 @@ impl<C> Link<C> {
         }
     }
 
+    /// The shortest back-off: how long a stream waits after one failed delivery.
+    pub fn delay_min(&self) -> Duration {
+        self.delay_min
+    }
+
     /// The shard may take deliveries and control work.
     pub fn ready(&self, now: Instant) -> bool {
         now >= self.retry_at && matches!(self.lease, Lease::Held { .. } | Lease::Unsupported)

@@ -135,7 +135,10 @@ impl<S: Sink + 'static> Driver<S> {
                         Delivered::Failed
                     }
                     SinkError::Unavailable(_) | SinkError::InDoubt(_) => {
-                        link.down(&e, now);
+                        // This connection failed, not necessarily the server: only this stream
+                        // backs off; connects and the control connection tell if it is down.
+                        warn!(shard, error = %e, "delivery failed; the stream retries on another connection");
+                        self.core.back_off(stream, now + link.delay_min());
                         Delivered::Failed
                     }
                 }

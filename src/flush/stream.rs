@@ -73,6 +73,9 @@ pub struct Stream {
     pub last_progress: Instant,
     /// After a failed WAL read: not again before then.
     pub read_after: Option<Instant>,
+    /// After a failed delivery: not again before then (this stream only; a shard that is
+    /// down is found out by its connects and its control connection).
+    pub deliver_after: Option<Instant>,
 }
 
 impl Stream {
@@ -90,6 +93,7 @@ impl Stream {
             in_flight: None,
             last_progress: now,
             read_after: None,
+            deliver_after: None,
         }
     }
 
@@ -106,8 +110,9 @@ impl Stream {
     }
 
     /// Hands the front batch out for delivery.
-    pub fn take_front(&mut self) -> Option<Pending> {
-        if self.in_flight.is_some() || self.sync != Sync::Known {
+    pub fn take_front(&mut self, now: Instant) -> Option<Pending> {
+        if self.in_flight.is_some() || self.sync != Sync::Known || self.deliver_after.is_some_and(|t| now < t)
+        {
             return None;
         }
         let front = self.pending.pop_front()?;
