@@ -273,10 +273,7 @@ impl Connection {
                 Parsed::Partial => break,
                 Parsed::Invalid(err) => {
                     ctx.counters.count_limit_hit(err.label());
-                    let reply = Reply::Error { status: err.status(), reason: err.reason() };
-                    self.pending.push(Pending { reply, close: true, minor_version: 1 });
-                    close = true;
-                    consumed = self.read_buf.len();
+                    (close, consumed) = (true, self.refuse(err.status(), err.reason()));
                     break;
                 }
                 Parsed::Complete(req) => req,
@@ -290,13 +287,7 @@ impl Connection {
                 Framing::Ready(body_len) => body_len,
                 Framing::Wait => break,
                 Framing::Refused { status, reason } => {
-                    self.pending.push(Pending {
-                        reply: Reply::Error { status, reason },
-                        close: true,
-                        minor_version: 1,
-                    });
-                    close = true;
-                    consumed = self.read_buf.len();
+                    (close, consumed) = (true, self.refuse(status, reason));
                     break;
                 }
             };
@@ -312,6 +303,25 @@ impl Connection {
                 break;
             }
         }
+        self.drop_consumed(consumed, ctx);
+        let outcome = match ticket {
+            Some(ticket) => ticket.wait().await,
+            None => TickOutcome::Written,
+        };
+        self.render(outcome, &ctx.counters, &ctx.dialects);
+        close
+    }
+
+    /// Answers a request that cannot be parsed or framed, with `Connection: close`: nothing
+    /// after it in the buffer is read. Returns how much of the buffer that consumes (all).
+    fn refuse(&mut self, status: u16, reason: &'static str) -> usize {
+        self.pending.push(Pending { reply: Reply::Error { status, reason }, close: true, minor_version: 1 });
+        self.read_buf.len()
+    }
+
+    /// Forgets the `consumed` bytes of requests answered this turn; what is left is the start
+    /// of a request whose age the idle sweep watches.
+    fn drop_consumed(&mut self, consumed: usize, ctx: &ConnContext) {
         if consumed > 0 {
             self.continue_owed = false;
             self.continue_sent = false;
@@ -319,12 +329,6 @@ impl Connection {
         self.read_buf.drain(..consumed);
         let now_ms = ctx.registry.now_ms();
         self.partial_since_ms = (!self.read_buf.is_empty()).then(|| self.partial_since_ms.unwrap_or(now_ms));
-        let outcome = match ticket {
-            Some(ticket) => ticket.wait().await,
-            None => TickOutcome::Written,
-        };
-        self.render(outcome, &ctx.counters, &ctx.dialects);
-        close
     }
 
     /// Writes the interim `100 Continue` the buffered request asked for.

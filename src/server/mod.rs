@@ -91,14 +91,10 @@ pub fn start(mut config: Config) -> Result<Running, ServerError> {
     config.ingest.node_id = identity.node.clone();
     tracing::info!(node = %identity.node, wal = %identity.wal, "WAL identity");
 
-    let cpus = cpus::allowed_cpus();
-    let core_count = if config.server.cores == 0 { cpus.len() } else { config.server.cores };
-    let core_count = core_count.clamp(1, u16::MAX as usize);
+    let core_count = core_count(&config);
     let counters: Vec<Arc<CoreCounters>> = (0..core_count).map(|_| Arc::default()).collect();
     config.http.max_connections_per_core = fd_limit::apply(core_count, config.http.max_connections_per_core);
 
-    // Every core directory found, whatever `server.cores` says now (issue 10 item 2); this
-    // flusher only delivers the lanes of the cores that run.
     let Recovered { tails, wal_bytes, lanes: lane_inits } = recover_lanes(&wal_dir, &config, &counters)?;
     let meta = crate::cursor::read_commit_meta(&wal_dir, &identity)?;
     let budget = resolve_budget(&config, &wal_dir, wal_bytes, core_count)?;
@@ -182,6 +178,12 @@ impl Running {
     pub fn any_core_finished(&self) -> bool {
         self.cores.iter().any(|h| h.is_finished())
     }
+}
+
+/// `server.cores`, or (0) one per CPU this process may run on (affinity, cgroup cpusets).
+fn core_count(config: &Config) -> usize {
+    let cores = if config.server.cores == 0 { cpus::allowed_cpus().len() } else { config.server.cores };
+    cores.clamp(1, u16::MAX as usize)
 }
 
 /// What recovery found: the running cores' tails, the WAL's bytes, every lane.
