@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use support::clickhouse::ClickHouse;
 use support::load::{send_exact, Load, LoadShape};
-use support::{unique_file_ids, wait_for, Collector};
+use support::{http_get, unique_file_ids, wait_for, Collector};
 
 const DRAIN: Duration = Duration::from_secs(90);
 
@@ -113,6 +113,16 @@ fn one_shard_down_for_20_s_holds_up_only_its_own_rows() {
     std::thread::sleep(Duration::from_secs(20));
     let during = servers[0].count("SELECT count() FROM psc.events");
     assert!(during > before + 1000, "the live shard kept taking rows: {before} -> {during}");
+    let stats: serde_json::Value = serde_json::from_str(&http_get(collector.addr, "/stats").1).unwrap();
+    let shards = stats["shards"].as_array().expect("/stats shards");
+    assert_eq!((shards[0]["up"].as_bool(), shards[1]["up"].as_bool()), (Some(true), Some(false)), "{stats}");
+    assert!(
+        shards[1]["lag_bytes"].as_u64() > shards[0]["lag_bytes"].as_u64(),
+        "the down shard lags: {stats}"
+    );
+    let metrics = http_get(collector.addr, "/metrics").1;
+    assert!(metrics.contains("ingest_sink_shard_up{shard=\"1\"} 0"), "{metrics}");
+    assert!(metrics.contains("ingest_sink_shard_lag_bytes{shard=\"1\"}"), "{metrics}");
     servers[1].launch();
     std::thread::sleep(Duration::from_secs(2));
     let report = load.stop();

@@ -427,6 +427,14 @@ impl Core {
             .collect()
     }
 
+    /// (core, shard, committed cursor) of every stream of a running core's lane.
+    pub fn live_cursors(&self) -> impl Iterator<Item = (u16, u16, Position)> + '_ {
+        let n = usize::from(self.shards);
+        (self.streams.iter().enumerate())
+            .filter(move |(i, _)| self.lanes[i / n].live && !self.lanes[i / n].gone)
+            .map(|(_, s)| (s.lane.core, s.shard, s.committed))
+    }
+
     /// The committed and read cursors of a running core's lane (the least over its shards).
     pub fn positions(&self, core: u16) -> Option<(Position, Position)> {
         let n = usize::from(self.shards);

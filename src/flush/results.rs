@@ -233,6 +233,12 @@ impl<S: Sink + 'static> Driver<S> {
                 s.read[core].store(read.pack(), Ordering::Relaxed);
             }
         }
+        for (core, shard, committed) in self.core.live_cursors() {
+            let slot = s.shards.get(usize::from(shard)).and_then(|sh| sh.committed.get(usize::from(core)));
+            if let Some(slot) = slot {
+                slot.store(committed.pack(), Ordering::Relaxed);
+            }
+        }
         for (link, shard) in self.links.iter().zip(&s.shards) {
             shard.up.store(link.is_up(), Ordering::Relaxed);
             shard.ready.store(link.ready(now), Ordering::Relaxed);

@@ -55,7 +55,7 @@ pub struct FlushStats {
 }
 
 /// One shard of the sink, as `/metrics` and `/stats` show it.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ShardStats {
     /// The last step on this shard succeeded.
     pub up: AtomicBool,
@@ -63,6 +63,9 @@ pub struct ShardStats {
     pub ready: AtomicBool,
     /// Rows committed into it.
     pub rows: AtomicU64,
+    /// Per running core: packed position committed into this shard (its lag is the WAL
+    /// written past it).
+    pub committed: Vec<AtomicU64>,
 }
 
 impl FlushStats {
@@ -86,7 +89,14 @@ impl FlushStats {
             read: positions(),
             flush_duration_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             batch_rows: Histogram::new(exponential_buckets(1.0, 4.0, 10)),
-            shards: (0..shards.max(1)).map(|_| ShardStats::default()).collect(),
+            shards: (0..shards.max(1))
+                .map(|_| ShardStats {
+                    up: AtomicBool::new(false),
+                    ready: AtomicBool::new(false),
+                    rows: AtomicU64::new(0),
+                    committed: positions(),
+                })
+                .collect(),
             lease_held_elsewhere_by: Mutex::new(None),
         }
     }

@@ -52,8 +52,8 @@ pub struct Scrape {
     process: ProcessStats,
     flush_duration: Histogram,
     batch_rows: Histogram,
-    /// Per shard of the sink: (up, rows committed).
-    shards: Vec<(bool, u64)>,
+    /// Per shard of the sink: (up, rows committed, lag bytes).
+    shards: Vec<(bool, u64, u64)>,
 }
 
 /// Process metrics from `/proc/self`; `None` where it cannot be read.
@@ -126,7 +126,10 @@ impl Scrape {
             uptime_seconds: observer.started.elapsed().as_secs_f64(),
             process: ProcessStats::read(),
             shards: (f.shards.iter())
-                .map(|s| (s.up.load(Ordering::Relaxed), s.rows.load(Ordering::Relaxed)))
+                .map(|s| {
+                    let lag = super::report::shard_lag(observer, &usage, s);
+                    (s.up.load(Ordering::Relaxed), s.rows.load(Ordering::Relaxed), lag)
+                })
                 .collect(),
             flush_duration: f.flush_duration_seconds.clone(),
             batch_rows: f.batch_rows.clone(),
@@ -403,15 +406,19 @@ impl Scrape {
         if let Some(fds) = self.process.open_fds {
             gauge(e, "process_open_fds", "Open file descriptors", None, fds)?;
         }
-        let up = self.shards.iter().enumerate().map(|(i, &(up, _))| (i.to_string(), u64::from(up)));
+        let up = self.shards.iter().enumerate().map(|(i, &(up, ..))| (i.to_string(), u64::from(up)));
         family(
             e,
             MetricType::Gauge,
             ("ingest_sink_shard_up", "1 if the last step on the shard succeeded", "shard"),
             up,
         )?;
-        let rows = self.shards.iter().enumerate().map(|(i, &(_, rows))| (i.to_string(), rows));
+        let rows = self.shards.iter().enumerate().map(|(i, &(_, rows, _))| (i.to_string(), rows));
         counter_family(e, "ingest_sink_shard_rows", "Rows committed into the shard", "shard", rows)?;
+        let lag = self.shards.iter().enumerate().map(|(i, &(.., lag))| (i.to_string(), lag));
+        let what =
+            ("ingest_sink_shard_lag_bytes", "WAL bytes written but not committed into the shard", "shard");
+        family(e, MetricType::Gauge, what, lag)?;
         Ok(())
     }
 }

@@ -12,7 +12,9 @@ use serde_json::{json, Value};
 
 use super::exposition::{commit_lag, positions};
 use super::{json_line, Observer};
+use crate::flush::stats::ShardStats;
 use crate::metrics;
+use crate::wal::Position;
 
 /// Shortest interval the drain rate is measured over.
 pub const DRAIN_SAMPLE_MIN: Duration = Duration::from_secs(1);
@@ -86,7 +88,7 @@ pub fn stats_value(observer: &Observer) -> Value {
             "write_errors": totals.wal_write_errors,
         },
         "mysql": mysql_value(observer),
-        "shards": shards(observer),
+        "shards": shards(observer, &usage),
         "lease_held_elsewhere_by": f.lease_held_elsewhere_by.lock().ok().and_then(|h| h.clone()),
         "drain_rate_rows_per_second": rate,
         "replay": {
@@ -150,13 +152,23 @@ fn mysql_value(observer: &Observer) -> Value {
     })
 }
 
-/// Per shard of the sink: up, taking deliveries, rows committed.
-fn shards(observer: &Observer) -> Value {
+/// Per shard of the sink: up, taking deliveries, rows committed, and its lag: WAL bytes
+/// written but not yet committed into it, over the running cores.
+fn shards(observer: &Observer, usage: &super::wal_usage::WalUsage) -> Value {
     let shards = observer.flush.shards.iter().enumerate().map(|(i, s)| {
         json!({"shard": i, "up": s.up.load(Ordering::Relaxed), "ready": s.ready.load(Ordering::Relaxed),
-               "rows": s.rows.load(Ordering::Relaxed)})
+               "rows": s.rows.load(Ordering::Relaxed), "lag_bytes": shard_lag(observer, usage, s)})
     });
     Value::Array(shards.collect())
+}
+
+/// WAL bytes written past what `shard` committed, over the running cores.
+pub fn shard_lag(observer: &Observer, usage: &super::wal_usage::WalUsage, shard: &ShardStats) -> u64 {
+    let lag = |(c, committed): (usize, &std::sync::atomic::AtomicU64)| {
+        let written = observer.progress.get(c).map_or(Position::default(), |p| p.written_end());
+        usage.backlog_bytes(c, Position::unpack(committed.load(Ordering::Relaxed)), written)
+    };
+    shard.committed.iter().enumerate().map(lag).sum()
 }
 
 /// `{"1406": 3, …}`: dead-lettered rows per MySQL error code.
