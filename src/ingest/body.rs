@@ -526,6 +526,19 @@ mod tests {
         assert_eq!(ok(json, other), vec![ev("play", "a.org", 5)]);
     }
 
+    #[test]
+    fn an_integer_past_u64_reads_the_same_in_both_parsers() {
+        // Found by `make fuzz` (target body): simd-json refused the number (400), serde_json
+        // read it as a float and counted the items (413).
+        let json = Some("application/json");
+        let many = format!("[{}]", ["4444444444444444444444444446"; 16].join(","));
+        for parser in PARSERS {
+            assert_eq!(run(json, &many, 10, parser).unwrap_err(), BodyError::TooManyEvents { max: 10 });
+        }
+        let big = r#"{"event":"play","domain":"a.org","file_id":4444444444444444444444444446}"#;
+        assert!(matches!(err(json, big), BodyError::Item { .. }), "{:?}", err(json, big));
+    }
+
     fn ev(event: &str, domain: &str, file_id: u64) -> (String, String, u64) {
         (event.into(), domain.into(), file_id)
     }
