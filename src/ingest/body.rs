@@ -232,13 +232,19 @@ struct JsonFields<'v> {
     domain: Field<'v>,
     file_id: Field<'v>,
     event_id: Field<'v>,
-    /// One of the four keys occurs twice in the object: refused (as a repeated query
-    /// parameter is), since parsers differ on which one counts.
+    /// One of the four keys occurs twice in the object, or it has more than
+    /// [`JSON_MAX_KEYS`] keys: refused (as a repeated query parameter is), since parsers
+    /// differ on which of two entries counts.
     repeated: bool,
 }
 
 /// The keys a JSON beacon is read from.
 const JSON_KEYS: [&str; 4] = ["event", "domain", "file_id", "event_id"];
+
+/// Most keys one JSON object of a body may have (a beacon needs at most a dozen). Up to it
+/// simd-json keeps an object's entries in order, each repeat included, so a repeated key is
+/// seen; past it, its map may fold repeats together.
+pub const JSON_MAX_KEYS: usize = 32;
 
 /// Whether one of [`JSON_KEYS`] occurs more than once among `keys`.
 fn repeats_a_key<'k, I: Iterator<Item = &'k str>>(keys: impl Fn() -> I) -> bool {
@@ -254,33 +260,39 @@ fn parse_json(body: &mut [u8], rules: &BodyRules<'_>, out: &mut BatchScratch) ->
 
 fn parse_json_simd(body: &mut [u8], rules: &BodyRules<'_>, out: &mut BatchScratch) -> Result<(), BodyError> {
     use simd_json::prelude::*;
-    use simd_json::BorrowedValue;
+    use simd_json::tape::{Object, Value};
 
-    fn field<'v>(obj: &'v simd_json::borrowed::Object<'_>, key: &str) -> Field<'v> {
+    fn field<'i>(obj: &Object<'_, 'i>, key: &str) -> Field<'i> {
         match obj.get(key) {
             None => Field::Missing,
-            Some(BorrowedValue::String(s)) => Field::Str(s),
-            Some(v) => v.as_u64().map_or(Field::Other, Field::UInt),
+            Some(v) => match v.into_string() {
+                Some(s) => Field::Str(s),
+                None => v.as_u64().map_or(Field::Other, Field::UInt),
+            },
         }
     }
-    fn fields<'v>(item: &'v BorrowedValue<'_>) -> Option<JsonFields<'v>> {
+    fn fields<'i>(item: Value<'_, 'i>) -> Option<JsonFields<'i>> {
         let obj = item.as_object()?;
         Some(JsonFields {
-            event: field(obj, "event"),
-            domain: field(obj, "domain"),
-            file_id: field(obj, "file_id"),
-            event_id: field(obj, "event_id"),
-            // simd-json keeps every entry of a repeated key (and `get` finds the first).
-            repeated: repeats_a_key(|| obj.keys().map(|k| k.as_ref())),
+            event: field(&obj, "event"),
+            domain: field(&obj, "domain"),
+            file_id: field(&obj, "file_id"),
+            event_id: field(&obj, "event_id"),
+            // The tape keeps every entry of an object in order, repeats included.
+            repeated: obj.len() > JSON_MAX_KEYS || repeats_a_key(|| obj.keys()),
         })
     }
 
     let mut buffers = out.json_buffers.take().unwrap_or_default();
-    let parsed = simd_json::to_borrowed_value_with_buffers(body, &mut buffers);
-    let result = match &parsed {
+    let result = match simd_json::to_tape_with_buffers(body, &mut buffers) {
         Err(_) => Err(BodyError::Malformed("invalid JSON")),
-        Ok(BorrowedValue::Array(items)) => validate_items(items.len(), items.iter().map(fields), rules, out),
-        Ok(single) => validate_items(1, std::iter::once(fields(single)), rules, out),
+        Ok(tape) => {
+            let doc = tape.as_value();
+            match doc.as_array() {
+                Some(items) => validate_items(items.len(), items.iter().map(fields), rules, out),
+                None => validate_items(1, std::iter::once(fields(doc)), rules, out),
+            }
+        }
     };
     out.json_buffers = Some(buffers);
     result
@@ -303,7 +315,8 @@ fn parse_json_serde(body: &[u8], rules: &BodyRules<'_>, out: &mut BatchScratch) 
             domain: field(entries, "domain"),
             file_id: field(entries, "file_id"),
             event_id: field(entries, "event_id"),
-            repeated: repeats_a_key(|| entries.iter().map(|(k, _)| k.as_str())),
+            repeated: entries.len() > JSON_MAX_KEYS
+                || repeats_a_key(|| entries.iter().map(|(k, _)| k.as_str())),
         })
     }
 
@@ -419,7 +432,7 @@ fn validate_items<'v>(
             break;
         };
         if f.repeated {
-            result = Err(BodyError::Malformed("a key repeats in a JSON object"));
+            result = Err(BodyError::Malformed("a key repeats in a JSON object, or it has over 32 keys"));
             break;
         }
         match validate_json_item(&f, rules.rules, &mut query) {
@@ -519,7 +532,21 @@ mod tests {
         // the last. Other keys may repeat; nested values are not looked at.
         let json = Some("application/json");
         let twice = r#"{"event":"play","domain":"a.org","domain":"b.org","file_id":5}"#;
-        assert_eq!(err(json, twice), BodyError::Malformed("a key repeats in a JSON object"));
+        assert_eq!(
+            err(json, twice),
+            BodyError::Malformed("a key repeats in a JSON object, or it has over 32 keys")
+        );
+        for width in [31, 32, 33, 40] {
+            let pad: String = (0..width - 4).map(|i| format!(",\"k{i}\":{i}")).collect();
+            let wide = format!(r#"{{"event":"play","domain":"a.org","domain":"b.org","file_id":5{pad}}}"#);
+            assert!(matches!(err(json, &wide), BodyError::Malformed(_)), "{width} keys, domain twice");
+            let pad: String = (0..width - 3).map(|i| format!(",\"k{i}\":{i}")).collect();
+            let once = format!(r#"{{"event":"play","domain":"a.org","file_id":5{pad}}}"#);
+            match width {
+                ..=32 => assert_eq!(ok(json, &once), vec![ev("play", "a.org", 5)], "{width} keys"),
+                _ => assert!(matches!(err(json, &once), BodyError::Malformed(_)), "{width} keys"),
+            }
+        }
         let in_batch = r#"[{"event":"play","domain":"a.org","file_id":1},{"event":"a","event":"b","domain":"a.org","file_id":2}]"#;
         assert!(matches!(err(json, in_batch), BodyError::Malformed(_)));
         let other = r#"{"event":"play","domain":"a.org","file_id":5,"x":1,"x":[1,{"domain":2}]}"#;
