@@ -204,11 +204,13 @@ def paced(collector, rate, seconds, on_second=None):
     return result.acked * POST_BATCH / result.duration_s if result.duration_s else 0.0
 
 
-def settle(collector):
-    """Waits for the backlog to empty; returns rows/s committed meanwhile (None: no backlog)."""
+def settle(collector, offered=None):
+    """Waits for the backlog to empty; returns rows/s committed meanwhile. None: no backlog
+    worth timing, i.e. less than one second of the `offered` rate was left (delivery kept up
+    with the overload, and what is left is one flush interval, not a drain)."""
     start = lag(collector)
     started = time.monotonic()
-    if not start or start[0] - start[1] <= POST_BATCH:
+    if not start or start[0] - start[1] <= max(POST_BATCH, offered or 0):
         return None
     done = wait_until(lambda: (s := lag(collector)) and s[0] - s[1] <= 0 and s, SETTLE_MAX_S, 0.2)
     end = done or lag(collector)
@@ -292,7 +294,7 @@ def run_mode(db, mysql_url, mode, v2):
     try:
         log(f"mode {mode.name}: overload {OVERLOAD_RATE:,} events/s for {OVERLOAD_S} s")
         result.overload_offered = paced(collector, OVERLOAD_RATE, OVERLOAD_S)
-        result.drain_rows_s = settle(collector)
+        result.drain_rows_s = settle(collector, result.overload_offered)
         if result.drain_rows_s is None:
             # No backlog: delivery kept up with all wrk could offer.
             result.front_limited = True
