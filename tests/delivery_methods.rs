@@ -505,23 +505,39 @@ fn one_dead_delivery_connection_holds_up_no_other_lane() {
     wait_for("two delivery connections", Duration::from_secs(30), || {
         newest_delivery_connection(&db, &lock, &HashSet::new()).is_some()
     });
-    let victim = newest_delivery_connection(&db, &lock, &HashSet::new()).expect("a delivery connection");
-    db.query_rows(&format!("KILL CONNECTION {victim}"));
-    let killed_at = Instant::now();
-    // Deliveries in flight at the kill may still land; what counts is what lands after them.
-    sleep(Duration::from_millis(500));
-    let settled = cursors(&db, node);
-    let mut moved = HashSet::new();
-    while killed_at.elapsed() < Duration::from_millis(2800) {
-        let now = cursors(&db, node);
-        moved.extend([0u16, 1].into_iter().filter(|core| now[core] != settled[core]));
-        sleep(Duration::from_millis(100));
+    // The pool hands out its most recently returned connection first, so a killed idle one
+    // may sit unused for a while: kill one, and if no delivery met it within the window, kill
+    // the next (at most 4 tries). The window that counts is the one after a delivery failed.
+    let mut killed = HashSet::new();
+    let mut verdict = None;
+    for _ in 0..4 {
+        let Some(victim) = newest_delivery_connection(&db, &lock, &killed) else { break };
+        let failures_before = collector.log().matches("delivery failed; the stream retries").count();
+        db.query_rows(&format!("KILL CONNECTION {victim}"));
+        killed.insert(victim);
+        let killed_at = Instant::now();
+        // Deliveries in flight at the kill may still land; what counts is what lands after them.
+        sleep(Duration::from_millis(500));
+        let settled = cursors(&db, node);
+        let mut moved = HashSet::new();
+        while killed_at.elapsed() < Duration::from_millis(2800) {
+            let now = cursors(&db, node);
+            moved.extend([0u16, 1].into_iter().filter(|core| now[core] != settled[core]));
+            sleep(Duration::from_millis(100));
+        }
+        let noticed =
+            collector.log().matches("delivery failed; the stream retries").count() > failures_before;
+        if noticed {
+            verdict = Some(moved);
+            break;
+        }
+        sleep(Duration::from_secs(3)); // let any late failure's back-off pass before the next try
     }
-    let noticed = collector.log().contains("delivery failed; the stream retries");
     let acked = steady.stop();
     let d = wait_delivered(&db, &acked, 0, DRAIN);
     assert_exactly_once(&d);
-    assert!(noticed, "the dead connection was used within the window:\n{}", collector.log());
+    let moved = verdict
+        .unwrap_or_else(|| panic!("no delivery met a killed connection in 4 tries:\n{}", collector.log()));
     assert!(!moved.is_empty(), "no lane delivered during the 3 s back-off after one connection died");
 }
 
