@@ -24,6 +24,8 @@ use crate::sink::{Batch, SinkCursor};
 use crate::wal::identity::{LaneId, WalIdentity};
 use crate::wal::Position;
 
+mod view;
+
 /// How the core cuts and routes batches.
 #[derive(Debug, Clone, Copy)]
 pub struct CoreConfig {
@@ -149,18 +151,6 @@ impl Core {
             rows_committed: 0,
             rows_rejected: 0,
         }
-    }
-
-    pub fn streams(&self) -> &[Stream] {
-        &self.streams
-    }
-
-    pub fn route(&self) -> Route {
-        self.config.route
-    }
-
-    pub fn shards(&self) -> u16 {
-        self.shards
     }
 
     fn lane_of(&self, stream: usize) -> usize {
@@ -304,35 +294,6 @@ impl Core {
         self.stopping = true;
     }
 
-    /// Every stream is settled at its lane's end.
-    pub fn is_drained(&self) -> bool {
-        self.streams
-            .iter()
-            .enumerate()
-            .all(|(i, s)| s.settled() && s.committed >= self.lanes[self.lane_of(i)].end)
-    }
-
-    /// Whether every live lane's streams have caught up with the WAL once (the replay).
-    pub fn caught_up(&self) -> bool {
-        self.streams
-            .iter()
-            .enumerate()
-            .all(|(i, s)| !self.lanes[self.lane_of(i)].live || s.mode == Mode::Queue)
-    }
-
-    /// `commit.meta` as it should be now.
-    pub fn meta(&self) -> CommitMeta {
-        let mut meta = CommitMeta::new(self.identity.clone());
-        let n = usize::from(self.shards);
-        let present = |i: usize| !self.lanes[i / n].gone;
-        for (_, s) in
-            self.streams.iter().enumerate().filter(|(i, s)| present(*i) && s.committed != Position::default())
-        {
-            meta.set(s.lane, s.shard, s.committed);
-        }
-        meta
-    }
-
     /// The actions due now. `shard_ready(shard)`: the shard can take work (connected or worth
     /// a try, lease held).
     pub fn poll(&mut self, now: Instant, shard_ready: impl Fn(u16) -> bool) -> Vec<Action> {
@@ -416,32 +377,5 @@ impl Core {
     /// `commit.meta` could not be written: write it again next time.
     pub fn on_meta_failed(&mut self) {
         self.meta_dirty = true;
-    }
-
-    /// Per stream not settled at its lane's end: lane, shard, committed cursor, lane end.
-    pub fn undelivered(&self) -> Vec<(LaneId, u16, Position, Position)> {
-        let n = usize::from(self.shards);
-        (self.streams.iter().enumerate())
-            .filter(|(i, s)| !self.lanes[i / n].gone && s.committed < self.lanes[i / n].end)
-            .map(|(i, s)| (s.lane, s.shard, s.committed, self.lanes[i / n].end))
-            .collect()
-    }
-
-    /// (core, shard, committed cursor) of every stream of a running core's lane.
-    pub fn live_cursors(&self) -> impl Iterator<Item = (u16, u16, Position)> + '_ {
-        let n = usize::from(self.shards);
-        (self.streams.iter().enumerate())
-            .filter(move |(i, _)| self.lanes[i / n].live && !self.lanes[i / n].gone)
-            .map(|(_, s)| (s.lane.core, s.shard, s.committed))
-    }
-
-    /// The committed and read cursors of a running core's lane (the least over its shards).
-    pub fn positions(&self, core: u16) -> Option<(Position, Position)> {
-        let n = usize::from(self.shards);
-        let l = self.lanes.iter().position(|l| l.live && l.id.core == core)?;
-        let streams = &self.streams[l * n..(l + 1) * n];
-        let committed = streams.iter().map(|s| s.committed).min()?;
-        let read = streams.iter().map(|s| s.read).min()?;
-        Some((committed, read))
     }
 }
