@@ -12,9 +12,11 @@
 //!   MySQL is down (the WAL takes the traffic), 503 while draining or a core's WAL refuses.
 //! - [`exposition`]: the Prometheus/OpenMetrics text; [`report`]: the JSON documents.
 
+mod encode;
 pub mod exposition;
 mod mysql_metrics;
 pub mod negotiate;
+mod process;
 pub mod report;
 pub mod wal_usage;
 

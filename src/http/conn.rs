@@ -1,5 +1,5 @@
 //! One client connection on one core: read → parse every complete request in the buffer →
-//! route → hand accepted events to the core's [`Intake`] (which appends them to the open WAL
+//! route → hand accepted events to the core's intake (which appends them to the open WAL
 //! tick and returns its ticket) → wait for that tick's write → answer all of them with one
 //! socket write.
 //!
@@ -11,101 +11,35 @@
 //! - a framing error (bad bytes, a limit hit) closes this connection and touches nothing else;
 //! - a partial request must complete within `idle_timeout_ms` of its first byte (no slowloris),
 //!   and an idle keep-alive connection closes after `idle_timeout_ms`: each read arms the
-//!   connection's [`Watch`] in the core's [`Registry`], whose sweep shuts overdue reads
+//!   connection's [`Watch`] in the core's registry, whose sweep shuts overdue reads
 //!   (`super::idle`), so no read carries a timer of its own;
 //! - a request with `Expect: 100-continue` whose body is not buffered yet gets one
 //!   `100 Continue` before the next read; any other expectation is 417 and closes;
 //! - past `max_requests_per_connection` requests or `max_connection_age_ms` of age, the next
 //!   answer carries `Connection: close` and the connection ends (L4 balancers rebalance).
 
-use std::cell::Cell;
 use std::rc::Rc;
-use std::sync::Arc;
 
 use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
 use super::answer::{self, BeaconKind};
-use super::chunked::{self, Dechunk};
+use super::context::{ConnContext, Lifetime};
 use super::dialect::{DialectScratch, Dialects};
-use super::idle::{Registry, Watch};
-use super::request::{self, Body, Expect, Parsed, Request};
+use super::framing::{self, frame_body, Framing};
+use super::idle::Watch;
+use super::request::{self, Expect, Parsed};
 use super::response;
 use super::router::{route, Reply, Turn};
-use crate::config::Config;
-use crate::ingest::intake::Intake;
 use crate::ingest::QueryScratch;
 use crate::metrics::{bump, CoreCounters};
-use crate::observe::Observer;
 use crate::wal::group::TickOutcome;
 
 /// Smallest read buffer a connection starts with.
 const INITIAL_READ_BYTES: usize = 4096;
 /// `Retry-After` sent with 503s, in seconds.
 const RETRY_AFTER_S: u32 = 1;
-
-/// What every connection of one core shares. Lives on that core only.
-pub struct ConnContext {
-    limits: request::Limits,
-    idle_timeout_ms: u64,
-    max_pipelined: usize,
-    /// `http.max_requests_per_connection`, 0 = no limit.
-    max_requests: u64,
-    /// `http.max_connection_age_ms`, 0 = no limit.
-    max_age_ms: u64,
-    /// Where accepted events go (the core's open WAL tick).
-    pub(super) intake: Intake,
-    pub(super) counters: Arc<CoreCounters>,
-    pub(super) observer: Arc<Observer>,
-    /// Set when the core drains for shutdown: answer with `Connection: close`, take no more.
-    pub(super) draining: Cell<bool>,
-    /// Pixels, POST bodies, CORS and client context.
-    pub(super) dialects: Dialects,
-    /// The core's open connections and their read deadlines.
-    registry: Registry,
-}
-
-impl ConnContext {
-    pub fn new(
-        config: &Config,
-        intake: Intake,
-        counters: Arc<CoreCounters>,
-        observer: Arc<Observer>,
-    ) -> Self {
-        Self {
-            limits: request::Limits::from(&config.http),
-            idle_timeout_ms: config.http.idle_timeout_ms,
-            max_pipelined: config.http.max_pipelined_requests,
-            max_requests: config.http.max_requests_per_connection,
-            max_age_ms: config.http.max_connection_age_ms,
-            intake,
-            counters,
-            observer,
-            draining: Cell::new(false),
-            dialects: Dialects::from_config(config),
-            registry: Registry::default(),
-        }
-    }
-
-    pub fn counters(&self) -> &CoreCounters {
-        &self.counters
-    }
-
-    /// The core's open connections: the accept loop registers them, housekeeping sweeps them.
-    pub fn registry(&self) -> &Registry {
-        &self.registry
-    }
-
-    pub fn is_draining(&self) -> bool {
-        self.draining.get()
-    }
-
-    /// From now on every answer closes its connection and events are refused with 503.
-    pub fn start_draining(&self) {
-        self.draining.set(true);
-    }
-}
 
 struct Pending {
     reply: Reply,
@@ -132,31 +66,6 @@ struct Connection {
     continue_sent: bool,
 }
 
-/// How long a connection has served, for `http.max_requests_per_connection` and
-/// `http.max_connection_age_ms`.
-struct Lifetime {
-    requests: u64,
-    /// Unix ms of the accept.
-    opened_at_ms: u64,
-}
-
-impl Lifetime {
-    /// Counts one more request; false once it reaches a connection limit (its answer then
-    /// closes the connection), counting the limit hit.
-    fn may_continue(&mut self, now_ms: u64, ctx: &ConnContext) -> bool {
-        self.requests += 1;
-        if ctx.max_requests != 0 && self.requests >= ctx.max_requests {
-            ctx.counters.count_limit_hit("connection_requests");
-            return false;
-        }
-        if ctx.max_age_ms != 0 && now_ms.saturating_sub(self.opened_at_ms) >= ctx.max_age_ms {
-            ctx.counters.count_limit_hit("connection_age");
-            return false;
-        }
-        true
-    }
-}
-
 /// Serves one accepted connection until it closes.
 pub async fn serve(
     mut stream: TcpStream,
@@ -172,7 +81,7 @@ pub async fn serve(
         dialect: DialectScratch::new(peer.ip()),
         partial_since_ms: None,
         watch,
-        life: Lifetime { requests: 0, opened_at_ms: crate::clock::unix_ms() },
+        life: Lifetime::new(crate::clock::unix_ms()),
         continue_owed: false,
         continue_sent: false,
     };
@@ -184,10 +93,10 @@ pub async fn serve(
         if close {
             return;
         }
-        if conn.has_complete_request(&ctx.limits) {
+        if conn.has_complete_request(ctx.limits()) {
             continue; // more pipelined requests than one turn answers
         }
-        if ctx.draining.get() && conn.read_buf.is_empty() {
+        if ctx.is_draining() && conn.read_buf.is_empty() {
             return;
         }
         if conn.continue_owed && !conn.send_continue(&mut stream, &ctx.counters).await {
@@ -210,44 +119,6 @@ pub async fn serve(
     }
 }
 
-/// How much of `rest` (the bytes after the head) is the body of `req`, with the body (if
-/// any) copied or de-chunked into `body`.
-fn frame_body(req: &Request<'_>, rest: &[u8], body: &mut Vec<u8>, ctx: &ConnContext) -> Framing {
-    if req.expect == Expect::Unsupported {
-        ctx.counters.count_limit_hit("expect");
-        return Framing::Refused { status: 417, reason: "only Expect: 100-continue is supported" };
-    }
-    match req.body {
-        Body::None => Framing::Ready(0),
-        Body::Length(n) => match rest.get(..n) {
-            Some(bytes) => {
-                body.clear();
-                body.extend_from_slice(bytes);
-                Framing::Ready(n)
-            }
-            None => Framing::Wait, // the body is still on its way
-        },
-        Body::Chunked => match chunked::dechunk(rest, ctx.limits.max_body_bytes, body) {
-            Dechunk::Complete { wire_len } => Framing::Ready(wire_len),
-            Dechunk::Partial => Framing::Wait,
-            failed @ (Dechunk::TooLarge | Dechunk::Malformed) => {
-                let (status, reason) = chunk_error(&ctx.counters, failed);
-                Framing::Refused { status, reason }
-            }
-        },
-    }
-}
-
-/// Where the body of a parsed request stands.
-enum Framing {
-    /// Complete: this many bytes after the head are its body (framing included).
-    Ready(usize),
-    /// Not all here yet: read more.
-    Wait,
-    /// Cannot be read: answer and close.
-    Refused { status: u16, reason: &'static str },
-}
-
 enum ReadOutcome {
     Data,
     Closed,
@@ -268,8 +139,8 @@ impl Connection {
         // share that tick: there is no await in the loop).
         let mut ticket = None;
         self.pending.clear();
-        while self.pending.len() < ctx.max_pipelined && consumed < self.read_buf.len() {
-            let req = match request::parse(&self.read_buf[consumed..], &ctx.limits) {
+        while self.pending.len() < ctx.max_pipelined() && consumed < self.read_buf.len() {
+            let req = match request::parse(&self.read_buf[consumed..], ctx.limits()) {
                 Parsed::Partial => break,
                 Parsed::Invalid(err) => {
                     ctx.counters.count_limit_hit(err.label());
@@ -279,7 +150,7 @@ impl Connection {
                 Parsed::Complete(req) => req,
             };
             let rest = &self.read_buf[consumed + req.head_len..];
-            let framing = frame_body(&req, rest, &mut self.dialect.body, ctx);
+            let framing = frame_body(&req, rest, &mut self.dialect.body, ctx.limits(), &ctx.counters);
             if matches!(framing, Framing::Wait) && req.expect == Expect::Continue && !self.continue_sent {
                 self.continue_owed = true;
             }
@@ -292,7 +163,7 @@ impl Connection {
                 }
             };
             let request_len = req.head_len + body_len;
-            let keep_alive = req.keep_alive && !ctx.draining.get() && self.life.may_continue(now_ms, ctx);
+            let keep_alive = req.keep_alive && !ctx.is_draining() && self.life.may_continue(now_ms, ctx);
             let turn =
                 Turn { now_ms, query: &mut self.scratch, dialect: &mut self.dialect, ticket: &mut ticket };
             let reply = route(&req, ctx, turn);
@@ -327,7 +198,7 @@ impl Connection {
             self.continue_sent = false;
         }
         self.read_buf.drain(..consumed);
-        let now_ms = ctx.registry.now_ms();
+        let now_ms = ctx.registry().now_ms();
         self.partial_since_ms = (!self.read_buf.is_empty()).then(|| self.partial_since_ms.unwrap_or(now_ms));
     }
 
@@ -407,15 +278,7 @@ impl Connection {
             Parsed::Invalid(_) => return true,
             Parsed::Complete(req) => req,
         };
-        let rest = &self.read_buf[req.head_len..];
-        match req.body {
-            Body::None => true,
-            Body::Length(n) => rest.len() >= n,
-            Body::Chunked => !matches!(
-                chunked::dechunk(rest, limits.max_body_bytes, &mut self.dialect.body),
-                Dechunk::Partial
-            ),
-        }
+        framing::is_complete(&req, &self.read_buf[req.head_len..], &mut self.dialect.body, limits)
     }
 
     async fn flush(&mut self, stream: &mut TcpStream) -> bool {
@@ -427,7 +290,7 @@ impl Connection {
     }
 
     async fn read_more(&mut self, stream: &mut TcpStream, ctx: &ConnContext) -> ReadOutcome {
-        let max = ctx.limits.max_header_bytes + ctx.limits.max_body_bytes;
+        let max = ctx.limits().max_header_bytes + ctx.limits().max_body_bytes;
         if self.read_buf.len() == self.read_buf.capacity() {
             let grow = self
                 .read_buf
@@ -436,8 +299,8 @@ impl Connection {
                 .min(max.saturating_sub(self.read_buf.len()).max(1));
             self.read_buf.reserve(grow);
         }
-        let now_ms = ctx.registry.now_ms();
-        let deadline_ms = self.partial_since_ms.unwrap_or(now_ms).saturating_add(ctx.idle_timeout_ms);
+        let now_ms = ctx.registry().now_ms();
+        let deadline_ms = self.partial_since_ms.unwrap_or(now_ms).saturating_add(ctx.idle_timeout_ms());
         if deadline_ms <= now_ms || self.watch.expired() {
             return ReadOutcome::TimedOut;
         }
@@ -455,21 +318,10 @@ impl Connection {
             Ok(0) | Err(_) => ReadOutcome::Closed,
             Ok(_) => {
                 if self.partial_since_ms.is_none() {
-                    self.partial_since_ms = Some(ctx.registry.now_ms());
+                    self.partial_since_ms = Some(ctx.registry().now_ms());
                 }
                 ReadOutcome::Data
             }
         }
-    }
-}
-
-/// Status and reason for a chunked body that cannot be read, counting the limit hit.
-fn chunk_error(counters: &CoreCounters, failed: Dechunk) -> (u16, &'static str) {
-    if failed == Dechunk::TooLarge {
-        counters.count_limit_hit("body_bytes");
-        (413, "chunked body exceeds http.max_body_bytes")
-    } else {
-        counters.count_limit_hit("malformed");
-        (400, "malformed chunked body")
     }
 }

@@ -10,7 +10,7 @@
 //!   tick its records went into.
 
 use super::answer::BeaconKind;
-use super::conn::ConnContext;
+use super::context::ConnContext;
 use super::cors::Grant;
 use super::dialect::{self, DialectScratch, Outcome};
 use super::request::{Method, Request};
@@ -158,7 +158,7 @@ fn beacon(req: &Request<'_>, ctx: &ConnContext, turn: Turn<'_>, kind: BeaconKind
 /// 503 (with `Retry-After`) when this core cannot take events now: draining for shutdown, or
 /// the WAL disk budget is used up. Checked before validation, so a refused event costs little.
 fn refuse_events(ctx: &ConnContext) -> Option<Reply> {
-    if ctx.draining.get() {
+    if ctx.is_draining() {
         ctx.counters.count_rejection("shutting_down");
         return Some(Reply::Unavailable { reason: "shutting down, retry on another node" });
     }

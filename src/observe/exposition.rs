@@ -1,7 +1,8 @@
 //! `/metrics`: OpenMetrics text rendered by prometheus-client from a [`Scrape`], a snapshot of
 //! every source taken at request time (per-core counters summed with [`metrics::sum`], flusher
-//! stats, queue depth, WAL listing, `/proc/self`). Nothing is registered ahead of time: the
-//! snapshot is the collector, so the hot path never touches a shared metric.
+//! stats, queue depth, WAL listing, `/proc/self` through [`super::process`]). Nothing is
+//! registered ahead of time: the snapshot is the collector, so the hot path never touches a
+//! shared metric.
 //!
 //! Names follow the conventions: base units in the name (`_bytes`, `_seconds`), counters end
 //! in `_total` (prometheus-client appends it), `ingest_` prefix for the collector's own.
@@ -13,13 +14,15 @@
 use std::sync::atomic::Ordering;
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
+use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
+use super::encode::{counter, counter_family, family, gauge, histogram, R};
 use super::mysql_metrics::MysqlScrape;
 use super::negotiate::{negotiate, MetricsFormat};
+use super::process::ProcessStats;
 use super::wal_usage::{self, WalUsage};
 use super::Observer;
 use crate::ingest::encoding::{Coding, CodingTotals};
@@ -54,32 +57,6 @@ pub struct Scrape {
     batch_rows: Histogram,
     /// Per shard of the sink: (up, rows committed, lag bytes).
     shards: Vec<(bool, u64, u64)>,
-}
-
-/// Process metrics from `/proc/self`; `None` where it cannot be read.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct ProcessStats {
-    pub resident_bytes: Option<u64>,
-    pub open_fds: Option<u64>,
-}
-
-impl ProcessStats {
-    pub fn read() -> ProcessStats {
-        ProcessStats { resident_bytes: resident_bytes(), open_fds: open_fds() }
-    }
-}
-
-fn resident_bytes() -> Option<u64> {
-    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    // SAFETY: sysconf has no memory-safety preconditions.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    (page > 0).then(|| pages * page as u64)
-}
-
-fn open_fds() -> Option<u64> {
-    // The directory handle itself is one of the entries.
-    Some(std::fs::read_dir("/proc/self/fd").ok()?.count().saturating_sub(1) as u64)
 }
 
 /// Commit lag over all cores: (bytes, estimated events).
@@ -199,52 +176,6 @@ pub fn to_prometheus_text(openmetrics: &str) -> String {
         out.push('\n');
     }
     out
-}
-
-pub(super) type R = Result<(), std::fmt::Error>;
-
-pub(super) fn counter(e: &mut DescriptorEncoder, name: &str, help: &str, unit: Option<&Unit>, v: u64) -> R {
-    let mut m = e.encode_descriptor(name, help, unit, MetricType::Counter)?;
-    m.encode_counter::<NoLabelSet, _, u64>(&v, None)
-}
-
-pub(super) fn gauge(e: &mut DescriptorEncoder, name: &str, help: &str, unit: Option<&Unit>, v: u64) -> R {
-    let mut m = e.encode_descriptor(name, help, unit, MetricType::Gauge)?;
-    m.encode_gauge(&v)
-}
-
-/// A counter with one label whose values are a fixed table.
-/// A counter family with one label (see [`family`]).
-pub(super) fn counter_family(
-    e: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    label: &'static str,
-    values: impl Iterator<Item = (String, u64)>,
-) -> R {
-    family(e, MetricType::Counter, (name, help, label), values)
-}
-
-fn family(
-    e: &mut DescriptorEncoder,
-    kind: MetricType,
-    (name, help, label): (&str, &str, &'static str),
-    values: impl Iterator<Item = (String, u64)>,
-) -> R {
-    let mut m = e.encode_descriptor(name, help, None, kind)?;
-    for (value, n) in values {
-        let labels = [(label, value)];
-        let mut f = m.encode_family(&labels)?;
-        match kind {
-            MetricType::Gauge => f.encode_gauge(&(n as i64))?,
-            _ => f.encode_counter::<NoLabelSet, _, u64>(&n, None)?,
-        }
-    }
-    Ok(())
-}
-
-fn histogram(e: &mut DescriptorEncoder, name: &str, help: &str, unit: Option<&Unit>, h: &Histogram) -> R {
-    h.encode(e.encode_descriptor(name, help, unit, h.metric_type())?)
 }
 
 /// POST bodies by `Content-Encoding` (`crate::ingest::encoding`).

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::registry::Unit;
 
-use super::exposition::{counter, counter_family, gauge, R};
+use super::encode::{counter, counter_family, gauge, R};
 
 /// The MySQL sink's side of a scrape (`crate::mysql::MysqlStats`).
 #[derive(Debug, Default)]

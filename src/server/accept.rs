@@ -21,7 +21,8 @@ use std::time::{Duration, Instant};
 
 use monoio::net::TcpListener;
 
-use crate::http::conn::{self, ConnContext};
+use crate::http::conn;
+use crate::http::context::ConnContext;
 use crate::metrics::{bump, CoreCounters};
 
 /// Local wake-up for the accept loop when the drain starts.

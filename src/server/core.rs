@@ -25,7 +25,7 @@ use super::accept::{accept_until_drain, drain_connections, DrainSignal};
 
 use crate::config::Config;
 use crate::flush::stats::FlushStats;
-use crate::http::conn::ConnContext;
+use crate::http::context::ConnContext;
 use crate::ingest::intake::{Intake, Policy};
 use crate::metrics::{bump, CoreCounters};
 use crate::observe::Observer;

@@ -1,0 +1,175 @@
+//! One pass over the header lines of a parsed head, keeping the few we act on, and the
+//! framing decisions taken from them: the body's length, keep-alive and `Expect`.
+//!
+//! Invariants:
+//! - body framing is unambiguous or rejected: `Content-Length` together with
+//!   `Transfer-Encoding` is [`HttpError::Malformed`] (request smuggling), as is a repeated
+//!   `Transfer-Encoding` line or one in an HTTP/1.0 request; conflicting `Content-Length`
+//!   values are [`HttpError::BadContentLength`]; any transfer coding other than exactly
+//!   `chunked` is [`HttpError::UnsupportedTransferEncoding`] (501, as RFC 9112 §6.1 suggests
+//!   for codings the server does not implement);
+//! - of a header we read once (`Origin`, `User-Agent`, ...) the first line wins; every
+//!   `X-Forwarded-For` line is kept, as one span of the head;
+//! - nothing is copied: every value borrows from the head, as in [`super::Request`].
+
+use super::{Body, Expect, HttpError, Limits};
+use crate::ingest::client::ForwardedFor;
+
+/// The headers we act on, collected in one pass.
+#[derive(Default)]
+pub(super) struct Interesting<'a> {
+    pub(super) content_length: Option<u64>,
+    pub(super) transfer_encoding: Option<&'a [u8]>,
+    pub(super) connection: ConnectionTokens,
+    pub(super) origin: Option<&'a [u8]>,
+    pub(super) content_type: Option<&'a [u8]>,
+    pub(super) user_agent: Option<&'a [u8]>,
+    pub(super) referer: Option<&'a [u8]>,
+    pub(super) forwarded: ForwardedSpan,
+    pub(super) content_encoding: Option<&'a [u8]>,
+    pub(super) content_encoding_lines: u8,
+    pub(super) expect: Expect,
+    pub(super) cors_request_method: Option<&'a [u8]>,
+    pub(super) accept: Option<&'a [u8]>,
+}
+
+#[derive(Default, Clone, Copy)]
+pub(super) struct ConnectionTokens {
+    close: bool,
+    keep_alive: bool,
+}
+
+/// Where the `X-Forwarded-For` lines are in the head: offsets of the first value's start and
+/// the last value's end, and the number of lines.
+#[derive(Default, Clone, Copy)]
+pub(super) struct ForwardedSpan {
+    start: usize,
+    end: usize,
+    lines: u16,
+}
+
+impl ForwardedSpan {
+    fn add(&mut self, window: &[u8], value: &[u8]) {
+        // httparse's values are slices of `window`; their offsets are plain address arithmetic.
+        let start = (value.as_ptr() as usize).saturating_sub(window.as_ptr() as usize);
+        if self.lines == 0 {
+            self.start = start;
+        }
+        self.end = start + value.len();
+        self.lines = self.lines.saturating_add(1);
+    }
+
+    pub(super) fn of<'a>(&self, window: &'a [u8]) -> ForwardedFor<'a> {
+        match window.get(self.start..self.end) {
+            Some(span) if self.lines > 0 => ForwardedFor::spanning(span, self.lines),
+            _ => ForwardedFor::default(),
+        }
+    }
+}
+
+pub(super) fn scan_headers<'a>(
+    headers: &[httparse::Header<'a>],
+    window: &[u8],
+) -> Result<Interesting<'a>, HttpError> {
+    let mut h = Interesting::default();
+    for header in headers {
+        let name = header.name.as_bytes();
+        // Dispatch on the length first: most headers (Host, Accept, ...) then cost one compare
+        // of a length, and the rest one or two name compares, however many names we know.
+        match name.len() {
+            6 if name.eq_ignore_ascii_case(b"origin") => h.origin = h.origin.or(Some(header.value)),
+            6 if name.eq_ignore_ascii_case(b"accept") => h.accept = h.accept.or(Some(header.value)),
+            7 if name.eq_ignore_ascii_case(b"referer") => h.referer = h.referer.or(Some(header.value)),
+            10 if name.eq_ignore_ascii_case(b"connection") => {
+                add_connection_tokens(&mut h.connection, header.value)
+            }
+            10 if name.eq_ignore_ascii_case(b"user-agent") => {
+                h.user_agent = h.user_agent.or(Some(header.value))
+            }
+            12 if name.eq_ignore_ascii_case(b"content-type") => {
+                h.content_type = h.content_type.or(Some(header.value))
+            }
+            14 if name.eq_ignore_ascii_case(b"content-length") => {
+                let value = parse_content_length(header.value)?;
+                if h.content_length.is_some_and(|seen| seen != value) {
+                    return Err(HttpError::BadContentLength);
+                }
+                h.content_length = Some(value);
+            }
+            6 if name.eq_ignore_ascii_case(b"expect") => h.expect = expectation(h.expect, header.value),
+            15 if name.eq_ignore_ascii_case(b"x-forwarded-for") => h.forwarded.add(window, header.value),
+            16 if name.eq_ignore_ascii_case(b"content-encoding") => {
+                h.content_encoding = h.content_encoding.or(Some(header.value));
+                h.content_encoding_lines = h.content_encoding_lines.saturating_add(1);
+            }
+            17 if name.eq_ignore_ascii_case(b"transfer-encoding") => {
+                if h.transfer_encoding.is_some() {
+                    return Err(HttpError::Malformed);
+                }
+                h.transfer_encoding = Some(header.value);
+            }
+            29 if name.eq_ignore_ascii_case(b"access-control-request-method") => {
+                h.cors_request_method = h.cors_request_method.or(Some(header.value))
+            }
+            _ => {}
+        }
+    }
+    Ok(h)
+}
+
+/// `100-continue` (case-insensitive) is the only expectation defined; anything else, or a
+/// second different one, is unsupported.
+fn expectation(seen: Expect, value: &[u8]) -> Expect {
+    match (seen, value.trim_ascii().eq_ignore_ascii_case(b"100-continue")) {
+        (Expect::Nothing | Expect::Continue, true) => Expect::Continue,
+        _ => Expect::Unsupported,
+    }
+}
+
+/// Decimal digits only (httparse already trimmed surrounding whitespace); no sign, no list.
+fn parse_content_length(value: &[u8]) -> Result<u64, HttpError> {
+    if value.is_empty() {
+        return Err(HttpError::BadContentLength);
+    }
+    value.iter().try_fold(0u64, |n, &b| {
+        if !b.is_ascii_digit() {
+            return Err(HttpError::BadContentLength);
+        }
+        n.checked_mul(10).and_then(|n| n.checked_add(u64::from(b - b'0'))).ok_or(HttpError::BadContentLength)
+    })
+}
+
+fn add_connection_tokens(tokens: &mut ConnectionTokens, value: &[u8]) {
+    for token in value.split(|&b| b == b',') {
+        let token = token.trim_ascii();
+        tokens.close |= token.eq_ignore_ascii_case(b"close");
+        tokens.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+    }
+}
+
+pub(super) fn keep_alive(minor_version: u8, tokens: ConnectionTokens) -> bool {
+    if tokens.close {
+        false
+    } else {
+        minor_version >= 1 || tokens.keep_alive
+    }
+}
+
+pub(super) fn body_framing(
+    minor_version: u8,
+    h: &Interesting<'_>,
+    limits: &Limits,
+) -> Result<Body, HttpError> {
+    match (h.content_length, h.transfer_encoding) {
+        (Some(_), Some(_)) => Err(HttpError::Malformed),
+        // RFC 9112 §6.1: Transfer-Encoding in an HTTP/1.0 request means faulty framing.
+        (None, Some(_)) if minor_version == 0 => Err(HttpError::Malformed),
+        (None, Some(te)) if te.eq_ignore_ascii_case(b"chunked") => Ok(Body::Chunked),
+        (None, Some(_)) => Err(HttpError::UnsupportedTransferEncoding),
+        (Some(0), None) | (None, None) => Ok(Body::None),
+        (Some(n), None) => match usize::try_from(n) {
+            Ok(n) if n <= limits.max_body_bytes => Ok(Body::Length(n)),
+            _ => Err(HttpError::BodyTooLarge),
+        },
+    }
+}
