@@ -13,7 +13,9 @@ and the drain over the reference per round (same noise in both):
 2. ClickHouse drain: the same WAL, ClickHouse reachable. The drain rate is the rows counted in
    `events` divided by the time from the collector's start to the last new row (so startup,
    WAL replay and every INSERT are inside it).
-3. Reference: the rows ClickHouse got, exported as TSV, POSTed back into a copy of `events`
+3. Reference: the rows ClickHouse got, exported as TSV in the order they arrived (by receive
+   time, as a log file holds them; a table's own order would be pre-sorted by its key, which
+   spares the server the sort every real insert pays), POSTed back into a copy of `events`
    over the HTTP interface (`INSERT … FORMAT TabSeparated`) by 1 and by N concurrent curl
    sessions: ClickHouse's own bulk rate for the same rows. Debian's package has no
    clickhouse-client; curl over the same HTTP interface is its stand-in.
@@ -164,7 +166,8 @@ def reference(url, result, rows):
     TSV_DIR.mkdir(parents=True, exist_ok=True)
     whole = TSV_DIR / "events.tsv"
     with open(whole, "wb") as out:
-        subprocess.run(["curl", "-sS", "--fail", "--data-binary", "SELECT * FROM psc.events FORMAT TabSeparated",
+        subprocess.run(["curl", "-sS", "--fail", "--data-binary", "SELECT * FROM psc.events ORDER BY received_at, received_ms, core, wal_segment, wal_end "
+                        "FORMAT TabSeparated",
                         url + "/"], stdout=out, check=True, timeout=600)
     for sessions in sorted({1, LANES}):
         parts = split(whole, sessions)
