@@ -124,7 +124,7 @@ async fn run(inputs: FlusherInputs) -> Done {
             let stats = Arc::new(ClickhouseStats::default());
             let sinks: Result<Vec<_>, _> = shard_urls(&inputs.config)
                 .iter()
-                .map(|url| ClickHouseSink::new(c, url, stats.clone()).map(Rc::new))
+                .map(|url| ClickHouseSink::new(c, url, &inputs.config.rollup, stats.clone()).map(Rc::new))
                 .collect();
             match sinks {
                 Ok(sinks) => drive(inputs, sinks, "ClickHouse").await,

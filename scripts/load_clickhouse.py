@@ -1,0 +1,297 @@
+"""The ClickHouse part of `make load-test` (issue 12): one WAL backlog, drained by the
+collector into a private ClickHouse and, from a copy of the same WAL, into the private
+MariaDB, beside ClickHouse's own TSV insert of the same rows. stdlib only.
+
+Entry point `clickhouse_phase(db, mysql_url, backend)`; `python3 scripts/load_clickhouse.py`
+runs it alone (its own MariaDB and ClickHouse) and prints the table.
+
+1. Fill: a collector (`cores` = PSC_BENCH_LANES, sink.kind = clickhouse at a closed port) takes
+   pipelined wrk traffic until about PSC_BENCH_CH_BACKLOG events are in its WAL.
+2. ClickHouse drain: the same WAL, ClickHouse reachable. The drain rate is the rows counted in
+   `events` divided by the time from the collector's start to the last new row (so startup,
+   WAL replay and every INSERT are inside it).
+3. Reference: the rows ClickHouse got, exported as TSV, POSTed back into a copy of `events`
+   over the HTTP interface (`INSERT … FORMAT TabSeparated`) by 1 and by N concurrent curl
+   sessions: ClickHouse's own bulk rate for the same rows. Debian's package has no
+   clickhouse-client; curl over the same HTTP interface is its stand-in.
+4. MariaDB drain: the WAL copy, `method = "load_data"`, N connections, an empty database;
+   measured the same way. ClickHouse is stopped first, so it takes no CPU from this one.
+
+The collector runs on CPU 0 (as everywhere in the load test); wrk on CPU 1; clickhouse-server
+and mariadbd are not pinned. The collector's and the database server's CPU over each drain are
+reported beside the rate.
+"""
+
+import shutil
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass, field
+
+from load_common import (CLK_TCK, COLLECTOR_DIR, OWNED, REPO, VAR, WAL_DIR, Collector, cpu_ticks,
+                         env_int, fmt_rate, fmt_ratio, free_port, log, ratio, run_wrk, wait_until)
+
+CH_DIR = VAR / "bench-clickhouse"
+WAL_COPY = VAR / "bench-wal-copy"
+TSV_DIR = VAR / "bench-clickhouse-tsv"
+BACKLOG = env_int("PSC_BENCH_CH_BACKLOG", 2_000_000)
+LANES = env_int("PSC_BENCH_LANES", 2)
+FILL_MAX_S = env_int("PSC_BENCH_FILL_MAX_S", 40)
+DRAIN_MAX_S = env_int("PSC_BENCH_CH_DRAIN_MAX_S", 300)
+QUIET_S = 3  # no new row for this long: the drain is over
+TARGET_VS_REFERENCE = 0.8
+TARGET_VS_MARIADB = 5.0
+
+
+@dataclass
+class Drain:
+    rows: int = 0
+    seconds: float = None
+    collector_cpu_pct: float = None
+    server_cpu_pct: float = None
+
+    @property
+    def rate(self):
+        return self.rows / self.seconds if self.seconds else None
+
+
+@dataclass
+class ClickhouseResult:
+    notes: list = field(default_factory=list)
+    backlog: int = None
+    clickhouse: Drain = None
+    mariadb: Drain = None
+    reference: dict = field(default_factory=dict)  # sessions -> rows/s
+    version: str = None
+
+
+def ch_query(url, sql, timeout_s=600):
+    req = urllib.request.Request(url + "/", data=sql.encode(), method="POST")
+    with urllib.request.urlopen(req, timeout=timeout_s) as r:
+        return r.read().decode()
+
+
+def ch_count(url, table="psc.events"):
+    try:
+        return int(ch_query(url, f"SELECT count() FROM {table}", 10).strip() or 0)
+    except (OSError, ValueError, urllib.error.HTTPError):
+        return 0
+
+
+def ch_pid():
+    try:
+        return int((CH_DIR / "clickhouse.pid").read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def ch_tail(url):
+    return f'[sink]\nkind = "clickhouse"\n[clickhouse]\nurl = "{url}"\nconnect_timeout_ms = 1000\n'
+
+
+def drain(collector, count, server_pid):
+    """Starts `collector` and times it until `count()` stops growing; None if it did not start."""
+    started = time.monotonic()
+    if not collector.start():
+        return None
+    ticks, server_ticks = cpu_ticks(collector.measured_pid), cpu_ticks(server_pid) if server_pid else 0
+    last, last_at = 0, started
+    while time.monotonic() - last_at < QUIET_S and time.monotonic() - started < DRAIN_MAX_S:
+        time.sleep(0.2)
+        now = count()
+        if now != last:
+            last, last_at = now, time.monotonic()
+    wall = last_at - started
+    result = Drain(rows=last, seconds=wall if last else None)
+    elapsed = time.monotonic() - started
+    result.collector_cpu_pct = 100 * (cpu_ticks(collector.measured_pid) - ticks) / CLK_TCK / elapsed
+    if server_pid:
+        result.server_cpu_pct = 100 * (cpu_ticks(server_pid) - server_ticks) / CLK_TCK / elapsed
+    collector.stop()
+    return result
+
+
+def fill(mysql_url, result):
+    """Phase 1: the WAL backlog, with ClickHouse unreachable."""
+    subprocess.run(["rm", "-rf", str(WAL_DIR), str(WAL_COPY)], check=True)
+    closed = f"http://127.0.0.1:{free_port()}"
+    filler = Collector(mysql_url, WAL_DIR, "ch-fill", cores=LANES, tail_toml=ch_tail(closed))
+    if not filler.start():
+        return False
+    try:
+        duration = max(2, min(FILL_MAX_S, BACKLOG // 700_000 + 1))
+        wrk = run_wrk(filler.port, 256, "pipelined", duration, COLLECTOR_DIR / "wrk.log")
+        result.backlog = wrk.acked
+        log(f"clickhouse backlog: {wrk.acked:,} events acked in {wrk.duration_s:.1f} s")
+    finally:
+        filler.stop()
+    shutil.copytree(WAL_DIR, WAL_COPY)
+    return True
+
+
+def reference(url, result, rows):
+    """Phase 3: the same rows as TSV, POSTed by 1 and by LANES curl sessions."""
+    TSV_DIR.mkdir(parents=True, exist_ok=True)
+    whole = TSV_DIR / "events.tsv"
+    with open(whole, "wb") as out:
+        subprocess.run(["curl", "-sS", "--fail", "--data-binary", "SELECT * FROM psc.events FORMAT TabSeparated",
+                        url + "/"], stdout=out, check=True, timeout=600)
+    for sessions in sorted({1, LANES}):
+        parts = split(whole, sessions)
+        ch_query(url, "DROP TABLE IF EXISTS psc.ref_events")
+        ch_query(url, "CREATE TABLE psc.ref_events AS psc.events")
+        insert = urllib.parse.quote("INSERT INTO psc.ref_events FORMAT TabSeparated")
+        start = time.monotonic()
+        procs = [OWNED.spawn("curl", ["curl", "-sS", "--fail", "--data-binary", f"@{p}",
+                                      f"{url}/?query={insert}"]) for p in parts]
+        for p in procs:
+            p.wait(900)
+            OWNED.stop(p)
+        seconds = time.monotonic() - start
+        taken = ch_count(url, "psc.ref_events")
+        result.reference[sessions] = taken / seconds if seconds else None
+        log(f"clickhouse reference: {taken:,} TSV rows by {sessions} curl session(s) in {seconds:.2f} s")
+        if taken != rows:
+            result.notes.append(f"reference × {sessions}: {taken:,} of {rows:,} rows")
+        for p in parts:
+            if p != whole:
+                p.unlink()
+    ch_query(url, "DROP TABLE IF EXISTS psc.ref_events")
+    shutil.rmtree(TSV_DIR, ignore_errors=True)
+
+
+def split(path, n):
+    """`path` cut into `n` files of whole lines (itself if n = 1)."""
+    if n == 1:
+        return [path]
+    lines = path.read_bytes().splitlines(keepends=True)
+    per = (len(lines) + n - 1) // n
+    parts = []
+    for i in range(n):
+        part = path.with_name(f"part-{i}.tsv")
+        part.write_bytes(b"".join(lines[i * per:(i + 1) * per]))
+        parts.append(part)
+    return parts
+
+
+def start_clickhouse():
+    shutil.rmtree(CH_DIR, ignore_errors=True)
+    out = subprocess.run([str(REPO / "scripts" / "clickhouse.sh"), "start", str(CH_DIR)],
+                         stdout=subprocess.PIPE, text=True, timeout=120, check=True)
+    return out.stdout.strip().splitlines()[-1]
+
+
+def stop_clickhouse():
+    subprocess.run([str(REPO / "scripts" / "clickhouse.sh"), "stop", str(CH_DIR)], timeout=120,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def clickhouse_phase(db, mysql_url, backend):
+    """Phases 1-4; the result goes to `backend.clickhouse`. A failure is reported, not fatal."""
+    result = ClickhouseResult()
+    backend.clickhouse = result
+    if not shutil.which("clickhouse-server") and not shutil.which("clickhouse"):
+        result.notes.append("ClickHouse phase skipped: clickhouse-server is not installed")
+        return
+    try:
+        url = start_clickhouse()
+        result.version = ch_query(url, "SELECT version()").strip()
+        if not fill(mysql_url, result):
+            result.notes.append("ClickHouse phase skipped: the filling collector did not start")
+            return
+        keys = 'method = "load_data"\nconnections = 0\n'
+        ch = Collector(mysql_url, WAL_DIR, "ch-drain", cores=LANES, tail_toml=ch_tail(url))
+        result.clickhouse = drain(ch, lambda: ch_count(url), ch_pid())
+        rows = result.clickhouse.rows if result.clickhouse else 0
+        log(f"clickhouse drain: {rows:,} rows at {fmt_rate(result.clickhouse and result.clickhouse.rate)}")
+        if rows:
+            reference(url, result, rows)
+        stop_clickhouse()
+        db.reset_database()
+        my = Collector(mysql_url, WAL_COPY, "ch-mariadb-drain", cores=LANES, mysql_keys=keys)
+        result.mariadb = drain(my, lambda: mariadb_count(db), mysqld_pid())
+        log(f"mariadb drain of the same WAL: {fmt_rate(result.mariadb and result.mariadb.rate)}")
+    except (RuntimeError, OSError, subprocess.SubprocessError, urllib.error.URLError) as e:
+        log(f"ClickHouse phase failed: {e}")
+        result.notes.append(f"ClickHouse phase failed: {str(e).splitlines()[0]}")
+    finally:
+        stop_clickhouse()
+        subprocess.run(["rm", "-rf", str(WAL_COPY), str(WAL_DIR)], check=False)
+
+
+def mariadb_count(db):
+    try:
+        return db.scalar_int("SELECT COUNT(*) FROM events")
+    except subprocess.CalledProcessError:  # before the collector's migrations ran
+        return 0
+
+
+def mysqld_pid():
+    try:
+        return int((VAR / "bench-mysql" / "mysqld.pid").read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def drain_text(d, server):
+    if not d or not d.rows:
+        return "n/a"
+    return (f"{fmt_rate(d.rate)} ({d.rows:,} rows in {d.seconds:.2f} s; collector "
+            f"{d.collector_cpu_pct or 0:.0f} % CPU, {server} {d.server_cpu_pct or 0:.0f} % CPU)")
+
+
+def clickhouse_rows(backend):
+    r = getattr(backend, "clickhouse", None)
+    if not r:
+        return []
+    rows = [["ClickHouse server", r.version or "n/a"],
+            [f"ClickHouse WAL backlog ({LANES} lanes, ClickHouse unreachable)",
+             f"{r.backlog:,} events" if r.backlog is not None else "n/a"],
+            ["drain into ClickHouse (Native blocks, batch_rows 100000)", drain_text(r.clickhouse, "clickhouse-server")]]
+    for sessions, rate in sorted(r.reference.items()):
+        rows.append([f"ClickHouse's own TSV insert of the same rows, {sessions} curl session(s)", fmt_rate(rate)])
+    rows.append(["drain of the same WAL into MariaDB (LOAD DATA, N connections)", drain_text(r.mariadb, "mariadbd")])
+    return rows + [[n, ""] for n in r.notes]
+
+
+def clickhouse_ratio_rows(backend):
+    r = getattr(backend, "clickhouse", None)
+    if not r or not r.clickhouse:
+        return []
+    best_ref = max((v for v in r.reference.values() if v), default=None)
+    rows = []
+    value, verdict = fmt_ratio(ratio(r.clickhouse.rate, best_ref), TARGET_VS_REFERENCE)
+    rows.append(["drain into ClickHouse / its own best TSV insert (curl)", value, f"≥ {TARGET_VS_REFERENCE}×", verdict])
+    value, verdict = fmt_ratio(ratio(r.clickhouse.rate, r.mariadb and r.mariadb.rate), TARGET_VS_MARIADB)
+    rows.append(["drain into ClickHouse / drain into MariaDB, same WAL", value, f"≥ {TARGET_VS_MARIADB}×", verdict])
+    return rows
+
+
+def main():
+    from load_common import MariaDb
+
+    @dataclass
+    class Alone:
+        clickhouse: ClickhouseResult = None
+
+    db, backend = MariaDb(), Alone()
+    try:
+        mysql_url = db.start()
+        db.reset_database()
+        COLLECTOR_DIR.mkdir(parents=True, exist_ok=True)
+        clickhouse_phase(db, mysql_url, backend)
+    finally:
+        OWNED.stop_all()
+        db.stop()
+    for name, value in clickhouse_rows(backend):
+        print(f"{name}: {value}")
+    for name, value, target, verdict in clickhouse_ratio_rows(backend):
+        print(f"{name}: {value} (target {target}) {verdict}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
