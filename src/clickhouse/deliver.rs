@@ -30,7 +30,7 @@ use tracing::warn;
 use super::errors::Step as Phase;
 use super::notes::{self, Kind, Probe, Step};
 use super::schema::{self, CURSORS, EVENTS, REJECTS};
-use super::sink::{ClickHouseConn, Fenced};
+use super::sink::ClickHouseConn;
 use super::{rollups, rows};
 use crate::rollup::aggregate;
 use crate::sink::{Batch, Row, SinkError};
@@ -79,15 +79,12 @@ fn encoding_failed(what: &str, why: String) -> SinkError {
 impl ClickHouseConn {
     /// Contract 2: the `seq` of the lane's highest step (0: none) and each target's cursor
     /// (`Shared::targets` order), if the lowest is `batch.from()` or there is none.
-    async fn fence(&mut self, wal: &WalIdentity, batch: &Batch) -> Result<Fenced, SinkError> {
+    async fn fence(
+        &mut self,
+        wal: &WalIdentity,
+        batch: &Batch,
+    ) -> Result<(u64, Vec<Option<Position>>), SinkError> {
         let lane = batch.lane();
-        // This process's own last delivery of the lane, if nothing failed since: no one else
-        // can have moved the lane (`super`, assumptions), so its steps need no reading.
-        let memo = self.shared.delivered.borrow_mut().remove(&lane);
-        if let Some((seq, cursors)) = memo.filter(|(_, c)| c.iter().flatten().min() == Some(&batch.from())) {
-            self.shared.stats.fence_remembered();
-            return Ok((seq, cursors));
-        }
         let mut lanes = self.latest_steps(wal, Some(lane)).await?;
         let steps = lanes.remove(&lane).unwrap_or_default();
         let seq = steps.iter().map(|s| s.seq).max().unwrap_or(0);
@@ -107,11 +104,11 @@ impl ClickHouseConn {
     pub(super) async fn deliver_rows(&mut self, wal: &WalIdentity, batch: &Batch) -> Result<(), SinkError> {
         let (seq, cursors) = self.fence(wal, batch).await?;
         if batch.is_empty() {
-            return self.advance_lane(wal, batch, seq + 1, &cursors).await;
+            return self
+                .write_advance(wal, lane_step(batch, seq + 1, Kind::Advance, Probe::default()), false)
+                .await;
         }
         let plans = self.plan(batch, seq, &cursors);
-        let last_seq =
-            plans.iter().flat_map(|(_, runs)| runs.iter().map(|(s, _)| s.seq)).max().unwrap_or(seq);
         // Every target's first step goes in before any block: a target without a step is
         // one that no delivery has written yet (`super::notes`), never one left behind.
         let firsts: Vec<Step> = plans.iter().map(|(_, runs)| runs[0].0.clone()).collect();
@@ -129,15 +126,7 @@ impl ClickHouseConn {
                 committed = true;
             }
         }
-        self.remember(batch, last_seq, &cursors);
         Ok(())
-    }
-
-    /// After `batch` committed whole with steps up to `seq`: every target of the lane is at
-    /// `batch.to()` or past it, for the next fence (`Shared::delivered`).
-    fn remember(&self, batch: &Batch, seq: u64, cursors: &[Option<Position>]) {
-        let after = cursors.iter().map(|c| Some(c.unwrap_or(batch.from()).max(batch.to()))).collect();
-        self.shared.delivered.borrow_mut().insert(batch.lane(), (seq, after));
     }
 
     /// Per target still behind `batch.to()` (index into `Shared::targets`): its runs of rows
@@ -228,9 +217,11 @@ impl ClickHouseConn {
         code: u32,
         message: &str,
     ) -> Result<(), SinkError> {
-        let (seq, cursors) = self.fence(wal, batch).await?;
+        let (seq, _) = self.fence(wal, batch).await?;
         let Some(last) = batch.rows().last() else {
-            return self.advance_lane(wal, batch, seq + 1, &cursors).await;
+            return self
+                .write_advance(wal, lane_step(batch, seq + 1, Kind::Advance, Probe::default()), false)
+                .await;
         };
         let probe = Probe { end: last.end, ..Probe::default() };
         let step = lane_step(batch, seq + 1, Kind::Rejects, probe);
@@ -242,20 +233,6 @@ impl ClickHouseConn {
         self.write(&insert, Some(&id), block, Phase::WriteOwn, false, "insert dead letters").await?;
         self.shared.stats.rejected(batch.len());
         self.committed(wal, &step).await;
-        self.remember(batch, seq + 1, &cursors);
-        Ok(())
-    }
-
-    /// A batch without rows: a lane-wide `Advance` step, its own commit.
-    async fn advance_lane(
-        &mut self,
-        wal: &WalIdentity,
-        batch: &Batch,
-        seq: u64,
-        cursors: &[Option<Position>],
-    ) -> Result<(), SinkError> {
-        self.write_advance(wal, lane_step(batch, seq, Kind::Advance, Probe::default()), false).await?;
-        self.remember(batch, seq, cursors);
         Ok(())
     }
 
@@ -289,9 +266,6 @@ impl ClickHouseConn {
                 Step { lane, seq, kind: Kind::Retired, from: none, to: none, probe, target: String::new() }
             })
             .collect();
-        for lane in lanes {
-            self.shared.delivered.borrow_mut().remove(lane);
-        }
         self.write_steps(wal, &steps, false).await?;
         let keys: Vec<String> = lanes.iter().map(|l| format!("({}, {})", l.core, l.incarnation)).collect();
         // The `Retired` steps stay: a mutation applies part by part, and until the last part

@@ -35,10 +35,7 @@
 //!    is only written after the fence (4) found the lane's cursor at `from`.
 //! 4. **The fence** (contract 2): every delivery first settles the lane's cursor this way and
 //!    writes nothing unless it is `batch.from()`. The delivery core resends from the cursor
-//!    it reads, so rows already in are never sent again. The read is skipped when this
-//!    process committed the lane's previous delivery itself and nothing of the lane failed
-//!    since (`sink::Shared::delivered`): by the first assumption below nobody else can have
-//!    moved the lane, so the cursor is what that delivery left.
+//!    it reads, so rows already in are never sent again.
 //! 5. **In doubt** (a lost answer, a timeout, a crash of either side): the next cursor read
 //!    settles the highest step. Before probing, it waits until no INSERT with the step's
 //!    query id runs (`system.processes`; contract 3), so a block still being written is

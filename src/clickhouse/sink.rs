@@ -33,10 +33,6 @@ use crate::wal::Position;
 /// `ALTER … DELETE`): Debian's package.
 const OLDEST_TESTED: (u32, u32) = (18, 16);
 
-/// What a fence found for a lane: the `seq` of its highest step, and each target's cursor
-/// (`Shared::targets` order; `None`: no step yet).
-pub(super) type Fenced = (u64, Vec<Option<Position>>);
-
 /// What a sink's connections share (all on the flusher thread).
 pub(super) struct Shared {
     pub(super) config: ClickhouseConfig,
@@ -47,10 +43,6 @@ pub(super) struct Shared {
     /// The tables a lane's cursor is kept for (`super::notes`): `events` if raw events are
     /// stored, then `rollup_<name>` of each rollup, in the order of `rollups`.
     pub(super) targets: Vec<String>,
-    /// Per lane: the `seq` of the last step and each target's cursor after the lane's last
-    /// delivery through this sink, kept only while nothing failed since (taken out by every
-    /// delivery, put back by its success). The fence then needs no read (`super::deliver`).
-    pub(super) delivered: RefCell<HashMap<LaneId, Fenced>>,
     /// The server version last logged.
     version_logged: RefCell<String>,
 }
@@ -93,7 +85,6 @@ impl ClickHouseSink {
             stats,
             rollups,
             targets,
-            delivered: RefCell::default(),
             version_logged: RefCell::default(),
         };
         Ok(ClickHouseSink { shared: Rc::new(shared) })

@@ -16,7 +16,6 @@ pub struct ClickhouseStats {
     block_bytes: AtomicU64,
     steps: AtomicU64,
     probes: AtomicU64,
-    fences_remembered: AtomicU64,
     fenced: AtomicU64,
     in_doubt: AtomicU64,
     refused: AtomicU64,
@@ -43,8 +42,6 @@ pub struct ClickhouseSnapshot {
     pub steps: u64,
     /// Probes of a step's last row (a cursor read that was not already known).
     pub probes: u64,
-    /// Fences passed on what this process itself committed last, without reading the steps.
-    pub fences_remembered: u64,
     /// Deliveries fenced: the lane's cursor in the sink was not the batch's start.
     pub fenced: u64,
     /// Writes whose outcome was unknown.
@@ -87,10 +84,6 @@ impl ClickhouseStats {
         add(&self.probes, 1);
     }
 
-    pub fn fence_remembered(&self) {
-        add(&self.fences_remembered, 1);
-    }
-
     pub fn fenced(&self) {
         add(&self.fenced, 1);
     }
@@ -121,7 +114,6 @@ impl ClickhouseStats {
             block_bytes: get(&self.block_bytes),
             steps: get(&self.steps),
             probes: get(&self.probes),
-            fences_remembered: get(&self.fences_remembered),
             fenced: get(&self.fenced),
             in_doubt: get(&self.in_doubt),
             refused: get(&self.refused),
