@@ -5,16 +5,21 @@ MariaDB, beside ClickHouse's own TSV insert of the same rows. stdlib only.
 Entry point `clickhouse_phase(db, mysql_url, backend)`; `python3 scripts/load_clickhouse.py`
 runs it alone (its own MariaDB and ClickHouse) and prints the table.
 
+Rounds (PSC_BENCH_CH_ROUNDS, default 3) of phases 1-3, each on an empty database; medians,
+and the drain over the reference per round (same noise in both):
+
 1. Fill: a collector (`cores` = PSC_BENCH_LANES, sink.kind = clickhouse at a closed port) takes
    pipelined wrk traffic until about PSC_BENCH_CH_BACKLOG events are in its WAL.
 2. ClickHouse drain: the same WAL, ClickHouse reachable. The drain rate is the rows counted in
    `events` divided by the time from the collector's start to the last new row (so startup,
    WAL replay and every INSERT are inside it).
-3. Reference: the rows ClickHouse got, exported as TSV, POSTed back into a copy of `events`
+3. Reference: the rows ClickHouse got, exported as TSV in the order they arrived (by receive
+   time, as a log file holds them; a table's own order would be pre-sorted by its key, which
+   spares the server the sort every real insert pays), POSTed back into a copy of `events`
    over the HTTP interface (`INSERT … FORMAT TabSeparated`) by 1 and by N concurrent curl
    sessions: ClickHouse's own bulk rate for the same rows. Debian's package has no
    clickhouse-client; curl over the same HTTP interface is its stand-in.
-4. MariaDB drain: the WAL copy, `method = "load_data"`, N connections, an empty database;
+4. MariaDB drain (once, after the rounds): round 1's WAL copy, `method = "load_data"`, N connections, an empty database;
    measured the same way. ClickHouse is stopped first, so it takes no CPU from this one.
 
 The collector runs on CPU 0 (as everywhere in the load test); wrk on CPU 1; clickhouse-server
@@ -41,6 +46,9 @@ BACKLOG = env_int("PSC_BENCH_CH_BACKLOG", 2_000_000)
 LANES = env_int("PSC_BENCH_LANES", 2)
 FILL_MAX_S = env_int("PSC_BENCH_FILL_MAX_S", 40)
 DRAIN_MAX_S = env_int("PSC_BENCH_CH_DRAIN_MAX_S", 300)
+ROUNDS = env_int("PSC_BENCH_CH_ROUNDS", 3)
+WITH_MARIADB = env_int("PSC_BENCH_CH_MARIADB", 1)  # 0: no MariaDB drain (A/B runs)
+BATCH_ROWS = env_int("PSC_BENCH_CH_BATCH_ROWS", 100_000)  # clickhouse.batch_rows (its default)
 QUIET_S = 3  # no new row for this long: the drain is over
 TARGET_VS_REFERENCE = 0.8
 TARGET_VS_MARIADB = 5.0
@@ -61,11 +69,28 @@ class Drain:
 @dataclass
 class ClickhouseResult:
     notes: list = field(default_factory=list)
-    backlog: int = None
-    clickhouse: Drain = None
-    mariadb: Drain = None
-    reference: dict = field(default_factory=dict)  # sessions -> rows/s
+    backlogs: list = field(default_factory=list)  # per round
+    clickhouse: list = field(default_factory=list)  # Drain per round
+    mariadb: Drain = None  # of the first round's WAL
+    reference: dict = field(default_factory=dict)  # sessions -> [rows/s per round]
     version: str = None
+
+    def ratio_per_round(self):
+        """Per round, the drain over that round's best reference (paired: same noise)."""
+        out = []
+        for i, d in enumerate(self.clickhouse):
+            refs = [rates[i] for rates in self.reference.values() if i < len(rates) and rates[i]]
+            if d.rate and refs:
+                out.append(d.rate / max(refs))
+        return out
+
+
+def median(values):
+    values = sorted(v for v in values if v is not None)
+    if not values:
+        return None
+    mid = len(values) // 2
+    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
 
 
 def ch_query(url, sql, timeout_s=600):
@@ -89,7 +114,8 @@ def ch_pid():
 
 
 def ch_tail(url):
-    return f'[sink]\nkind = "clickhouse"\n[clickhouse]\nurl = "{url}"\nconnect_timeout_ms = 1000\n'
+    return (f'[sink]\nkind = "clickhouse"\n[clickhouse]\nurl = "{url}"\nconnect_timeout_ms = 1000\n'
+            f"batch_rows = {BATCH_ROWS}\n")
 
 
 def drain(collector, count, server_pid):
@@ -97,26 +123,27 @@ def drain(collector, count, server_pid):
     started = time.monotonic()
     if not collector.start():
         return None
-    ticks, server_ticks = cpu_ticks(collector.measured_pid), cpu_ticks(server_pid) if server_pid else 0
-    last, last_at = 0, started
+    pids = [collector.measured_pid, server_pid]
+    ticks = [cpu_ticks(p) if p else 0 for p in pids]
+    last, last_at, last_ticks = 0, started, ticks
     while time.monotonic() - last_at < QUIET_S and time.monotonic() - started < DRAIN_MAX_S:
-        time.sleep(0.2)
+        time.sleep(0.1)
         now = count()
         if now != last:
             last, last_at = now, time.monotonic()
+            last_ticks = [cpu_ticks(p) if p else 0 for p in pids]
     wall = last_at - started
-    result = Drain(rows=last, seconds=wall if last else None)
-    elapsed = time.monotonic() - started
-    result.collector_cpu_pct = 100 * (cpu_ticks(collector.measured_pid) - ticks) / CLK_TCK / elapsed
-    if server_pid:
-        result.server_cpu_pct = 100 * (cpu_ticks(server_pid) - server_ticks) / CLK_TCK / elapsed
     collector.stop()
-    return result
+    if not last:
+        return Drain()
+    # CPU over the drain itself, up to the sample that saw the last rows.
+    pct = [100 * (b - a) / CLK_TCK / wall for a, b in zip(ticks, last_ticks)]
+    return Drain(rows=last, seconds=wall, collector_cpu_pct=pct[0], server_cpu_pct=pct[1] if server_pid else None)
 
 
-def fill(mysql_url, result):
+def fill(mysql_url, result, keep_copy):
     """Phase 1: the WAL backlog, with ClickHouse unreachable."""
-    subprocess.run(["rm", "-rf", str(WAL_DIR), str(WAL_COPY)], check=True)
+    subprocess.run(["rm", "-rf", str(WAL_DIR)], check=True)
     closed = f"http://127.0.0.1:{free_port()}"
     filler = Collector(mysql_url, WAL_DIR, "ch-fill", cores=LANES, tail_toml=ch_tail(closed))
     if not filler.start():
@@ -124,11 +151,13 @@ def fill(mysql_url, result):
     try:
         duration = max(2, min(FILL_MAX_S, BACKLOG // 700_000 + 1))
         wrk = run_wrk(filler.port, 256, "pipelined", duration, COLLECTOR_DIR / "wrk.log")
-        result.backlog = wrk.acked
+        result.backlogs.append(wrk.acked)
         log(f"clickhouse backlog: {wrk.acked:,} events acked in {wrk.duration_s:.1f} s")
     finally:
         filler.stop()
-    shutil.copytree(WAL_DIR, WAL_COPY)
+    if keep_copy:
+        subprocess.run(["rm", "-rf", str(WAL_COPY)], check=True)
+        shutil.copytree(WAL_DIR, WAL_COPY)
     return True
 
 
@@ -137,7 +166,8 @@ def reference(url, result, rows):
     TSV_DIR.mkdir(parents=True, exist_ok=True)
     whole = TSV_DIR / "events.tsv"
     with open(whole, "wb") as out:
-        subprocess.run(["curl", "-sS", "--fail", "--data-binary", "SELECT * FROM psc.events FORMAT TabSeparated",
+        subprocess.run(["curl", "-sS", "--fail", "--data-binary", "SELECT * FROM psc.events ORDER BY received_at, received_ms, core, wal_segment, wal_end "
+                        "FORMAT TabSeparated",
                         url + "/"], stdout=out, check=True, timeout=600)
     for sessions in sorted({1, LANES}):
         parts = split(whole, sessions)
@@ -152,7 +182,7 @@ def reference(url, result, rows):
             OWNED.stop(p)
         seconds = time.monotonic() - start
         taken = ch_count(url, "psc.ref_events")
-        result.reference[sessions] = taken / seconds if seconds else None
+        result.reference.setdefault(sessions, []).append(taken / seconds if seconds else None)
         log(f"clickhouse reference: {taken:,} TSV rows by {sessions} curl session(s) in {seconds:.2f} s")
         if taken != rows:
             result.notes.append(f"reference × {sessions}: {taken:,} of {rows:,} rows")
@@ -199,17 +229,21 @@ def clickhouse_phase(db, mysql_url, backend):
     try:
         url = start_clickhouse()
         result.version = ch_query(url, "SELECT version()").strip()
-        if not fill(mysql_url, result):
-            result.notes.append("ClickHouse phase skipped: the filling collector did not start")
+        for round_ in range(ROUNDS):
+            ch_query(url, "DROP DATABASE IF EXISTS psc")
+            if not fill(mysql_url, result, keep_copy=round_ == 0):
+                result.notes.append("ClickHouse phase skipped: the filling collector did not start")
+                return
+            ch = Collector(mysql_url, WAL_DIR, "ch-drain", cores=LANES, tail_toml=ch_tail(url))
+            d = drain(ch, lambda: ch_count(url), ch_pid()) or Drain()
+            result.clickhouse.append(d)
+            log(f"clickhouse drain, round {round_ + 1}: {d.rows:,} rows at {fmt_rate(d.rate)}")
+            if d.rows:
+                reference(url, result, d.rows)
+        stop_clickhouse()
+        if not WITH_MARIADB:
             return
         keys = 'method = "load_data"\nconnections = 0\n'
-        ch = Collector(mysql_url, WAL_DIR, "ch-drain", cores=LANES, tail_toml=ch_tail(url))
-        result.clickhouse = drain(ch, lambda: ch_count(url), ch_pid())
-        rows = result.clickhouse.rows if result.clickhouse else 0
-        log(f"clickhouse drain: {rows:,} rows at {fmt_rate(result.clickhouse and result.clickhouse.rate)}")
-        if rows:
-            reference(url, result, rows)
-        stop_clickhouse()
         db.reset_database()
         my = Collector(mysql_url, WAL_COPY, "ch-mariadb-drain", cores=LANES, mysql_keys=keys)
         result.mariadb = drain(my, lambda: mariadb_count(db), mysqld_pid())
@@ -236,11 +270,15 @@ def mysqld_pid():
         return None
 
 
-def drain_text(d, server):
-    if not d or not d.rows:
+def drain_text(drains, server):
+    drains = [d for d in drains if d and d.rows]
+    if not drains:
         return "n/a"
-    return (f"{fmt_rate(d.rate)} ({d.rows:,} rows in {d.seconds:.2f} s; collector "
-            f"{d.collector_cpu_pct or 0:.0f} % CPU, {server} {d.server_cpu_pct or 0:.0f} % CPU)")
+    rounds = " / ".join(f"{d.rate / 1000:,.0f}k" for d in drains)
+    cpu = (f"collector {median(d.collector_cpu_pct for d in drains) or 0:.0f} % CPU, "
+           f"{server} {median(d.server_cpu_pct for d in drains) or 0:.0f} % CPU")
+    return (f"median {fmt_rate(median(d.rate for d in drains))} (rounds: {rounds}; "
+            f"{median(d.rows for d in drains):,.0f} rows; {cpu})")
 
 
 def clickhouse_rows(backend):
@@ -248,12 +286,16 @@ def clickhouse_rows(backend):
     if not r:
         return []
     rows = [["ClickHouse server", r.version or "n/a"],
-            [f"ClickHouse WAL backlog ({LANES} lanes, ClickHouse unreachable)",
-             f"{r.backlog:,} events" if r.backlog is not None else "n/a"],
-            ["drain into ClickHouse (Native blocks, batch_rows 100000)", drain_text(r.clickhouse, "clickhouse-server")]]
-    for sessions, rate in sorted(r.reference.items()):
-        rows.append([f"ClickHouse's own TSV insert of the same rows, {sessions} curl session(s)", fmt_rate(rate)])
-    rows.append(["drain of the same WAL into MariaDB (LOAD DATA, N connections)", drain_text(r.mariadb, "mariadbd")])
+            [f"ClickHouse WAL backlog per round ({LANES} lanes, ClickHouse unreachable)",
+             " / ".join(f"{b:,}" for b in r.backlogs) + " events" if r.backlogs else "n/a"],
+            [f"drain into ClickHouse (Native blocks, batch_rows {BATCH_ROWS})",
+             drain_text(r.clickhouse, "clickhouse-server")]]
+    for sessions, rates in sorted(r.reference.items()):
+        rounds = " / ".join(f"{v / 1000:,.0f}k" for v in rates if v)
+        rows.append([f"ClickHouse's own TSV insert of the same rows, {sessions} curl session(s)",
+                     f"median {fmt_rate(median(rates))} (rounds: {rounds})"])
+    rows.append(["drain of round 1's WAL into MariaDB (LOAD DATA, N connections)",
+                 drain_text([r.mariadb], "mariadbd")])
     return rows + [[n, ""] for n in r.notes]
 
 
@@ -261,12 +303,14 @@ def clickhouse_ratio_rows(backend):
     r = getattr(backend, "clickhouse", None)
     if not r or not r.clickhouse:
         return []
-    best_ref = max((v for v in r.reference.values() if v), default=None)
     rows = []
-    value, verdict = fmt_ratio(ratio(r.clickhouse.rate, best_ref), TARGET_VS_REFERENCE)
-    rows.append(["drain into ClickHouse / its own best TSV insert (curl)", value, f"≥ {TARGET_VS_REFERENCE}×", verdict])
-    value, verdict = fmt_ratio(ratio(r.clickhouse.rate, r.mariadb and r.mariadb.rate), TARGET_VS_MARIADB)
-    rows.append(["drain into ClickHouse / drain into MariaDB, same WAL", value, f"≥ {TARGET_VS_MARIADB}×", verdict])
+    value, verdict = fmt_ratio(median(r.ratio_per_round()), TARGET_VS_REFERENCE)
+    rows.append(["drain into ClickHouse / its own best TSV insert (curl), median of per-round ratios",
+                 value, f"≥ {TARGET_VS_REFERENCE}×", verdict])
+    first = r.clickhouse[0].rate if r.clickhouse else None
+    value, verdict = fmt_ratio(ratio(first, r.mariadb and r.mariadb.rate), TARGET_VS_MARIADB)
+    rows.append(["drain into ClickHouse / drain into MariaDB, same WAL (round 1)", value,
+                 f"≥ {TARGET_VS_MARIADB}×", verdict])
     return rows
 
 
