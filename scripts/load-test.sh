@@ -46,6 +46,8 @@ have wrk || missing+=(wrk)
 have taskset || missing+=(util-linux)
 have python3 || missing+=(python3)
 have curl || missing+=(curl)
+# The ClickHouse phase's reference insert (the server comes from ensure-deps.sh clickhouse).
+have clickhouse-client || missing+=(clickhouse-client)
 # Per-request counts of the front end: perf stat (syscalls, context switches), callgrind.
 have perf || missing+=(linux-perf)
 have valgrind || missing+=(valgrind)

@@ -15,10 +15,10 @@ and the drain over the reference per round (same noise in both):
    WAL replay and every INSERT are inside it).
 3. Reference: the rows ClickHouse got, exported as TSV in the order they arrived (by receive
    time, as a log file holds them; a table's own order would be pre-sorted by its key, which
-   spares the server the sort every real insert pays), POSTed back into a copy of `events`
-   over the HTTP interface (`INSERT … FORMAT TabSeparated`) by 1 and by N concurrent curl
-   sessions: ClickHouse's own bulk rate for the same rows. Debian's package has no
-   clickhouse-client; curl over the same HTTP interface is its stand-in.
+   spares the server the sort every real insert pays), inserted into a copy of `events` by 1
+   and by N concurrent sessions of clickhouse-client (Debian's clickhouse-client package,
+   native protocol; the target's reference) and of curl (`INSERT … FORMAT TabSeparated` over
+   the HTTP interface the collector uses): ClickHouse's own bulk rate for the same rows.
 4. MariaDB drain (once, after the rounds): round 1's WAL copy, `method = "load_data"`, N connections, an empty database;
    measured the same way. ClickHouse is stopped first, so it takes no CPU from this one.
 
@@ -27,6 +27,7 @@ and mariadbd are not pinned. The collector's and the database server's CPU over 
 reported beside the rate.
 """
 
+import re
 import shutil
 import subprocess
 import sys
@@ -72,17 +73,15 @@ class ClickhouseResult:
     backlogs: list = field(default_factory=list)  # per round
     clickhouse: list = field(default_factory=list)  # Drain per round
     mariadb: Drain = None  # of the first round's WAL
-    reference: dict = field(default_factory=dict)  # sessions -> [rows/s per round]
+    reference: dict = field(default_factory=dict)  # (tool, sessions) -> [rows/s per round]
     version: str = None
 
-    def ratio_per_round(self):
-        """Per round, the drain over that round's best reference (paired: same noise)."""
-        out = []
-        for i, d in enumerate(self.clickhouse):
-            refs = [rates[i] for rates in self.reference.values() if i < len(rates) and rates[i]]
-            if d.rate and refs:
-                out.append(d.rate / max(refs))
-        return out
+    def ratio_per_round(self, tool, sessions):
+        """Per round, the drain over that round's insert by `tool` with `sessions` sessions,
+        paired: the same noise in both."""
+        rates = self.reference.get((tool, sessions), [])
+        return [d.rate / rates[i] for i, d in enumerate(self.clickhouse)
+                if d.rate and i < len(rates) and rates[i]]
 
 
 def median(values):
@@ -162,35 +161,55 @@ def fill(mysql_url, result, keep_copy):
 
 
 def reference(url, result, rows):
-    """Phase 3: the same rows as TSV, POSTed by 1 and by LANES curl sessions."""
+    """Phase 3: the same rows as TSV, inserted by 1 and by LANES concurrent sessions of
+    clickhouse-client (native protocol, as an operator would load a file) and of curl (the
+    HTTP interface the collector uses)."""
     TSV_DIR.mkdir(parents=True, exist_ok=True)
     whole = TSV_DIR / "events.tsv"
+    export = ("SELECT * FROM psc.events ORDER BY received_at, received_ms, core, wal_segment, wal_end "
+              "FORMAT TabSeparated")
     with open(whole, "wb") as out:
-        subprocess.run(["curl", "-sS", "--fail", "--data-binary", "SELECT * FROM psc.events ORDER BY received_at, received_ms, core, wal_segment, wal_end "
-                        "FORMAT TabSeparated",
-                        url + "/"], stdout=out, check=True, timeout=600)
+        subprocess.run(["curl", "-sS", "--fail", "--data-binary", export, url + "/"], stdout=out,
+                       check=True, timeout=600)
+    tools = ["curl"] + (["clickhouse-client"] if shutil.which("clickhouse-client") else [])
     for sessions in sorted({1, LANES}):
         parts = split(whole, sessions)
-        ch_query(url, "DROP TABLE IF EXISTS psc.ref_events")
-        ch_query(url, "CREATE TABLE psc.ref_events AS psc.events")
-        insert = urllib.parse.quote("INSERT INTO psc.ref_events FORMAT TabSeparated")
-        start = time.monotonic()
-        procs = [OWNED.spawn("curl", ["curl", "-sS", "--fail", "--data-binary", f"@{p}",
-                                      f"{url}/?query={insert}"]) for p in parts]
-        for p in procs:
-            p.wait(900)
-            OWNED.stop(p)
-        seconds = time.monotonic() - start
-        taken = ch_count(url, "psc.ref_events")
-        result.reference.setdefault(sessions, []).append(taken / seconds if seconds else None)
-        log(f"clickhouse reference: {taken:,} TSV rows by {sessions} curl session(s) in {seconds:.2f} s")
-        if taken != rows:
-            result.notes.append(f"reference × {sessions}: {taken:,} of {rows:,} rows")
+        for tool in tools:
+            ch_query(url, "DROP TABLE IF EXISTS psc.ref_events")
+            ch_query(url, "CREATE TABLE psc.ref_events AS psc.events")
+            start = time.monotonic()
+            procs = [insert_file(tool, url, p) for p in parts]
+            for p in procs:
+                p.wait(900)
+                OWNED.stop(p)
+            seconds = time.monotonic() - start
+            taken = ch_count(url, "psc.ref_events")
+            result.reference.setdefault((tool, sessions), []).append(taken / seconds if seconds else None)
+            log(f"clickhouse reference: {taken:,} TSV rows by {sessions} {tool} session(s) in {seconds:.2f} s")
+            if taken != rows:
+                result.notes.append(f"reference {tool} × {sessions}: {taken:,} of {rows:,} rows")
         for p in parts:
             if p != whole:
                 p.unlink()
     ch_query(url, "DROP TABLE IF EXISTS psc.ref_events")
     shutil.rmtree(TSV_DIR, ignore_errors=True)
+
+
+def insert_file(tool, url, path):
+    """A process inserting the TSV file `path` into psc.ref_events with `tool`."""
+    sql = "INSERT INTO psc.ref_events FORMAT TabSeparated"
+    if tool == "curl":
+        argv = ["curl", "-sS", "--fail", "--data-binary", f"@{path}", f"{url}/?query={urllib.parse.quote(sql)}"]
+        return OWNED.spawn("curl", argv)
+    return OWNED.spawn("clickhouse-client", ["clickhouse-client", "--host", "127.0.0.1", "--port",
+                                             str(ch_tcp_port()), "--query", sql], stdin=open(path, "rb"))
+
+
+def ch_tcp_port():
+    found = re.search(r"<tcp_port>(\d+)</tcp_port>", (CH_DIR / "config.xml").read_text())
+    if not found:
+        raise RuntimeError(f"no tcp_port in {CH_DIR / 'config.xml'}")
+    return int(found.group(1))
 
 
 def split(path, n):
@@ -290,9 +309,9 @@ def clickhouse_rows(backend):
              " / ".join(f"{b:,}" for b in r.backlogs) + " events" if r.backlogs else "n/a"],
             [f"drain into ClickHouse (Native blocks, batch_rows {BATCH_ROWS})",
              drain_text(r.clickhouse, "clickhouse-server")]]
-    for sessions, rates in sorted(r.reference.items()):
+    for (tool, sessions), rates in sorted(r.reference.items()):
         rounds = " / ".join(f"{v / 1000:,.0f}k" for v in rates if v)
-        rows.append([f"ClickHouse's own TSV insert of the same rows, {sessions} curl session(s)",
+        rows.append([f"ClickHouse's own TSV insert of the same rows, {sessions} {tool} session(s)",
                      f"median {fmt_rate(median(rates))} (rounds: {rounds})"])
     rows.append(["drain of round 1's WAL into MariaDB (LOAD DATA, N connections)",
                  drain_text([r.mariadb], "mariadbd")])
@@ -304,9 +323,11 @@ def clickhouse_ratio_rows(backend):
     if not r or not r.clickhouse:
         return []
     rows = []
-    value, verdict = fmt_ratio(median(r.ratio_per_round()), TARGET_VS_REFERENCE)
-    rows.append(["drain into ClickHouse / its own best TSV insert (curl), median of per-round ratios",
-                 value, f"≥ {TARGET_VS_REFERENCE}×", verdict])
+    client = "clickhouse-client" if any(t == "clickhouse-client" for t, _ in r.reference) else "curl"
+    for sessions, why in ((1, "one client loading the file"), (LANES, "as many sessions as lanes")):
+        value, verdict = fmt_ratio(median(r.ratio_per_round(client, sessions)), TARGET_VS_REFERENCE)
+        rows.append([f"drain into ClickHouse / {client}'s TSV insert, {sessions} session(s) ({why}), "
+                     "median of per-round ratios", value, f"≥ {TARGET_VS_REFERENCE}×", verdict])
     first = r.clickhouse[0].rate if r.clickhouse else None
     value, verdict = fmt_ratio(ratio(first, r.mariadb and r.mariadb.rate), TARGET_VS_MARIADB)
     rows.append(["drain into ClickHouse / drain into MariaDB, same WAL (round 1)", value,
