@@ -80,6 +80,16 @@ fn ten_thousand_events_over_two_shards_land_once_and_distributed_counts_the_sum(
     a.query("CREATE TABLE psc.events_all AS psc.events ENGINE = Distributed(psc_test, psc, events, rand())");
     assert_eq!(a.count("SELECT count() FROM psc.events_all"), on_a + on_b);
     assert_eq!(on_a + on_b, 10_000);
+    // The sink's own counters on /metrics, summed over the shards.
+    let metrics = http_get(collector.addr, "/metrics").1;
+    let value = |name: &str| -> u64 {
+        let line =
+            metrics.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{name} in\n{metrics}"));
+        line.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("{line}"))
+    };
+    assert_eq!(value("ingest_clickhouse_rows_total"), 10_000);
+    assert!(value("ingest_clickhouse_blocks_total") >= 2 && value("ingest_clickhouse_in_doubt_total") == 0);
+    assert!(metrics.contains("ingest_clickhouse_server{version=\"18.16"), "{metrics}");
     let status = collector.sigterm_and_wait(Duration::from_secs(30)).expect("stops");
     assert!(status.success(), "{status}; log:\n{}", collector.log());
 }
