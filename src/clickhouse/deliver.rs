@@ -22,6 +22,7 @@
 //! Every [`PRUNE_EVERY_SEQ`] steps of a lane, its steps older than the last
 //! [`PRUNE_KEEP_SEQ`] are deleted the same way, so `ingest_cursors` stays small.
 
+use std::collections::HashMap;
 use std::ops::Range;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -63,6 +64,23 @@ fn probe_of(batch: &Batch, row: &Row) -> Probe {
 /// answer "is lost".
 fn fail_point(name: &str) -> Result<(), SinkError> {
     crate::failpoint::io(name).map_err(|e| SinkError::InDoubt(format!("fail point {name}: {e}")))
+}
+
+/// Steps of `step`'s lane below this `seq` decide nothing any more: it is at most
+/// [`PRUNE_KEEP_SEQ`] below `step`, and below the latest step committed (`known`) for every
+/// target and for the lane as a whole, so each table keeps the step its cursor rests on
+/// however many tables a batch writes. `None` while a target's latest step is not known.
+fn prune_bound(
+    known: &HashMap<(LaneId, String), (u64, Position)>,
+    targets: &[String],
+    step: &Step,
+) -> Option<u64> {
+    let latest = |target: &str| known.get(&(step.lane, target.to_owned())).map(|&(seq, _)| seq);
+    let mut bound = step.seq.saturating_sub(PRUNE_KEEP_SEQ);
+    for target in targets {
+        bound = bound.min(latest(target)?);
+    }
+    Some(latest("").map_or(bound, |seq| bound.min(seq)))
 }
 
 /// A lane-wide step (every table of the lane) over the whole batch.
@@ -299,17 +317,16 @@ impl ClickHouseConn {
     /// Remembers what this connection committed; prunes the lane's old steps now and then.
     async fn committed(&mut self, wal: &WalIdentity, step: &Step) {
         self.known.insert((step.lane, step.target.clone()), (step.seq, step.to));
-        if step.seq.is_multiple_of(PRUNE_EVERY_SEQ) {
-            let l = step.lane;
-            let filter = format!(
-                "wal_id = '{}' AND core = {} AND incarnation = {} AND seq < {}",
-                wal.wal,
-                l.core,
-                l.incarnation,
-                step.seq - PRUNE_KEEP_SEQ
-            );
-            self.tidy(&filter).await;
+        if !step.seq.is_multiple_of(PRUNE_EVERY_SEQ) {
+            return;
         }
+        let Some(below) = prune_bound(&self.known, &self.shared.targets, step) else { return };
+        let l = step.lane;
+        let filter = format!(
+            "wal_id = '{}' AND core = {} AND incarnation = {} AND seq < {below}",
+            wal.wal, l.core, l.incarnation
+        );
+        self.tidy(&filter).await;
     }
 
     /// Deletes `ingest_cursors` rows matching `filter` (a mutation the server runs later).
@@ -319,5 +336,38 @@ impl ClickHouseConn {
         if let Err(err) = self.query(&sql, "delete old cursor steps").await {
             warn!(%err, "could not delete old ingest_cursors rows; they only take space");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pruning_keeps_the_latest_step_of_every_table() {
+        let lane = LaneId { core: 1, incarnation: 2 };
+        let targets: Vec<String> =
+            std::iter::once("events".to_owned()).chain((0..100).map(|i| format!("rollup_{i}"))).collect();
+        // One batch wrote 101 steps, 3996..=4096: more than PRUNE_KEEP_SEQ.
+        let mut known = HashMap::new();
+        for (i, t) in targets.iter().enumerate() {
+            known.insert((lane, t.clone()), (3996 + i as u64, Position::new(1, 9)));
+        }
+        let step = |seq| Step {
+            lane,
+            seq,
+            kind: Kind::Rollup,
+            from: Position::default(),
+            to: Position::default(),
+            probe: Probe::default(),
+            target: String::new(),
+        };
+        assert_eq!(prune_bound(&known, &targets, &step(4096)), Some(3996), "not 4032");
+        known.insert((lane, String::new()), (3900, Position::new(1, 1)));
+        assert_eq!(prune_bound(&known, &targets, &step(4096)), Some(3900), "the lane-wide step stays too");
+        known.remove(&(lane, "rollup_7".to_owned()));
+        assert_eq!(prune_bound(&known, &targets, &step(4096)), None, "a table not known here: no prune");
+        let few = HashMap::from([((lane, "events".to_owned()), (8192, Position::new(1, 9)))]);
+        assert_eq!(prune_bound(&few, &targets[..1], &step(8192)), Some(8192 - PRUNE_KEEP_SEQ));
     }
 }
