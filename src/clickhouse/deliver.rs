@@ -110,8 +110,8 @@ impl ClickHouseConn {
             // Retired: the core never delivers a retired lane again; say where it stands.
             return Err(SinkError::Fenced { lane, expected: batch.from(), found: Position::default() });
         };
-        match cursors.iter().flatten().min() {
-            Some(&found) if found != batch.from() => {
+        match notes::lane_cursor(&cursors) {
+            Some(found) if found != batch.from() => {
                 self.shared.stats.fenced();
                 Err(SinkError::Fenced { lane, expected: batch.from(), found })
             }

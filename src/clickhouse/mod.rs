@@ -30,7 +30,7 @@
 //!    (`native`; both tried on 18.16). `max_insert_block_size` does not cut Native blocks.
 //! 2. **So the probe tells whether a step committed.** The step is written before its rows,
 //!    so if the rows are in, the step is there too; the probe row is in iff the block is.
-//! 3. **A lane's cursor is decided by its highest step** (`notes::decide`): `to` if its rows
+//! 3. **A lane's cursor is decided by its highest step** (`notes::per_target`, `notes::lane_cursor`): `to` if its rows
 //!    are in (or it had none: `Advance`), else `from`. By induction, `from` is right: a step
 //!    is only written after the fence (4) found the lane's cursor at `from`.
 //! 4. **The fence** (contract 2): every delivery first settles the lane's cursor this way and

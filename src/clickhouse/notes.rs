@@ -230,9 +230,10 @@ pub fn per_target(steps: &[Step], present: &[bool], targets: &[&str]) -> Option<
     Some(targets.iter().map(|t| highest(t).max(lane)).collect())
 }
 
-/// The lane's cursor: the lowest of [`per_target`]; `None` = retired or no step at all.
-pub fn decide(steps: &[Step], present: &[bool], targets: &[&str]) -> Option<Position> {
-    per_target(steps, present, targets)?.into_iter().flatten().min()
+/// The lane's cursor (what the delivery core resends from): the lowest of the tables'
+/// cursors ([`per_target`]); `None`: no table has a step.
+pub fn lane_cursor(per_target: &[Option<Position>]) -> Option<Position> {
+    per_target.iter().flatten().min().copied()
 }
 
 /// Parses a `count()` answer.
@@ -256,6 +257,10 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
 mod tests {
     use super::*;
     use crate::wal::identity::WalId;
+
+    fn decide(steps: &[Step], present: &[bool], targets: &[&str]) -> Option<Position> {
+        per_target(steps, present, targets).and_then(|t| lane_cursor(&t))
+    }
 
     fn step(seq: u64, kind: Kind, from: u64, to: u64) -> Step {
         let lane = LaneId { core: 3, incarnation: u64::MAX };

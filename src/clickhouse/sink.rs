@@ -320,8 +320,7 @@ impl SinkConn for ClickHouseConn {
         let lanes = self.latest_steps(wal, None).await?;
         let mut out = Vec::with_capacity(lanes.len());
         for (lane, steps) in lanes {
-            let lowest = self.settle(wal, &steps).await?.and_then(|t| t.into_iter().flatten().min());
-            if let Some(position) = lowest {
+            if let Some(position) = self.settle(wal, &steps).await?.and_then(|t| notes::lane_cursor(&t)) {
                 out.push(SinkCursor { lane, position });
             }
         }
