@@ -66,7 +66,7 @@ fn insert_build(c: &mut Criterion) {
         dimensions: vec![Dimension::Event, Dimension::Domain, Dimension::FileId],
     };
     group.bench_function("rollup_aggregate_5000_rows", |b| {
-        b.iter(|| black_box(aggregate(&rollup, black_box(&batch)).len()))
+        b.iter(|| black_box(aggregate(&rollup, black_box(&batch), 0..batch.len()).len()))
     });
     group.bench_function("decode_and_build_5000_rows", |b| {
         b.iter(|| {

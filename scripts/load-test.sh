@@ -39,12 +39,15 @@ apt_install() {
     [ "$rc" -eq 0 ] || die "apt-get install $* failed"
 }
 
-scripts/ensure-deps.sh rust mariadb
+scripts/ensure-deps.sh rust mariadb clickhouse
 missing=()
 have nginx || missing+=(nginx)
 have wrk || missing+=(wrk)
 have taskset || missing+=(util-linux)
 have python3 || missing+=(python3)
+have curl || missing+=(curl)
+# The ClickHouse phase's reference insert (the server comes from ensure-deps.sh clickhouse).
+have clickhouse-client || missing+=(clickhouse-client)
 # Per-request counts of the front end: perf stat (syscalls, context switches), callgrind.
 have perf || missing+=(linux-perf)
 have valgrind || missing+=(valgrind)

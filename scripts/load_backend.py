@@ -17,6 +17,8 @@ B. Modes (INSERT and LOAD DATA, each with 1 and N connections, and rollups only 
       PSC_BENCH_PROBES=2 a second probe tries 1.0 x drain (if 0.9 held) or 0.7 x (if not).
       The sustained rate is the highest offered rate (as wrk achieved it) that held.
    Modes the binary cannot run (no `mysql.connections`: the v1 flusher) are reported skipped.
+D. (scripts/load_clickhouse.py) ClickHouse: one WAL backlog drained into ClickHouse and into
+   MariaDB, beside ClickHouse's own TSV insert of the same rows; its rows join this report.
 C. Ceilings: N = 1 and N = lanes concurrent `mariadb` sessions, each with its share of the
    same rows: 5000-row multi-row INSERTs, and LOAD DATA LOCAL of TSV in the collector's
    format, into a scratch copy of `events`.
@@ -33,6 +35,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
+from load_clickhouse import clickhouse_ratio_rows, clickhouse_rows
 from load_common import (CEILING_DIR, COLLECTOR_DIR, MYSQL_DIR, OWNED, REPO, WAL_DIR, WRK_CPU,
                          BINARY, Collector, cpu_ticks, env_int, fmt_rate, fmt_ratio, free_port,
                          log, parse_wrk, peak_rss_kib, ratio, run_wrk, tail, wait_until, CLK_TCK)
@@ -105,6 +108,7 @@ class Backend:
     modes: list = field(default_factory=list)
     ceiling_rows: int = None
     ceilings: dict = field(default_factory=dict)  # (method, sessions) -> rows/s
+    clickhouse: object = None  # load_clickhouse.ClickhouseResult
 
 
 # ---------------------------------------------------------------- phase A: replay
@@ -446,7 +450,7 @@ def backend_rows(backend):
         rows.append([f"MariaDB {'multi-row INSERT' if method == 'insert' else 'LOAD DATA LOCAL'}, "
                      f"{sessions} concurrent session(s)",
                      fmt_rate(rate) + f" ({backend.ceiling_rows:,} rows)"])
-    return rows
+    return rows + clickhouse_rows(backend)
 
 
 def best_ceiling(backend, sessions):
@@ -480,4 +484,4 @@ def backend_ratio_rows(backend):
     value, verdict = fmt_ratio(max(rss) if rss else None, TARGET_RSS_MIB, higher_is_better=False,
                                suffix=" MiB")
     rows.append(["collector peak RSS over the modes", value, f"≤ {TARGET_RSS_MIB} MiB", verdict])
-    return rows
+    return rows + clickhouse_ratio_rows(backend)

@@ -5,7 +5,8 @@ Run by scripts/load-test.sh (which installs nginx/wrk and builds the release bin
 only. Phases, all in one run, everything on 127.0.0.1:
 
 Modules: this file (the HTTP phase, the report, main), scripts/load_backend.py (phases 2-4:
-the back end and MariaDB's ceiling), scripts/load_common.py (processes, servers, wrk, tables).
+the back end and MariaDB's ceiling), scripts/load_clickhouse.py (the ClickHouse drain),
+scripts/load_common.py (processes, servers, wrk, tables).
 
 1. HTTP: for round in 1..ROUNDS, for conns in (64, 256), for mode in (plain, pipelined):
    nginx, then the collector. Both servers are pinned to CPU 0, wrk (1 thread) to CPU 1.
@@ -21,6 +22,9 @@ the back end and MariaDB's ceiling), scripts/load_common.py (processes, servers,
    drain rate from 0 to N rows.
 4. MariaDB ceiling for the same N rows: 5000-row multi-row INSERTs through the mariadb CLI,
    and LOAD DATA LOCAL INFILE, each into a scratch copy of `events`.
+4b. (scripts/load_clickhouse.py) ClickHouse: one WAL backlog drained into a private
+   ClickHouse and, from a copy, into MariaDB, beside ClickHouse's own TSV insert of the
+   same rows (curl, 1 and N sessions).
 5. (scripts/load_front.py) Front end, a fresh collector with the real MySQL: open-loop
    latency with oha at fixed rates (50 % of the collector's best plain rate, and a sweep to the
    rate where p99 passes 10 ms; nginx at 50 % of its own), 10,000 keep-alive connections on
@@ -45,6 +49,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import load_front
+from load_clickhouse import clickhouse_phase
 from load_backend import (CEILING_ROWS_WITHOUT_COLLECTOR, Backend, backend_ratio_rows,
                           backend_rows, collector_backend, mariadb_ceiling)
 from load_common import (BENCHMARKS_MD, BINARY, CLK_TCK, COLLECTOR_DIR, NGINX_DIR,
@@ -489,6 +494,8 @@ def main():
             collector_backend(db, mysql_url, collector, acked,
                               best_rps(runs, "collector", "pipelined"), backend)
             log(f"collector back end done at {time.monotonic() - started:.0f} s")
+            clickhouse_phase(db, mysql_url, backend)
+            log(f"ClickHouse phase done at {time.monotonic() - started:.0f} s")
         front = None
         if collector:
             front = front_phase(mysql_url, runs, nginx)

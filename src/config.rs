@@ -148,9 +148,13 @@ impl Config {
         self.clickhouse.validate()?;
         self.domains.validate()?;
         crate::rollup::validate(&self.rollup)?;
-        if !self.mysql.raw_events && self.rollup.is_empty() {
+        let (raw_events, key) = match self.sink.kind {
+            SinkKind::Mysql => (self.mysql.raw_events, "mysql.raw_events"),
+            SinkKind::Clickhouse => (self.clickhouse.raw_events, "clickhouse.raw_events"),
+        };
+        if !raw_events && self.rollup.is_empty() {
             return Err(ConfigError::Invalid {
-                key: "mysql.raw_events",
+                key,
                 message: "false writes no events rows, so it needs at least one [[rollup]]".into(),
             });
         }
@@ -197,6 +201,11 @@ mod tests {
         c.validate().expect("rollups only, with a rollup");
         let none = Config::from_toml("[mysql]\nraw_events = false\n").unwrap();
         assert!(none.validate().unwrap_err().to_string().contains("mysql.raw_events"));
+        let ch =
+            Config::from_toml("[sink]\nkind = \"clickhouse\"\n[clickhouse]\nraw_events = false\n").unwrap();
+        assert!(ch.validate().unwrap_err().to_string().contains("clickhouse.raw_events"));
+        let ch_mysql_off = Config::from_toml("[sink]\nkind = \"clickhouse\"\n[mysql]\nraw_events = false\n");
+        ch_mysql_off.unwrap().validate().expect("the MySQL key does not apply to ClickHouse");
         let bad = Config::from_toml("[[rollup]]\nname = \"x\"\nbucket = \"week\"\ndimensions = []\n");
         assert!(bad.unwrap_err().contains("week"));
     }

@@ -12,6 +12,7 @@
 //!   MySQL is down (the WAL takes the traffic), 503 while draining or a core's WAL refuses.
 //! - [`exposition`]: the Prometheus/OpenMetrics text; [`report`]: the JSON documents.
 
+mod clickhouse_metrics;
 mod encode;
 pub mod exposition;
 mod mysql_metrics;
@@ -25,6 +26,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use crate::clickhouse::ClickhouseStats;
 use crate::flush::stats::FlushStats;
 use crate::metrics::CoreCounters;
 use crate::mysql::MysqlStats;
@@ -41,6 +43,8 @@ pub struct ObserverInputs {
     pub flush: Arc<FlushStats>,
     /// The MySQL sink's domain cache, statement limit and dead letters.
     pub mysql: Arc<MysqlStats>,
+    /// The ClickHouse sink's counters (all shards), when `sink.kind = "clickhouse"`.
+    pub clickhouse: Option<Arc<ClickhouseStats>>,
     /// Events in the core → flusher queue right now.
     pub queue_depth: Arc<AtomicUsize>,
     pub queue_capacity: usize,
@@ -189,6 +193,7 @@ pub(crate) mod tests {
             progress: (0..cores).map(|_| Arc::default()).collect(),
             flush: Arc::new(FlushStats::new(cores, 1)),
             mysql: Arc::default(),
+            clickhouse: None,
             queue_depth: Arc::default(),
             queue_capacity: 100,
             wal_dir,

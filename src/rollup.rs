@@ -25,6 +25,7 @@
 //! shape and too wide for a key.
 
 use std::collections::HashMap;
+use std::ops::Range;
 
 use serde::Deserialize;
 
@@ -172,12 +173,14 @@ pub struct Count<'b> {
     pub first_row: usize,
 }
 
-/// The counts of `batch` under `rollup`, sorted by key.
-pub fn aggregate<'b>(rollup: &RollupConfig, batch: &'b Batch) -> Vec<Count<'b>> {
+/// The counts of `batch.rows()[rows]` under `rollup`, sorted by key (`first_row` indexes the
+/// whole batch).
+pub fn aggregate<'b>(rollup: &RollupConfig, batch: &'b Batch, rows: Range<usize>) -> Vec<Count<'b>> {
     let pick = |d: Dimension, v: Option<&'b str>| if rollup.has(d) { v } else { None };
     let mut at: HashMap<Key<'b>, usize> = HashMap::new();
     let mut counts: Vec<Count<'b>> = Vec::new();
-    for (i, row) in batch.rows().iter().enumerate() {
+    let start = rows.start;
+    for (i, row) in batch.rows()[rows].iter().enumerate().map(|(i, r)| (i + start, r)) {
         let key = Key {
             bucket_start_ms: rollup.bucket.start_ms(row.ts_ms),
             event: pick(Dimension::Event, Some(batch.event(row))),
@@ -236,7 +239,7 @@ mod tests {
             (120_000, "play", "b.org", 7, None),
         ]);
         let r = rollup(Bucket::Minute, vec![Dimension::Domain]);
-        let got: Vec<(u64, Option<&str>, u64, usize)> = aggregate(&r, &b)
+        let got: Vec<(u64, Option<&str>, u64, usize)> = aggregate(&r, &b, 0..b.len())
             .iter()
             .map(|c| (c.key.bucket_start_ms, c.key.domain, c.events, c.first_row))
             .collect();
@@ -245,14 +248,32 @@ mod tests {
             [(60_000, Some("a.org"), 1, 1), (60_000, Some("b.org"), 2, 0), (120_000, Some("b.org"), 1, 3)]
         );
         let by_ip = rollup(Bucket::Hour, vec![Dimension::ClientIp, Dimension::FileId]);
-        let keys: Vec<(Option<&str>, Option<u64>, u64)> =
-            aggregate(&by_ip, &b).iter().map(|c| (c.key.client_ip, c.key.file_id, c.events)).collect();
+        let keys: Vec<(Option<&str>, Option<u64>, u64)> = aggregate(&by_ip, &b, 0..b.len())
+            .iter()
+            .map(|c| (c.key.client_ip, c.key.file_id, c.events))
+            .collect();
         assert_eq!(
             keys,
             [(None, Some(7), 2), (Some("::1"), Some(7), 1), (None, Some(8), 1)],
             "file_id sorts before client_ip"
         );
-        assert!(aggregate(&by_ip, &b).iter().all(|c| c.key.domain.is_none() && c.key.event.is_none()));
+        assert!(aggregate(&by_ip, &b, 0..b.len())
+            .iter()
+            .all(|c| c.key.domain.is_none() && c.key.event.is_none()));
+    }
+
+    #[test]
+    fn a_range_counts_only_its_rows_and_indexes_the_whole_batch() {
+        let b = batch(&[
+            (1, "play", "a.org", 7, None),
+            (2, "play", "a.org", 7, None),
+            (3, "play", "b.org", 7, None),
+        ]);
+        let r = rollup(Bucket::Minute, vec![Dimension::Domain]);
+        let got: Vec<(Option<&str>, u64, usize)> =
+            aggregate(&r, &b, 1..3).iter().map(|c| (c.key.domain, c.events, c.first_row)).collect();
+        assert_eq!(got, [(Some("a.org"), 1, 1), (Some("b.org"), 1, 2)]);
+        assert!(aggregate(&r, &b, 3..3).is_empty());
     }
 
     #[test]
@@ -286,7 +307,7 @@ mod tests {
                 rows.iter().map(|&(ts, e, f)| (ts, EVENTS[e], EVENTS[(e + 1) % 3], f, None)).collect();
             let b = batch(&named);
             let r = rollup(Bucket::Minute, dims);
-            let counts = aggregate(&r, &b);
+            let counts = aggregate(&r, &b, 0..b.len());
             prop_assert_eq!(counts.iter().map(|c| c.events).sum::<u64>(), rows.len() as u64);
             prop_assert!(counts.windows(2).all(|w| w[0].key < w[1].key), "sorted, distinct");
             for c in &counts {

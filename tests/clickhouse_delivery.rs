@@ -3,7 +3,8 @@
 //! 10,000 mixed events over two shards land exactly once and a `Distributed` table counts
 //! their sum; `kill -9` ×5 under load is exact with no duplicate row; one shard down for 20 s
 //! holds up only its own rows; ClickHouse unreachable at start, then up; a shard whose schema
-//! refuses the rows dead-letters them while the other shard goes on. `count()` is read
+//! refuses the rows dead-letters them while the other shard goes on; a rollup stays exact
+//! through `kill -9` ×5 under load. `count()` is read
 //! without `FINAL`: duplicates must never be inserted.
 
 mod support;
@@ -79,6 +80,16 @@ fn ten_thousand_events_over_two_shards_land_once_and_distributed_counts_the_sum(
     a.query("CREATE TABLE psc.events_all AS psc.events ENGINE = Distributed(psc_test, psc, events, rand())");
     assert_eq!(a.count("SELECT count() FROM psc.events_all"), on_a + on_b);
     assert_eq!(on_a + on_b, 10_000);
+    // The sink's own counters on /metrics, summed over the shards.
+    let metrics = http_get(collector.addr, "/metrics").1;
+    let value = |name: &str| -> u64 {
+        let line =
+            metrics.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{name} in\n{metrics}"));
+        line.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("{line}"))
+    };
+    assert_eq!(value("ingest_clickhouse_rows_total"), 10_000);
+    assert!(value("ingest_clickhouse_blocks_total") >= 2 && value("ingest_clickhouse_in_doubt_total") == 0);
+    assert!(metrics.contains("ingest_clickhouse_server{version=\"18.16"), "{metrics}");
     let status = collector.sigterm_and_wait(Duration::from_secs(30)).expect("stops");
     assert!(status.success(), "{status}; log:\n{}", collector.log());
 }
@@ -98,6 +109,30 @@ fn kill_9_five_times_under_load_is_exact() {
     let report = load.stop();
     assert!(report.acked.len() > 1000, "the load ran: {}", report.acked.len());
     wait_exact(&[&server], &report.acked);
+    collector.sigterm_and_wait(Duration::from_secs(30));
+}
+
+#[test]
+fn rollups_stay_exact_without_final_through_kill_9_under_load() {
+    let server = ClickHouse::start();
+    let dir = tempfile::tempdir().unwrap();
+    let rollup = "[[rollup]]\nname = \"per_file\"\nbucket = \"minute\"\ndimensions = [\"file_id\"]\n";
+    let mut collector = Collector::start(dir.path(), "", &format!("{}{rollup}", config(&[&server])));
+    let load = Load::start(collector.addr, LoadShape::default());
+    for _ in 0..5 {
+        std::thread::sleep(Duration::from_millis(1500));
+        collector.restart();
+        load.set_addr(collector.addr);
+    }
+    let report = load.stop();
+    wait_exact(&[&server], &report.acked);
+    let rows = server.count("SELECT count() FROM psc.events");
+    let counted = || server.count("SELECT sum(events) FROM psc.rollup_per_file WHERE step = ''");
+    wait_for("the rollup to catch up with events", DRAIN, || counted() == rows);
+    let twice = "SELECT count() FROM (SELECT file_id, sum(events) AS n FROM psc.rollup_per_file \
+                 WHERE step = '' GROUP BY file_id HAVING n != 1)";
+    assert_eq!(server.count(twice), 0, "every file id counted exactly once");
+    assert!(rows >= report.acked.len() as u64 && rows > 1000, "{rows} rows, {} acked", report.acked.len());
     collector.sigterm_and_wait(Duration::from_secs(30));
 }
 

@@ -2,7 +2,7 @@
 //! private clickhouse-servers: the rows went in but the answer was lost, the step row went in
 //! but not its rows (fail points), a server killed after a commit, an INSERT still running
 //! when the cursors are read (they wait for it), a server `kill -9`ed five times under a
-//! delivery loop that resumes from the cursors (60,000 rows, each exactly once), and the
+//! delivery loop that resumes from the cursors (60,000 rows or more, each exactly once), and the
 //! server property it all rests on: a Native body cut short anywhere inserts nothing.
 //!
 //! The cases that arm fail points need `--features failpoints` (as `make test` runs).
@@ -138,13 +138,21 @@ fn a_native_body_cut_short_inserts_nothing() {
 }
 
 /// A delivery loop like the core's: batches from the cursor; after any failure, reconnect,
-/// read the cursors, go on from there.
+/// read the cursors, go on from there. It delivers at least `min_total` rows, and goes on
+/// while `busy` is set. Returns (rows delivered, failed deliveries).
 #[cfg(feature = "failpoints")]
-async fn deliver_until(sink: &psc::clickhouse::ClickHouseSink, total: u64, batch_rows: u64) -> u64 {
+async fn deliver_until(
+    sink: &psc::clickhouse::ClickHouseSink,
+    min_total: u64,
+    batch_rows: u64,
+    busy: &std::sync::atomic::AtomicBool,
+) -> (u64, u64) {
     use psc::sink::Sink;
+    use std::sync::atomic::Ordering;
     let mut failures = 0;
     let mut conn: Option<ClickHouseConn> = None;
     let mut next = 1; // file_id of the next row; row f ends at offset 100 * f
+    let mut total = min_total;
     while next <= total {
         let Some(c) = conn.as_mut() else {
             match sink.connect().await {
@@ -159,6 +167,9 @@ async fn deliver_until(sink: &psc::clickhouse::ClickHouseSink, total: u64, batch
             }
             continue;
         };
+        if busy.load(Ordering::Relaxed) {
+            total = total.max(next + batch_rows);
+        }
         let last = (next + batch_rows).min(total + 1);
         let b = batch(LANE_A, Position::new(1, 100 * (next - 1)), &ids(next..last));
         match c.deliver(&wal(), &b).await {
@@ -169,7 +180,7 @@ async fn deliver_until(sink: &psc::clickhouse::ClickHouseSink, total: u64, batch
             }
         }
     }
-    failures
+    (total, failures)
 }
 
 #[cfg(feature = "failpoints")]
@@ -178,8 +189,10 @@ fn a_server_killed_five_times_under_load_loses_and_duplicates_nothing() {
     let ch = std::sync::Arc::new(std::sync::Mutex::new(ClickHouse::start()));
     let url = ch.lock().unwrap().url.clone();
     let (sink, _) = sink_at(&url);
+    // The loop keeps delivering until the last kill is over, however fast it is.
+    let busy = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
     let killer = {
-        let ch = ch.clone();
+        let (ch, busy) = (ch.clone(), busy.clone());
         std::thread::spawn(move || {
             for pause_ms in [300, 450, 200, 600, 350] {
                 std::thread::sleep(Duration::from_millis(pause_ms));
@@ -187,10 +200,11 @@ fn a_server_killed_five_times_under_load_loses_and_duplicates_nothing() {
                 server.kill9();
                 server.launch();
             }
+            std::thread::sleep(Duration::from_millis(300));
+            busy.store(false, std::sync::atomic::Ordering::Relaxed);
         })
     };
-    let total = 60_000;
-    let failures = run(deliver_until(&sink, total, 1500));
+    let (total, failures) = run(deliver_until(&sink, 60_000, 1500, &busy));
     killer.join().unwrap();
     let ch = ch.lock().unwrap();
     assert_eq!(ch.count("SELECT count() FROM psc.events"), total, "{failures} failed deliveries");

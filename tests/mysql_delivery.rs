@@ -110,6 +110,7 @@ fn start_flusher(config: &Config, queue: QueueReceiver, cores: Vec<Arc<CoreProgr
         progress: cores,
         stats: stats.clone(),
         mysql_stats: Arc::default(),
+        clickhouse_stats: Arc::default(),
         shutdown: shutdown.clone(),
     };
     let handle = flush::spawn(inputs).unwrap();

@@ -1,4 +1,5 @@
-//! The `[clickhouse]` keys: where the servers are, which database, who logs in, timeouts.
+//! The `[clickhouse]` keys: where the servers are, which database, who logs in, timeouts,
+//! whether raw events are stored.
 
 use serde::Deserialize;
 
@@ -40,6 +41,9 @@ pub struct ClickhouseConfig {
     pub retry_min_ms: u64,
     /// Longest retry delay. Default 5000 ms.
     pub retry_max_ms: u64,
+    /// Whether every event is stored in `events`. `false` keeps only the `[[rollup]]` counts
+    /// (at least one is then required). Default true.
+    pub raw_events: bool,
 }
 
 /// `clickhouse.compression`.
@@ -65,6 +69,7 @@ impl Default for ClickhouseConfig {
             flush_interval_ms: 1000,
             retry_min_ms: 100,
             retry_max_ms: 5000,
+            raw_events: true,
         }
     }
 }

@@ -1,33 +1,46 @@
 //! What a delivery writes, in order (why this is exactly once: `super`):
-//! 1. the fence: the lane's highest steps are read and settled; if the cursor they decide is
-//!    not `batch.from()`, nothing is written (`Fenced`);
-//! 2. per run of rows in one partition (`super::rows::runs`, one run nearly always): the step
-//!    row (`ingest_cursors`: `seq` + 1, from, to, the run's last row as probe), then the run
-//!    as one Native block into `events`, under the step's query id;
-//! 3. a batch without rows writes only an `Advance` step, which is its own commit.
+//! 1. the fence: the lane's highest steps are read and settled into a cursor per target
+//!    table (`super::notes`); if the lowest is not `batch.from()`, nothing is written
+//!    (`Fenced`);
+//! 2. per target (`events`, then each rollup), from the target's own cursor (further than
+//!    `batch.from()` only after a delivery that stopped between two targets), per run of its
+//!    rows in one partition (`super::rows::runs`, one run nearly always): the step row
+//!    (`ingest_cursors`: `seq` + 1, the target, from, to, the run's last row as probe), then
+//!    the run as one Native block into the target (events rows, or the run's rollup counts
+//!    and the step's marker row), under the step's query id. The first step of every target
+//!    is written in one INSERT before any block. A target whose cursor is behind
+//!    `batch.to()` with no rows left in the batch gets an `Advance` step of its own;
+//! 3. a batch without rows writes only a lane-wide `Advance` step, which is its own commit.
 //!
 //! A dead-letter delivery is the same with one `Rejects` step and one block into
 //! `ingest_rejects`. Retiring lanes writes a `Retired` step per lane, then asks the server
 //! to delete the retired lanes' other steps (a mutation; only tidying, the step already
 //! counts, and stays: one row per retired lane).
-//! Fail points (tests): `clickhouse.before_events` and `clickhouse.after_events`, see
-//! `fail_point` below.
+//! Fail points (tests): `clickhouse.before_events`, `clickhouse.after_events`,
+//! `clickhouse.before_rollup` and `clickhouse.after_rollup`, see `fail_point` below.
 //!
 //! Every [`PRUNE_EVERY_SEQ`] steps of a lane, its steps older than the last
 //! [`PRUNE_KEEP_SEQ`] are deleted the same way, so `ingest_cursors` stays small.
 
+use std::collections::HashMap;
+use std::ops::Range;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tracing::warn;
 
 use super::errors::Step as Phase;
 use super::notes::{self, Kind, Probe, Step};
-use super::rows;
 use super::schema::{self, CURSORS, EVENTS, REJECTS};
 use super::sink::ClickHouseConn;
+use super::{rollups, rows};
+use crate::rollup::aggregate;
 use crate::sink::{Batch, Row, SinkError};
 use crate::wal::identity::{LaneId, WalIdentity};
 use crate::wal::Position;
+
+/// One target's share of a delivery: its index in `Shared::targets`, and its steps, each
+/// with the batch rows it writes (none for an `Advance` step).
+type Plan = (usize, Vec<(Step, Range<usize>)>);
 
 /// A lane's old steps are pruned whenever its `seq` reaches a multiple of this.
 pub const PRUNE_EVERY_SEQ: u64 = 4096;
@@ -46,10 +59,34 @@ fn probe_of(batch: &Batch, row: &Row) -> Probe {
 
 /// A test's fail point (`crate::failpoint`) at a place where the outcome of a write is
 /// unknown to the caller: armed, the delivery ends `InDoubt` there (with `abort`, the
-/// process dies there). `clickhouse.before_events`: the step row is in, its rows are not
-/// sent. `clickhouse.after_events`: the rows are in, the answer "is lost".
+/// process dies there). `clickhouse.before_events` / `before_rollup`: the step row is in,
+/// its rows are not sent. `clickhouse.after_events` / `after_rollup`: the rows are in, the
+/// answer "is lost".
 fn fail_point(name: &str) -> Result<(), SinkError> {
     crate::failpoint::io(name).map_err(|e| SinkError::InDoubt(format!("fail point {name}: {e}")))
+}
+
+/// Steps of `step`'s lane below this `seq` decide nothing any more: it is at most
+/// [`PRUNE_KEEP_SEQ`] below `step`, and below the latest step committed (`known`) for every
+/// target and for the lane as a whole, so each table keeps the step its cursor rests on
+/// however many tables a batch writes. `None` while a target's latest step is not known.
+fn prune_bound(
+    known: &HashMap<(LaneId, String), (u64, Position)>,
+    targets: &[String],
+    step: &Step,
+) -> Option<u64> {
+    let latest = |target: &str| known.get(&(step.lane, target.to_owned())).map(|&(seq, _)| seq);
+    let mut bound = step.seq.saturating_sub(PRUNE_KEEP_SEQ);
+    for target in targets {
+        bound = bound.min(latest(target)?);
+    }
+    Some(latest("").map_or(bound, |seq| bound.min(seq)))
+}
+
+/// A lane-wide step (every table of the lane) over the whole batch.
+fn lane_step(batch: &Batch, seq: u64, kind: Kind, probe: Probe) -> Step {
+    let (lane, from, to) = (batch.lane(), batch.from(), batch.to());
+    Step { lane, seq, kind, from, to, probe, target: String::new() }
 }
 
 fn encoding_failed(what: &str, why: String) -> SinkError {
@@ -58,48 +95,135 @@ fn encoding_failed(what: &str, why: String) -> SinkError {
 }
 
 impl ClickHouseConn {
-    /// Contract 2: the `seq` of the lane's highest step (0: none), if the sink's cursor for
-    /// the lane is `batch.from()` or there is none.
-    async fn fence(&mut self, wal: &WalIdentity, batch: &Batch) -> Result<u64, SinkError> {
+    /// Contract 2: the `seq` of the lane's highest step (0: none) and each target's cursor
+    /// (`Shared::targets` order), if the lowest is `batch.from()` or there is none.
+    async fn fence(
+        &mut self,
+        wal: &WalIdentity,
+        batch: &Batch,
+    ) -> Result<(u64, Vec<Option<Position>>), SinkError> {
         let lane = batch.lane();
         let mut lanes = self.latest_steps(wal, Some(lane)).await?;
         let steps = lanes.remove(&lane).unwrap_or_default();
-        let seq = steps.first().map_or(0, |s| s.seq);
-        match self.settle(wal, &steps).await? {
+        let seq = steps.iter().map(|s| s.seq).max().unwrap_or(0);
+        let Some(cursors) = self.settle(wal, &steps).await? else {
+            // Retired: the core never delivers a retired lane again; say where it stands.
+            return Err(SinkError::Fenced { lane, expected: batch.from(), found: Position::default() });
+        };
+        match notes::lane_cursor(&cursors) {
             Some(found) if found != batch.from() => {
                 self.shared.stats.fenced();
                 Err(SinkError::Fenced { lane, expected: batch.from(), found })
             }
-            _ => Ok(seq),
+            _ => Ok((seq, cursors)),
         }
     }
 
     pub(super) async fn deliver_rows(&mut self, wal: &WalIdentity, batch: &Batch) -> Result<(), SinkError> {
-        let seq = self.fence(wal, batch).await?;
-        let runs = rows::runs(batch);
-        if runs.is_empty() {
-            return self.advance(wal, batch, seq + 1).await;
+        let (seq, cursors) = self.fence(wal, batch).await?;
+        if batch.is_empty() {
+            return self
+                .write_advance(wal, lane_step(batch, seq + 1, Kind::Advance, Probe::default()), false)
+                .await;
         }
-        let insert = schema::insert_statement(self.db(), "events", EVENTS);
-        let (mut from, mut committed) = (batch.from(), false);
-        for (k, range) in runs.into_iter().enumerate() {
-            let last = &batch.rows()[range.end - 1];
-            let to = if range.end == batch.len() { batch.to() } else { last.end };
-            let lane = batch.lane();
-            let probe = probe_of(batch, last);
-            let step = Step { lane, seq: seq + 1 + k as u64, kind: Kind::Events, from, to, probe };
-            self.write_steps(wal, std::slice::from_ref(&step), committed).await?;
-            fail_point("clickhouse.before_events")?;
-            let n = range.len();
-            let block = rows::events_block(wal, batch, range, Vec::new())
-                .map_err(|e| encoding_failed("events", e))?;
-            let bytes = block.len();
-            let id = step.insert_query_id(wal);
-            self.write(&insert, Some(&id), block, Phase::WriteEvents, committed, "insert events").await?;
-            fail_point("clickhouse.after_events")?;
-            self.shared.stats.block_committed(n, bytes);
-            self.committed(wal, &step).await;
-            (from, committed) = (to, true);
+        let plans = self.plan(batch, seq, &cursors);
+        // Every target's first step goes in before any block: a target without a step is
+        // one that no delivery has written yet (`super::notes`), never one left behind.
+        let firsts: Vec<Step> = plans.iter().map(|(_, runs)| runs[0].0.clone()).collect();
+        self.write_steps(wal, &firsts, false).await?;
+        let mut committed = firsts.iter().any(|s| s.kind == Kind::Advance);
+        for (t, runs) in plans {
+            for (k, (step, range)) in runs.into_iter().enumerate() {
+                if k > 0 {
+                    self.write_steps(wal, std::slice::from_ref(&step), committed).await?;
+                }
+                if step.kind != Kind::Advance {
+                    self.write_block(wal, batch, t, &step, range, committed).await?;
+                }
+                self.committed(wal, &step).await;
+                committed = true;
+            }
+        }
+        Ok(())
+    }
+
+    /// Per target still behind `batch.to()` (index into `Shared::targets`): its runs of rows
+    /// from its own cursor, each with its step, `seq` numbered on from `seq`; one `Advance`
+    /// step for a target with no rows left in the batch.
+    fn plan(&self, batch: &Batch, mut seq: u64, cursors: &[Option<Position>]) -> Vec<Plan> {
+        let (lane, to) = (batch.lane(), batch.to());
+        let mut plans = Vec::new();
+        for (t, cursor) in cursors.iter().enumerate() {
+            let start = cursor.unwrap_or(batch.from());
+            debug_assert!(start >= batch.from(), "the fence found every target at or past the batch's start");
+            if start >= to {
+                continue;
+            }
+            let target = &self.shared.targets[t];
+            let first = batch.rows().partition_point(|r| r.end <= start);
+            let (mut runs, mut run_from) = (Vec::new(), start);
+            for range in rows::runs(batch, first..batch.len()) {
+                let last = &batch.rows()[range.end - 1];
+                let run_to = if range.end == batch.len() { to } else { last.end };
+                let (kind, probe) = match self.shared.rollup_of(t) {
+                    None => (Kind::Events, probe_of(batch, last)),
+                    Some(_) => (Kind::Rollup, Probe::default()),
+                };
+                seq += 1;
+                let step =
+                    Step { lane, seq, kind, from: run_from, to: run_to, probe, target: target.clone() };
+                runs.push((step, range));
+                run_from = run_to;
+            }
+            if runs.is_empty() {
+                seq += 1;
+                let probe = Probe::default();
+                let step =
+                    Step { lane, seq, kind: Kind::Advance, from: start, to, probe, target: target.clone() };
+                runs.push((step, first..first));
+            }
+            plans.push((t, runs));
+        }
+        plans
+    }
+
+    /// One run of rows into target `t`, whose step row is in: events rows, or the rollup's
+    /// counts with the step's marker row, under the step's query id.
+    async fn write_block(
+        &mut self,
+        wal: &WalIdentity,
+        batch: &Batch,
+        t: usize,
+        step: &Step,
+        range: Range<usize>,
+        committed: bool,
+    ) -> Result<(), SinkError> {
+        let shared = self.shared.clone();
+        let id = step.insert_query_id(wal);
+        match shared.rollup_of(t) {
+            None => {
+                fail_point("clickhouse.before_events")?;
+                let n = range.len();
+                let block = rows::events_block(wal, batch, range, Vec::new())
+                    .map_err(|e| encoding_failed("events", e))?;
+                let bytes = block.len();
+                let insert = schema::insert_statement(self.db(), "events", EVENTS);
+                self.write(&insert, Some(&id), block, Phase::WriteEvents, committed, "insert events").await?;
+                fail_point("clickhouse.after_events")?;
+                self.shared.stats.block_committed(n, bytes);
+            }
+            Some((r, spec)) => {
+                fail_point("clickhouse.before_rollup")?;
+                let counts = aggregate(r, batch, range);
+                let marker = rollups::marker(wal, step.lane, step.to);
+                let block = rollups::block(r, spec, &counts, &marker)
+                    .map_err(|e| encoding_failed(&step.target, e))?;
+                let insert = schema::insert_statement(self.db(), &step.target, spec);
+                self.write(&insert, Some(&id), block, Phase::WriteOwn, committed, "insert rollup counts")
+                    .await?;
+                fail_point("clickhouse.after_rollup")?;
+                self.shared.stats.rollup_committed(counts.len());
+            }
         }
         Ok(())
     }
@@ -111,13 +235,14 @@ impl ClickHouseConn {
         code: u32,
         message: &str,
     ) -> Result<(), SinkError> {
-        let seq = self.fence(wal, batch).await?;
+        let (seq, _) = self.fence(wal, batch).await?;
         let Some(last) = batch.rows().last() else {
-            return self.advance(wal, batch, seq + 1).await;
+            return self
+                .write_advance(wal, lane_step(batch, seq + 1, Kind::Advance, Probe::default()), false)
+                .await;
         };
         let probe = Probe { end: last.end, ..Probe::default() };
-        let (lane, from, to) = (batch.lane(), batch.from(), batch.to());
-        let step = Step { lane, seq: seq + 1, kind: Kind::Rejects, from, to, probe };
+        let step = lane_step(batch, seq + 1, Kind::Rejects, probe);
         self.write_steps(wal, std::slice::from_ref(&step), false).await?;
         let block = rows::rejects_block(wal, batch, code, message, now_secs())
             .map_err(|e| encoding_failed("ingest_rejects", e))?;
@@ -129,11 +254,14 @@ impl ClickHouseConn {
         Ok(())
     }
 
-    /// A batch without rows: the `Advance` step is the commit.
-    async fn advance(&mut self, wal: &WalIdentity, batch: &Batch, seq: u64) -> Result<(), SinkError> {
-        let (lane, from, to) = (batch.lane(), batch.from(), batch.to());
-        let step = Step { lane, seq, kind: Kind::Advance, from, to, probe: Probe::default() };
-        self.write_steps(wal, std::slice::from_ref(&step), false).await?;
+    /// An `Advance` step (no rows to insert): the step row is the commit.
+    async fn write_advance(
+        &mut self,
+        wal: &WalIdentity,
+        step: Step,
+        committed: bool,
+    ) -> Result<(), SinkError> {
+        self.write_steps(wal, std::slice::from_ref(&step), committed).await?;
         self.committed(wal, &step).await;
         Ok(())
     }
@@ -150,15 +278,13 @@ impl ClickHouseConn {
         let steps: Vec<Step> = lanes
             .iter()
             .map(|&lane| {
-                let seq = latest.get(&lane).and_then(|s| s.first()).map_or(0, |s| s.seq) + 1;
+                let seq = latest.get(&lane).and_then(|s| s.iter().map(|s| s.seq).max()).unwrap_or(0) + 1;
                 let none = Position::default();
-                Step { lane, seq, kind: Kind::Retired, from: none, to: none, probe: Probe::default() }
+                let probe = Probe::default();
+                Step { lane, seq, kind: Kind::Retired, from: none, to: none, probe, target: String::new() }
             })
             .collect();
         self.write_steps(wal, &steps, false).await?;
-        for step in &steps {
-            self.known.insert(step.lane, (step.seq, None));
-        }
         let keys: Vec<String> = lanes.iter().map(|l| format!("({}, {})", l.core, l.incarnation)).collect();
         // The `Retired` steps stay: a mutation applies part by part, and until the last part
         // is done, a lane whose tombstone went first would show an old step as its latest.
@@ -190,18 +316,17 @@ impl ClickHouseConn {
 
     /// Remembers what this connection committed; prunes the lane's old steps now and then.
     async fn committed(&mut self, wal: &WalIdentity, step: &Step) {
-        self.known.insert(step.lane, (step.seq, Some(step.to)));
-        if step.seq.is_multiple_of(PRUNE_EVERY_SEQ) {
-            let l = step.lane;
-            let filter = format!(
-                "wal_id = '{}' AND core = {} AND incarnation = {} AND seq < {}",
-                wal.wal,
-                l.core,
-                l.incarnation,
-                step.seq - PRUNE_KEEP_SEQ
-            );
-            self.tidy(&filter).await;
+        self.known.insert((step.lane, step.target.clone()), (step.seq, step.to));
+        if !step.seq.is_multiple_of(PRUNE_EVERY_SEQ) {
+            return;
         }
+        let Some(below) = prune_bound(&self.known, &self.shared.targets, step) else { return };
+        let l = step.lane;
+        let filter = format!(
+            "wal_id = '{}' AND core = {} AND incarnation = {} AND seq < {below}",
+            wal.wal, l.core, l.incarnation
+        );
+        self.tidy(&filter).await;
     }
 
     /// Deletes `ingest_cursors` rows matching `filter` (a mutation the server runs later).
@@ -211,5 +336,38 @@ impl ClickHouseConn {
         if let Err(err) = self.query(&sql, "delete old cursor steps").await {
             warn!(%err, "could not delete old ingest_cursors rows; they only take space");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pruning_keeps_the_latest_step_of_every_table() {
+        let lane = LaneId { core: 1, incarnation: 2 };
+        let targets: Vec<String> =
+            std::iter::once("events".to_owned()).chain((0..100).map(|i| format!("rollup_{i}"))).collect();
+        // One batch wrote 101 steps, 3996..=4096: more than PRUNE_KEEP_SEQ.
+        let mut known = HashMap::new();
+        for (i, t) in targets.iter().enumerate() {
+            known.insert((lane, t.clone()), (3996 + i as u64, Position::new(1, 9)));
+        }
+        let step = |seq| Step {
+            lane,
+            seq,
+            kind: Kind::Rollup,
+            from: Position::default(),
+            to: Position::default(),
+            probe: Probe::default(),
+            target: String::new(),
+        };
+        assert_eq!(prune_bound(&known, &targets, &step(4096)), Some(3996), "not 4032");
+        known.insert((lane, String::new()), (3900, Position::new(1, 1)));
+        assert_eq!(prune_bound(&known, &targets, &step(4096)), Some(3900), "the lane-wide step stays too");
+        known.remove(&(lane, "rollup_7".to_owned()));
+        assert_eq!(prune_bound(&known, &targets, &step(4096)), None, "a table not known here: no prune");
+        let few = HashMap::from([((lane, "events".to_owned()), (8192, Position::new(1, 9)))]);
+        assert_eq!(prune_bound(&few, &targets[..1], &step(8192)), Some(8192 - PRUNE_KEEP_SEQ));
     }
 }

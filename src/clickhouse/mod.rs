@@ -6,6 +6,7 @@
 //! deliver.rs  what a delivery writes, in order: fence, step row, Native block; rejects; retire
 //! notes.rs    ingest_cursors: step rows, the latest-step query, probes, how a cursor is decided
 //! rows.rs     a batch as Native blocks (events, ingest_rejects); runs of one partition each
+//! rollups.rs  the rollup tables (SummingMergeTree), their definition check, their blocks
 //! native.rs   the Native format encoder, checked against the column specs
 //! schema.rs   the tables: columns, engines, sort keys and why
 //! errors.rs   which failure is Unavailable, InDoubt or Refused
@@ -29,7 +30,7 @@
 //!    (`native`; both tried on 18.16). `max_insert_block_size` does not cut Native blocks.
 //! 2. **So the probe tells whether a step committed.** The step is written before its rows,
 //!    so if the rows are in, the step is there too; the probe row is in iff the block is.
-//! 3. **A lane's cursor is decided by its highest step** (`notes::decide`): `to` if its rows
+//! 3. **A lane's cursor is decided by its highest step** (`notes::per_target`, `notes::lane_cursor`): `to` if its rows
 //!    are in (or it had none: `Advance`), else `from`. By induction, `from` is right: a step
 //!    is only written after the fence (4) found the lane's cursor at `from`.
 //! 4. **The fence** (contract 2): every delivery first settles the lane's cursor this way and
@@ -40,8 +41,15 @@
 //!    query id runs (`system.processes`; contract 3), so a block still being written is
 //!    counted once it is done, not missed and resent.
 //!
+//! 6. **Rollups** (`rollups`) are further targets of the same steps: each step names its
+//!    table, a rollup block is one part carrying a marker row that is its probe, and each
+//!    table's cursor is settled on its own (`notes`). A delivery writes every table's first
+//!    step before any block, so after a crash each table resumes from its own cursor, and the
+//!    lane from the lowest: rows a table already has are filtered out of the resend.
+//!
 //! No row is ever inserted twice, so `SELECT count() FROM events` is exact without `FINAL`
-//! and without waiting for merges: the table is a plain MergeTree, nothing deduplicates.
+//! and without waiting for merges: the table is a plain MergeTree, nothing deduplicates. The
+//! same holds for `sum(events)` of a rollup's SummingMergeTree.
 //!
 //! **Assumptions**, each stated where it is relied on:
 //! - One process delivers a WAL's lanes at a time (the WAL directory's lock) and one batch
@@ -68,6 +76,7 @@ pub mod errors;
 pub mod http;
 pub mod native;
 pub mod notes;
+pub mod rollups;
 pub mod rows;
 pub mod schema;
 pub mod sink;
@@ -90,7 +99,7 @@ pub fn migrate_blocking(config: &Config) -> Result<Vec<String>, SinkError> {
     runtime.block_on(async {
         let mut done = Vec::new();
         for url in config.clickhouse.shard_urls() {
-            let sink = ClickHouseSink::new(&config.clickhouse, &url, Default::default())
+            let sink = ClickHouseSink::new(&config.clickhouse, &url, &config.rollup, Default::default())
                 .map_err(|e| SinkError::Unavailable(format!("{}: {}", e.key, e.message)))?;
             drop(sink.connect().await?);
             done.push(format!("{}: schema is up to date", sink.describe()));

@@ -20,19 +20,19 @@
 use super::schema::Column;
 
 /// One block being written.
-pub struct NativeBlock {
+pub struct NativeBlock<'s> {
     buf: Vec<u8>,
     rows: usize,
-    spec: &'static [Column],
+    spec: &'s [Column],
     /// Index of the next column of `spec` to write.
     next: usize,
     /// The first mismatch between what was written and the spec.
     error: Option<String>,
 }
 
-impl NativeBlock {
+impl<'s> NativeBlock<'s> {
     /// A block of `rows` rows with the columns of `spec`, written into `buf` (cleared).
-    pub fn new(spec: &'static [Column], rows: usize, mut buf: Vec<u8>) -> NativeBlock {
+    pub fn new(spec: &'s [Column], rows: usize, mut buf: Vec<u8>) -> NativeBlock<'s> {
         buf.clear();
         put_varuint(&mut buf, spec.len() as u64);
         put_varuint(&mut buf, rows as u64);

@@ -32,21 +32,21 @@ pub fn yyyymm_utc(secs: u32) -> u32 {
     (year * 100 + month) as u32
 }
 
-/// The batch's rows cut where the partition (month) changes: index ranges, in order. Rows
-/// are in WAL order, so each run is the next stretch of the lane; one run in nearly every
-/// batch (all but those that straddle a month, or follow a clock step back over one).
-pub fn runs(batch: &Batch) -> Vec<std::ops::Range<usize>> {
+/// The batch's rows `rows` cut where the partition (month) changes: index ranges, in order.
+/// Rows are in WAL order, so each run is the next stretch of the lane; one run in nearly
+/// every batch (all but those that straddle a month, or follow a clock step back over one).
+pub fn runs(batch: &Batch, rows: std::ops::Range<usize>) -> Vec<std::ops::Range<usize>> {
     let mut out = Vec::new();
-    let mut start = 0;
-    let rows = batch.rows();
-    for i in 1..rows.len() {
-        if month_of(&rows[i]) != month_of(&rows[i - 1]) {
+    let all = batch.rows();
+    let mut start = rows.start;
+    for i in rows.start + 1..rows.end {
+        if month_of(&all[i]) != month_of(&all[i - 1]) {
             out.push(start..i);
             start = i;
         }
     }
-    if !rows.is_empty() {
-        out.push(start..rows.len());
+    if start < rows.end {
+        out.push(start..rows.end);
     }
     out
 }
@@ -155,9 +155,12 @@ mod tests {
     fn a_batch_is_cut_where_the_month_changes() {
         let nov = 1_764_547_199_000;
         let dec = 1_764_547_200_000;
-        assert_eq!(runs(&batch_at(&[])), Vec::<std::ops::Range<usize>>::new());
-        assert_eq!(runs(&batch_at(&[nov, nov, nov])), vec![0..3]);
-        assert_eq!(runs(&batch_at(&[nov, dec, dec, nov])), vec![0..1, 1..3, 3..4]);
+        assert_eq!(runs(&batch_at(&[]), 0..0), Vec::<std::ops::Range<usize>>::new());
+        assert_eq!(runs(&batch_at(&[nov, nov, nov]), 0..3), vec![0..3]);
+        let straddles = batch_at(&[nov, dec, dec, nov]);
+        assert_eq!(runs(&straddles, 0..4), vec![0..1, 1..3, 3..4]);
+        assert_eq!(runs(&straddles, 2..4), vec![2..3, 3..4], "a suffix");
+        assert_eq!(runs(&straddles, 4..4), Vec::<std::ops::Range<usize>>::new());
     }
 
     #[test]

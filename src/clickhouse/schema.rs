@@ -19,7 +19,7 @@ pub struct Column {
     pub comment: &'static str,
 }
 
-const fn col(name: &'static str, ty: &'static str, comment: &'static str) -> Column {
+pub(super) const fn col(name: &'static str, ty: &'static str, comment: &'static str) -> Column {
     Column { name, ty, comment }
 }
 
@@ -64,7 +64,7 @@ pub static CURSORS: &[Column] = &[
     col("core", "UInt16", "Lane: the N of core-N"),
     col("incarnation", "UInt64", "Lane: incarnation of core-N"),
     col("seq", "UInt64", "Step number within the lane; the highest decides the cursor"),
-    col("kind", "UInt8", "0 advance (committed as written), 1 events, 2 rejects, 3 retired"),
+    col("kind", "UInt8", "0 advance (committed as written), 1 events, 2 rejects, 3 retired, 4 rollup"),
     col("from_segment", "UInt32", "Cursor before the step: segment"),
     col("from_offset", "UInt64", "Cursor before the step: offset"),
     col("to_segment", "UInt32", "Cursor once the step is committed: segment"),
@@ -75,6 +75,11 @@ pub static CURSORS: &[Column] = &[
     col("probe_segment", "UInt32", "Kinds 1-2: the step's last row: WAL segment"),
     col("probe_end", "UInt64", "Kinds 1-2: the step's last row: offset just past it"),
     col("written_at", "DateTime('UTC')", "When the step was written (collector clock)"),
+    col(
+        "target",
+        "String",
+        "Table whose cursor the step moves: events or rollup_<name>; empty = every table of the lane",
+    ),
 ];
 
 pub const CURSORS_ENGINE: &str = "ENGINE = MergeTree ORDER BY (wal_id, core, incarnation, seq)";
@@ -131,7 +136,7 @@ fn column_definition(c: &Column) -> String {
     format!("`{}` {} COMMENT '{}'", c.name, c.ty, c.comment.replace('\'', "\\'"))
 }
 
-fn create_table(db: &str, table: &str, columns: &[Column], engine: &str) -> String {
+pub(super) fn create_table(db: &str, table: &str, columns: &[Column], engine: &str) -> String {
     let defs: Vec<String> = columns.iter().map(column_definition).collect();
     format!("CREATE TABLE IF NOT EXISTS `{db}`.`{table}` ({}) {engine}", defs.join(", "))
 }

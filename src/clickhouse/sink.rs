@@ -3,8 +3,9 @@
 //! `super::deliver`; why that is exactly once, in `super`.
 //!
 //! A connect reads `version()` (logged when it changes) and runs the schema's
-//! `CREATE … IF NOT EXISTS` statements and adds missing columns (`super::schema`), every time:
-//! cheap, and a dropped table comes back.
+//! `CREATE … IF NOT EXISTS` statements, adds missing columns (`super::schema`) and checks the
+//! rollup tables' definitions (`super::rollups`), every time: cheap, and a dropped table
+//! comes back.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -19,9 +20,11 @@ use super::config::{ClickhouseConfig, Compression};
 use super::errors::{is_schema_misfit, sorted, Step as Phase};
 use super::http::{Endpoint, Http, HttpError};
 use super::notes::{self, Step};
-use super::schema;
+use super::rollups;
+use super::schema::{self, Column};
 use super::stats::ClickhouseStats;
 use crate::invalid::InvalidKey;
+use crate::rollup::RollupConfig;
 use crate::sink::{Batch, LeaseState, Sink, SinkConn, SinkCursor, SinkError};
 use crate::wal::identity::{LaneId, WalIdentity};
 use crate::wal::Position;
@@ -35,6 +38,11 @@ pub(super) struct Shared {
     pub(super) config: ClickhouseConfig,
     pub(super) endpoint: Endpoint,
     pub(super) stats: Arc<ClickhouseStats>,
+    /// The `[[rollup]]` tables written beside (or instead of) `events`, with their columns.
+    pub(super) rollups: Vec<(RollupConfig, Vec<Column>)>,
+    /// The tables a lane's cursor is kept for (`super::notes`): `events` if raw events are
+    /// stored, then `rollup_<name>` of each rollup, in the order of `rollups`.
+    pub(super) targets: Vec<String>,
     /// The server version last logged.
     version_logged: RefCell<String>,
 }
@@ -44,18 +52,41 @@ pub struct ClickHouseSink {
     shared: Rc<Shared>,
 }
 
+impl Shared {
+    /// The rollup (and its columns) whose table is target `t`; `None`: `events`.
+    pub(super) fn rollup_of(&self, t: usize) -> Option<(&RollupConfig, &[Column])> {
+        let i = t.checked_sub(usize::from(self.config.raw_events))?;
+        self.rollups.get(i).map(|(r, spec)| (r, spec.as_slice()))
+    }
+}
+
 impl ClickHouseSink {
     /// A sink for the server at `url` (one of `config.shard_urls()`), with `config`'s
-    /// database, login and timeouts. Connects to nothing yet.
+    /// database, login and timeouts, writing `rollups` too. Connects to nothing yet.
     pub fn new(
         config: &ClickhouseConfig,
         url: &str,
+        rollups: &[RollupConfig],
         stats: Arc<ClickhouseStats>,
     ) -> Result<ClickHouseSink, InvalidKey> {
         config.validate()?;
+        crate::rollup::validate(rollups)?;
+        if !config.raw_events && rollups.is_empty() {
+            return InvalidKey::err("clickhouse.raw_events", "false needs at least one [[rollup]]");
+        }
         let endpoint =
             Endpoint::parse(url).map_err(|why| InvalidKey { key: "clickhouse.shards", message: why })?;
-        let shared = Shared { config: config.clone(), endpoint, stats, version_logged: RefCell::default() };
+        let rollups: Vec<_> = rollups.iter().map(|r| (r.clone(), rollups::columns(r))).collect();
+        let events = config.raw_events.then(|| "events".to_owned());
+        let targets = events.into_iter().chain(rollups.iter().map(|(r, _)| rollups::table_name(r))).collect();
+        let shared = Shared {
+            config: config.clone(),
+            endpoint,
+            stats,
+            rollups,
+            targets,
+            version_logged: RefCell::default(),
+        };
         Ok(ClickHouseSink { shared: Rc::new(shared) })
     }
 
@@ -123,9 +154,9 @@ impl Sink for ClickHouseSink {
 pub struct ClickHouseConn {
     pub(super) http: Http,
     pub(super) shared: Rc<Shared>,
-    /// Per lane: the `seq` of the last step this connection committed, and the cursor it
-    /// decided. While the lane's highest step is still that one, no probe is needed.
-    pub(super) known: HashMap<LaneId, (u64, Option<Position>)>,
+    /// Per lane and target: the `seq` and `to` of the last step this connection committed.
+    /// While that is still the target's highest step, it needs no probe.
+    pub(super) known: HashMap<(LaneId, String), (u64, Position)>,
 }
 
 impl ClickHouseConn {
@@ -155,6 +186,34 @@ impl ClickHouseConn {
                 self.query(&statement, "add a column").await?;
             }
         }
+        for i in 0..self.shared.rollups.len() {
+            let r = self.shared.rollups[i].0.clone();
+            self.ensure_rollup(&db, &r).await?;
+        }
+        Ok(())
+    }
+
+    /// Creates `r`'s table, or checks that an existing one holds `r`'s definition: one of
+    /// another shape is created again if empty, and refused (Unavailable, logged at every
+    /// connect) while it holds rows.
+    async fn ensure_rollup(&mut self, db: &str, r: &RollupConfig) -> Result<(), SinkError> {
+        let create = rollups::create_statement(db, r);
+        self.query(&create, "create a rollup table").await?;
+        if rollups::has_shape(r, &self.query(&rollups::shape_query(db, r), "read a rollup table").await?) {
+            return Ok(());
+        }
+        let table = format!("`{db}`.`{}`", rollups::table_name(r));
+        if self.count(&format!("SELECT count() FROM {table}"), "count a rollup table").await? > 0 {
+            self.shared.stats.schema_error();
+            return Err(SinkError::Unavailable(format!(
+                "{table} holds counts of another definition than `{}`; rename or drop it, or restore \
+                 the [[rollup]] it was made for",
+                r.definition()
+            )));
+        }
+        warn!(%table, definition = %r.definition(), "an empty rollup table of another definition is created again");
+        self.query(&format!("DROP TABLE {table}"), "drop an empty rollup table").await?;
+        self.query(&create, "create a rollup table").await?;
         Ok(())
     }
 
@@ -216,30 +275,28 @@ impl ClickHouseConn {
         })
     }
 
-    /// The cursor `steps` (one lane's highest) decide, probing unless this connection wrote
-    /// the step itself.
+    /// The cursor of each target that `steps` (one lane's highest per target) decide, in the
+    /// order of `Shared::targets` (`None` in all: retired), probing each step unless this
+    /// connection committed it itself.
     pub(super) async fn settle(
         &mut self,
         wal: &WalIdentity,
         steps: &[Step],
-    ) -> Result<Option<Position>, SinkError> {
-        let Some(first) = steps.first() else { return Ok(None) };
-        if let Some(&(seq, at)) = self.known.get(&first.lane) {
-            if steps.len() == 1 && seq == first.seq {
-                return Ok(at);
-            }
-        }
+    ) -> Result<Option<Vec<Option<Position>>>, SinkError> {
         let mut present = Vec::with_capacity(steps.len());
         for step in steps {
-            let Some(probe) = notes::probe_query(self.db(), wal, step) else {
-                present.push(false);
+            let mine = self.known.get(&(step.lane, step.target.clone())) == Some(&(step.seq, step.to));
+            let probe = notes::probe_query(self.db(), wal, step);
+            let Some(probe) = probe.filter(|_| !mine) else {
+                present.push(mine);
                 continue;
             };
             self.wait_not_running(&step.insert_query_id(wal)).await?;
             self.shared.stats.probed();
             present.push(self.count(&probe, "probe a step's last row").await? > 0);
         }
-        Ok(notes::decide(steps, &present))
+        let targets: Vec<&str> = self.shared.targets.iter().map(String::as_str).collect();
+        Ok(notes::per_target(steps, &present, &targets))
     }
 
     /// Waits until no INSERT with this query id runs on the server (contract 3: a write
@@ -263,7 +320,7 @@ impl SinkConn for ClickHouseConn {
         let lanes = self.latest_steps(wal, None).await?;
         let mut out = Vec::with_capacity(lanes.len());
         for (lane, steps) in lanes {
-            if let Some(position) = self.settle(wal, &steps).await? {
+            if let Some(position) = self.settle(wal, &steps).await?.and_then(|t| notes::lane_cursor(&t)) {
                 out.push(SinkCursor { lane, position });
             }
         }
@@ -308,8 +365,11 @@ mod tests {
     #[test]
     fn describe_never_shows_the_password() {
         let config = ClickhouseConfig { user: "u".into(), password: "secret".into(), ..Default::default() };
-        let sink = ClickHouseSink::new(&config, "http://10.0.0.9:8123", Arc::default()).unwrap();
+        let sink = ClickHouseSink::new(&config, "http://10.0.0.9:8123", &[], Arc::default()).unwrap();
         assert_eq!(sink.describe(), "clickhouse http://10.0.0.9:8123/psc");
-        assert!(ClickHouseSink::new(&config, "10.0.0.9:8123", Arc::default()).is_err());
+        assert!(ClickHouseSink::new(&config, "10.0.0.9:8123", &[], Arc::default()).is_err());
+        let no_rows = ClickhouseConfig { raw_events: false, ..config };
+        let refused = ClickHouseSink::new(&no_rows, "http://10.0.0.9:8123", &[], Arc::default());
+        assert_eq!(refused.err().map(|e| e.key), Some("clickhouse.raw_events"));
     }
 }

@@ -12,6 +12,7 @@ pub struct ClickhouseStats {
     connects: AtomicU64,
     blocks: AtomicU64,
     rows: AtomicU64,
+    rollup_rows: AtomicU64,
     block_bytes: AtomicU64,
     steps: AtomicU64,
     probes: AtomicU64,
@@ -33,6 +34,8 @@ pub struct ClickhouseSnapshot {
     pub blocks: u64,
     /// `events` rows committed.
     pub rows: u64,
+    /// Rollup count rows committed (markers not counted).
+    pub rollup_rows: u64,
     /// Bytes of committed `events` blocks (Native encoding).
     pub block_bytes: u64,
     /// `ingest_cursors` rows written.
@@ -69,6 +72,10 @@ impl ClickhouseStats {
         add(&self.block_bytes, bytes as u64);
     }
 
+    pub fn rollup_committed(&self, rows: usize) {
+        add(&self.rollup_rows, rows as u64);
+    }
+
     pub fn steps_written(&self, n: usize) {
         add(&self.steps, n as u64);
     }
@@ -103,6 +110,7 @@ impl ClickhouseStats {
             connects: get(&self.connects),
             blocks: get(&self.blocks),
             rows: get(&self.rows),
+            rollup_rows: get(&self.rollup_rows),
             block_bytes: get(&self.block_bytes),
             steps: get(&self.steps),
             probes: get(&self.probes),

@@ -72,6 +72,8 @@ pub struct FlusherInputs {
     pub progress: Vec<Arc<CoreProgress>>,
     pub stats: Arc<FlushStats>,
     pub mysql_stats: Arc<MysqlStats>,
+    /// Counters of the ClickHouse sink (all shards), also read by `/metrics`.
+    pub clickhouse_stats: Arc<ClickhouseStats>,
     pub shutdown: Arc<AtomicBool>,
 }
 
@@ -121,10 +123,10 @@ async fn run(inputs: FlusherInputs) -> Done {
         }
         SinkKind::Clickhouse => {
             let c = &inputs.config.clickhouse;
-            let stats = Arc::new(ClickhouseStats::default());
+            let stats = inputs.clickhouse_stats.clone();
             let sinks: Result<Vec<_>, _> = shard_urls(&inputs.config)
                 .iter()
-                .map(|url| ClickHouseSink::new(c, url, stats.clone()).map(Rc::new))
+                .map(|url| ClickHouseSink::new(c, url, &inputs.config.rollup, stats.clone()).map(Rc::new))
                 .collect();
             match sinks {
                 Ok(sinks) => drive(inputs, sinks, "ClickHouse").await,

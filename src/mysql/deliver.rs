@@ -134,7 +134,7 @@ impl MysqlConn {
         }
         let mut keys = 0;
         for r in &shared.rollups {
-            let counts = aggregate(r, batch);
+            let counts = aggregate(r, batch, 0..batch.len());
             keys += counts.len() as u64;
             rollups::build_upserts(r, &counts, batch, &self.domain_ids, self.max_bytes, &mut self.sql)?;
         }

@@ -187,7 +187,7 @@ mod tests {
         }
         let r =
             rollup(vec![Dimension::Domain, Dimension::FileId, Dimension::ClientIp, Dimension::RefererHost]);
-        let counts = aggregate(&r, &b);
+        let counts = aggregate(&r, &b, 0..b.len());
         let mut sql = SqlBuffer::default();
         build_upserts(&r, &counts, &b, &[9, 9, 9], 1 << 20, &mut sql).unwrap();
         let text = String::from_utf8(sql.statements().next().unwrap().to_vec()).unwrap();

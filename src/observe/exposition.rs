@@ -50,6 +50,7 @@ pub struct Scrape {
     commit_lag_bytes: u64,
     commit_lag_events: u64,
     mysql: MysqlScrape,
+    clickhouse: Option<crate::clickhouse::ClickhouseSnapshot>,
     ready: bool,
     uptime_seconds: f64,
     process: ProcessStats,
@@ -99,6 +100,7 @@ impl Scrape {
             commit_lag_bytes,
             commit_lag_events,
             mysql: MysqlScrape::take(&observer.mysql),
+            clickhouse: observer.clickhouse.as_ref().map(|c| c.snapshot()),
             ready: observer.not_ready().is_none(),
             uptime_seconds: observer.started.elapsed().as_secs_f64(),
             process: ProcessStats::read(),
@@ -245,6 +247,9 @@ impl Collector for Scrape {
         gauge(e, "ingest_mysql_up", "1 if the last MySQL operation succeeded", None, self.mysql_up as u64)?;
         gauge(e, "ingest_ready", "1 while /readyz answers 200", None, self.ready as u64)?;
         self.mysql.encode(e)?;
+        if let Some(c) = &self.clickhouse {
+            super::clickhouse_metrics::encode(e, c)?;
+        }
         let limits = LIMITS.iter().zip(t.limit_hits).map(|(l, n)| (l.to_string(), n));
         counter_family(
             e,

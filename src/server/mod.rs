@@ -25,6 +25,7 @@ use std::thread::JoinHandle;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
+use crate::clickhouse::ClickhouseStats;
 use crate::config::Config;
 use crate::flush::core::LaneInit;
 use crate::flush::stats::FlushStats;
@@ -108,11 +109,14 @@ pub fn start(mut config: Config) -> Result<Running, ServerError> {
     let flush_stats = Arc::new(FlushStats::new(core_count, flush::shard_urls(&config).len()));
     flush_stats.wal_disk_bytes.store(wal_bytes, Ordering::Relaxed);
     let mysql_stats = Arc::new(MysqlStats::default());
+    let clickhouse_stats = Arc::new(ClickhouseStats::default());
+    let on_clickhouse = config.sink.kind == crate::config::SinkKind::Clickhouse;
     let observer = Arc::new(Observer::new(ObserverInputs {
         cores: counters.clone(),
         progress: progress.clone(),
         flush: flush_stats.clone(),
         mysql: mysql_stats.clone(),
+        clickhouse: on_clickhouse.then(|| clickhouse_stats.clone()),
         queue_depth: queue_rx.depth_handle(),
         queue_capacity: queue_rx.capacity(),
         wal_dir: wal_dir.clone(),
@@ -128,6 +132,7 @@ pub fn start(mut config: Config) -> Result<Running, ServerError> {
         progress: progress.clone(),
         stats: flush_stats.clone(),
         mysql_stats,
+        clickhouse_stats,
         shutdown: flusher_shutdown.clone(),
     })
     .map_err(|source| ServerError::Thread { name: "flusher".into(), source })?;

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use psc::clickhouse::{ClickHouseConn, ClickHouseSink, ClickhouseConfig, ClickhouseStats};
+use psc::rollup::RollupConfig;
 use psc::sink::{Sink, SinkConn, SinkCursor};
 
 use super::harness::{self, wal};
@@ -23,9 +24,17 @@ pub fn sink_at(url: &str) -> (ClickHouseSink, Arc<ClickhouseStats>) {
 }
 
 pub fn sink_with(url: &str, config: ClickhouseConfig) -> (ClickHouseSink, Arc<ClickhouseStats>) {
+    sink_with_rollups(url, config, &[])
+}
+
+pub fn sink_with_rollups(
+    url: &str,
+    config: ClickhouseConfig,
+    rollups: &[RollupConfig],
+) -> (ClickHouseSink, Arc<ClickhouseStats>) {
     let config = ClickhouseConfig { query_timeout_ms: 10_000, connect_timeout_ms: 2000, ..config };
     let stats = Arc::new(ClickhouseStats::default());
-    (ClickHouseSink::new(&config, url, stats.clone()).expect("valid sink config"), stats)
+    (ClickHouseSink::new(&config, url, rollups, stats.clone()).expect("valid sink config"), stats)
 }
 
 pub async fn connect(sink: &ClickHouseSink) -> ClickHouseConn {
