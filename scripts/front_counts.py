@@ -10,8 +10,9 @@ Counts, not times, so they hold while other work shares the CPUs:
    or 16 requests per write ("pipelined").
 2. `syscalls/req`, `ctx-sw/req`: `perf stat -e raw_syscalls:sys_enter,context-switches` on
    the collector process during a wrk run of fixed length (wrk on another CPU); plus the CPU
-   time of the process's io-wq workers (`iou-wrk-*` threads) per request, the cost of
-   buffered writes the filesystem makes io_uring punt.
+   time per request of each group of threads (`load_common.THREAD_GROUPS`: the core, the
+   io-wq workers that run the buffered writes the filesystem makes io_uring punt, the
+   flusher, and the rest), from /proc/PID/task/*/stat.
 
 The collector runs with `cores = 1`, a fresh WAL under var/front-counts/ (or PSC_COUNTS_WAL_DIR,
 e.g. on an XFS mount), and a MySQL URL pointing at a closed port: only the front end works.
@@ -30,6 +31,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from load_common import cpu_split, thread_ticks
 
 REPO = Path(__file__).resolve().parent.parent
 VAR = REPO / "var" / "front-counts"
@@ -177,18 +180,6 @@ def callgrind(binary, requests, conns, depth):
     return total / answered, driver
 
 
-def iou_worker_ticks(pid):
-    ticks = 0
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            if (task / "comm").read_text().startswith("iou-wrk"):
-                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-                ticks += int(fields[11]) + int(fields[12])
-        except OSError:
-            pass
-    return ticks
-
-
 def wal_writes(port):
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
         s.sendall(b"GET /metrics?format=prometheus HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
@@ -210,7 +201,7 @@ def perf_counts(binary, conns, mode, duration_s):
         if mode == "pipelined":
             wrk += ["--", "16"]
         perf_out = VAR / f"perf-{mode}.csv"
-        iou_before, writes_before = iou_worker_ticks(proc.pid), wal_writes(port)
+        threads_before, writes_before = thread_ticks(proc.pid), wal_writes(port)
         perf = subprocess.Popen(["perf", "stat", "-x", ",", "-o", str(perf_out), "-e",
                                  "raw_syscalls:sys_enter,context-switches,task-clock",
                                  "-p", str(proc.pid)], start_new_session=True)
@@ -219,7 +210,7 @@ def perf_counts(binary, conns, mode, duration_s):
                              timeout=duration_s + 60).stdout
         perf.send_signal(signal.SIGINT)
         perf.wait(30)
-        iou_ticks = iou_worker_ticks(proc.pid) - iou_before
+        split = cpu_split(threads_before, thread_ticks(proc.pid))
         writes = wal_writes(port) - writes_before
     finally:
         stop(proc)
@@ -238,7 +229,8 @@ def perf_counts(binary, conns, mode, duration_s):
         "syscalls/req": counts.get("raw_syscalls:sys_enter", 0) / requests,
         "ctx-sw/req": counts.get("context-switches", 0) / requests,
         "cpu-us/req": counts.get("task-clock", 0) * 1e3 / requests,
-        "io-wq cpu-us/req": iou_ticks * 1e6 / tck / requests,
+        **{f"{group} cpu-us/req": ticks * 1e6 / tck / requests
+           for group, ticks in split.items() if group != "total"},
         "req/WAL write": requests / writes if writes else float("nan"),
     }
 
@@ -263,8 +255,8 @@ def main():
             log(f"{mode}: " + " ".join(f"{k}={v:.3f}" for k, v in row.items()
                                         if isinstance(v, float) and k != "instr/req"))
         rows.append(row)
-    keys = ["mode", "instr/req", "syscalls/req", "ctx-sw/req", "io-wq cpu-us/req", "cpu-us/req",
-            "req/WAL write"]
+    keys = ["mode", "instr/req", "syscalls/req", "ctx-sw/req", "cpu-us/req", "core cpu-us/req",
+            "io-wq cpu-us/req", "flusher cpu-us/req", "other cpu-us/req", "req/WAL write"]
     print("| " + " | ".join(keys) + " |\n|" + "---|" * len(keys))
     for row in rows:
         cells = [row["mode"]] + [

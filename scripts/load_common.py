@@ -118,6 +118,43 @@ def cpu_ticks(pid):
     return int(fields[11]) + int(fields[12])
 
 
+# Thread groups of the collector, by the start of the thread's name (`comm`, 15 bytes at most):
+# the HTTP cores; the io-wq workers io_uring punts blocking work to (buffered WAL writes on
+# ext4 with `wal.write_mode = "uring"`); the flusher and its WAL-read threads (tokio's blocking
+# pool). Anything else (the main thread, the GeoIP watcher, threads that exited during the run,
+# whose time the kernel keeps in the process total) is "other".
+THREAD_GROUPS = (("core", ("core-",)), ("io-wq", ("iou-wrk",)),
+                 ("flusher", ("flusher", "tokio-rt-worker", "tokio-runtime-w")))
+
+
+def thread_ticks(pid):
+    """(whole-process ticks, {tid: (comm, utime + stime ticks)}) of the live threads."""
+    threads = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            stat = (task / "stat").read_text()
+        except OSError:
+            continue  # exited while listed
+        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()
+        threads[int(task.name)] = (comm, int(fields[11]) + int(fields[12]))
+    return cpu_ticks(pid), threads
+
+
+def cpu_split(before, after):
+    """CPU ticks between two `thread_ticks` snapshots, by THREAD_GROUPS plus "other" (the
+    process total minus the groups) and "total"."""
+    split = {name: 0 for name, _ in THREAD_GROUPS}
+    for tid, (comm, ticks) in after[1].items():
+        delta = ticks - before[1].get(tid, (comm, 0))[1]
+        group = next((name for name, prefixes in THREAD_GROUPS if comm.startswith(prefixes)), None)
+        if group:
+            split[group] += delta
+    split["total"] = after[0] - before[0]
+    split["other"] = max(0, split["total"] - sum(split[name] for name, _ in THREAD_GROUPS))
+    return split
+
+
 def peak_rss_kib(pid):
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):

@@ -5,6 +5,12 @@ closed-loop wrk rounds; stdlib only.
   `--latency-correction`, so a stall is charged to every request scheduled during it
   (no coordinated omission). p50/p99/p99.9 at 50 % of the collector's own best plain rate, and
   a sweep of rates to find where p99 passes 10 ms. nginx at 50 % of its own rate, for scale.
+  oha's own CPU share is reported with each run: near 100 % of its CPU, the generator and not
+  the server sets the tail (nginx's `return 204` then shows the same milliseconds). Next to
+  oha's percentiles: the collector's own, from its `ingest_http_answer_seconds` histogram
+  (a read's completion to the write of its answers) scraped before and after the run, as the
+  bucket bound they fall under; what oha sees above them happens outside the core loop
+  (kernel, scheduler, the generator).
 - Many connections: 10,000 keep-alive connections on one core, each sending a beacon every
   PSC_BENCH_IDLE_S seconds (default 3) at a random phase, for PSC_BENCH_MANY_S seconds:
   every answer must be a 204, no connection may fail; the collector's RSS is reported.
@@ -19,9 +25,11 @@ import asyncio
 import json
 import os
 import random
+import re
 import resource
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -92,6 +100,9 @@ class OpenLoop:
     p999_ms: float
     errors: int
     non2xx: int
+    oha_cpu_pct: float = None  # oha's CPU time over the run's wall time
+    server_p99_ms: float = None  # bucket bound of the collector's own p99 (None: not scraped)
+    server_p999_ms: float = None
 
 
 def oha_binary():
@@ -108,15 +119,48 @@ def ensure_oha():
     return oha_binary() if rc == 0 else None
 
 
+ANSWER_BUCKET = re.compile(rb'^ingest_http_answer_seconds_bucket\{le="([^"]+)"\} (\d+)', re.M)
+
+
+def answer_buckets(port):
+    """Cumulative `(le seconds, count)` of the collector's answer histogram, or None."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(b"GET /metrics?format=prometheus HTTP/1.1\r\nHost: x\r\n"
+                      b"Connection: close\r\n\r\n")
+            text = b""
+            while chunk := s.recv(65536):
+                text += chunk
+    except OSError:
+        return None
+    found = [(float(le), int(n)) for le, n in ANSWER_BUCKET.findall(text)]
+    return found or None
+
+
+def bucket_quantile_ms(before, after, q):
+    """Upper bound (ms) of the bucket holding quantile `q` of what was observed in between."""
+    if not before or not after or len(before) != len(after):
+        return None
+    counts = [(le, n - m) for (le, n), (_, m) in zip(after, before)]
+    total = counts[-1][1]
+    if total <= 0:
+        return None
+    return next(le * 1000 for le, n in counts if n >= q * total)
+
+
 def run_oha(owned, oha, port, rate, duration_s, server):
     argv = ["taskset", "-c", CLIENT_CPU, oha, "-z", f"{duration_s}s", "-q", str(int(rate)),
             "-c", str(OPEN_LOOP_CONNS), "--latency-correction", "--no-tui",
             "--output-format", "json", f"http://127.0.0.1:{port}{URL_PATH}"]
+    buckets_before = answer_buckets(port) if server == "collector" else None
+    cpu_before, started = children_cpu_s(), time.monotonic()
     proc = owned.spawn("oha", argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         out, err = proc.communicate(timeout=duration_s + 60)
     finally:
         owned.stop(proc)
+    oha_cpu_pct = 100 * (children_cpu_s() - cpu_before) / (time.monotonic() - started)
+    buckets_after = answer_buckets(port) if buckets_before else None
     try:
         doc = json.loads(out)
     except json.JSONDecodeError as e:
@@ -127,7 +171,15 @@ def run_oha(owned, oha, port, rate, duration_s, server):
     ms = lambda key: (pct.get(key) or 0) * 1000  # noqa: E731
     return OpenLoop(server, rate, summary.get("requestsPerSec", 0.0), ms("p50"), ms("p99"),
                     ms("p99.9"), sum(doc.get("errorDistribution", {}).values()),
-                    sum(n for c, n in codes.items() if not str(c).startswith("2")))
+                    sum(n for c, n in codes.items() if not str(c).startswith("2")), oha_cpu_pct,
+                    bucket_quantile_ms(buckets_before, buckets_after, 0.99),
+                    bucket_quantile_ms(buckets_before, buckets_after, 0.999))
+
+
+def children_cpu_s():
+    """CPU seconds of every reaped child (oha is the one reaped during a run)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 @dataclass
@@ -153,25 +205,31 @@ def open_loop_phase(owned, collector_port, collector_max, nginx_port, nginx_max)
         run = run_oha(owned, oha, collector_port, collector_max * fraction, SWEEP_S, "collector")
         result.sweep.append(run)
         log(f"open loop {fraction:.0%} of {collector_max:,.0f}: {run.achieved:,.0f} req/s "
-            f"p99 {run.p99_ms:.2f} ms p99.9 {run.p999_ms:.2f} ms")
+            f"p99 {run.p99_ms:.2f} ms p99.9 {run.p999_ms:.2f} ms oha CPU {run.oha_cpu_pct:.0f} % "
+            f"server p99/p99.9 ≤ {bound_ms(run.server_p99_ms)}/{bound_ms(run.server_p999_ms)} ms")
         if run.p99_ms > P99_KNEE_MS:
             result.knee_rate = run.rate
             break
     return result
 
 
+def bound_ms(value):
+    return "n/a" if value is None else "+Inf" if value == float("inf") else f"{value:g}"
+
+
 def open_loop_rows(result):
-    rows = [[r.server, f"50 % = {r.rate:,.0f}", f"{r.achieved:,.0f}", f"{r.p50_ms:.3f}",
-             f"{r.p99_ms:.3f}", f"{r.p999_ms:.3f}", str(r.errors), str(r.non2xx)]
-            for r in result.at_half]
-    rows += [[r.server, f"sweep {r.rate:,.0f}", f"{r.achieved:,.0f}", f"{r.p50_ms:.3f}",
-              f"{r.p99_ms:.3f}", f"{r.p999_ms:.3f}", str(r.errors), str(r.non2xx)]
-             for r in result.sweep]
-    return rows
+    row = lambda r, asked: [  # noqa: E731
+        r.server, asked, f"{r.achieved:,.0f}", f"{r.p50_ms:.3f}", f"{r.p99_ms:.3f}",
+        f"{r.p999_ms:.3f}", str(r.errors), str(r.non2xx), f"{r.oha_cpu_pct:.0f}",
+        f"≤ {bound_ms(r.server_p99_ms)} / ≤ {bound_ms(r.server_p999_ms)}"
+        if r.server == "collector" else "-"]
+    return ([row(r, f"50 % = {r.rate:,.0f}") for r in result.at_half]
+            + [row(r, f"sweep {r.rate:,.0f}") for r in result.sweep])
 
 
 OPEN_LOOP_HEADER = ["server", "rate asked (req/s)", "req/s done", "p50 ms", "p99 ms",
-                    "p99.9 ms", "errors", "non-2xx"]
+                    "p99.9 ms", "errors", "non-2xx", "oha CPU %",
+                    "collector's own p99 / p99.9 ms (answer histogram bucket)"]
 
 
 # ---------------------------------------------------------------- many connections

@@ -5,9 +5,12 @@
 //! Label values are fixed tables (status codes, reject reasons, limits) so a counter is an
 //! array slot, never a map lookup or an allocation.
 
+pub mod latency;
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crate::ingest::encoding::{CodingCounters, CodingTotals};
+use latency::{Latency, LatencyTotals};
 
 /// Status codes the collector answers with, the `code` label of `ingest_requests_total`.
 pub const STATUS_CODES: [u16; 19] =
@@ -95,6 +98,8 @@ pub struct CoreCounters {
     pub wal_truncated_bytes: AtomicU64,
     /// POST bodies by `Content-Encoding`: bodies, bytes in and out, bombs refused.
     pub codings: CodingCounters,
+    /// From a read's completion to the write of its answers ([`latency`]).
+    pub answer_latency: Latency,
     /// 1 while this core's WAL refuses new events (disk budget used up, or writes failing).
     /// Written by the core's WAL writer and housekeeping; `/readyz` answers 503 while any
     /// core has it set.
@@ -139,6 +144,7 @@ pub struct CoreTotals {
     pub connections_open: u64,
     pub wal_truncated_bytes: u64,
     pub codings: CodingTotals,
+    pub answer_latency: LatencyTotals,
 }
 
 /// Adds up the per-core counters.
@@ -164,6 +170,7 @@ pub fn sum<'a>(cores: impl IntoIterator<Item = &'a CoreCounters>) -> CoreTotals 
         t.connections_open += get(&c.connections_open);
         t.wal_truncated_bytes += get(&c.wal_truncated_bytes);
         c.codings.add_to(&mut t.codings);
+        c.answer_latency.add_to(&mut t.answer_latency);
     }
     t
 }

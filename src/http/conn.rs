@@ -16,9 +16,12 @@
 //! - a request with `Expect: 100-continue` whose body is not buffered yet gets one
 //!   `100 Continue` before the next read; any other expectation is 417 and closes;
 //! - past `max_requests_per_connection` requests or `max_connection_age_ms` of age, the next
-//!   answer carries `Connection: close` and the connection ends (L4 balancers rebalance).
+//!   answer carries `Connection: close` and the connection ends (L4 balancers rebalance);
+//! - the time from a read's completion to the write of its answers is observed for one read in
+//!   [`SAMPLE_EVERY_READS`] (`crate::metrics::latency`): two clock reads per sampled read.
 
 use std::rc::Rc;
+use std::time::Instant;
 
 use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
@@ -33,6 +36,7 @@ use super::request::{self, Expect, Parsed};
 use super::response;
 use super::router::{route, Reply, Turn};
 use crate::ingest::QueryScratch;
+use crate::metrics::latency::SAMPLE_EVERY_READS;
 use crate::metrics::{bump, CoreCounters};
 use crate::wal::group::TickOutcome;
 
@@ -64,6 +68,10 @@ struct Connection {
     continue_owed: bool,
     /// `100 Continue` was sent for the buffered request.
     continue_sent: bool,
+    /// When the last sampled read completed, until its answers are written (`answer_latency`).
+    read_done: Option<Instant>,
+    /// Reads so far, for sampling one in [`SAMPLE_EVERY_READS`].
+    reads: u32,
 }
 
 /// Serves one accepted connection until it closes.
@@ -84,11 +92,18 @@ pub async fn serve(
         life: Lifetime::new(crate::clock::unix_ms()),
         continue_owed: false,
         continue_sent: false,
+        read_done: None,
+        reads: 0,
     };
     loop {
         let close = conn.answer_buffered(&ctx).await;
-        if !conn.write_buf.is_empty() && !conn.flush(&mut stream).await {
-            return;
+        if !conn.write_buf.is_empty() {
+            if !conn.flush(&mut stream).await {
+                return;
+            }
+            if let Some(read_done) = conn.read_done.take() {
+                ctx.counters.answer_latency.observe(read_done.elapsed());
+            }
         }
         if close {
             return;
@@ -317,6 +332,10 @@ impl Connection {
             _ if self.watch.expired() => ReadOutcome::TimedOut,
             Ok(0) | Err(_) => ReadOutcome::Closed,
             Ok(_) => {
+                self.reads = self.reads.wrapping_add(1);
+                if self.reads.is_multiple_of(SAMPLE_EVERY_READS) {
+                    self.read_done = Some(Instant::now());
+                }
                 if self.partial_since_ms.is_none() {
                     self.partial_since_ms = Some(ctx.registry().now_ms());
                 }

@@ -60,3 +60,15 @@ pub(super) fn histogram(
 ) -> R {
     h.encode(e.encode_descriptor(name, help, unit, h.metric_type())?)
 }
+
+/// A histogram kept as fixed buckets elsewhere (not cumulative, the last one `+Inf`).
+pub(super) fn fixed_histogram(
+    e: &mut DescriptorEncoder,
+    (name, help, unit): (&str, &str, Option<&Unit>),
+    sum: f64,
+    buckets: &[(f64, u64)],
+) -> R {
+    let mut m = e.encode_descriptor(name, help, unit, MetricType::Histogram)?;
+    let count = buckets.iter().map(|&(_, n)| n).sum();
+    m.encode_histogram::<NoLabelSet>(sum, count, buckets, None)
+}

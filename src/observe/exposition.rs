@@ -19,7 +19,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
-use super::encode::{counter, counter_family, family, gauge, histogram, R};
+use super::encode::{counter, counter_family, family, fixed_histogram, gauge, histogram, R};
 use super::mysql_metrics::MysqlScrape;
 use super::negotiate::{negotiate, MetricsFormat};
 use super::process::ProcessStats;
@@ -237,6 +237,13 @@ impl Collector for Scrape {
             &self.flush_duration,
         )?;
         histogram(e, "ingest_flush_batch_rows", "Rows per committed batch", None, &self.batch_rows)?;
+        let answer = &t.answer_latency;
+        let what = (
+            "ingest_http_answer",
+            "From a read's completion to the write of its answers (parse, WAL write, answer), one read in 16",
+            Some(&Unit::Seconds),
+        );
+        fixed_histogram(e, what, answer.sum_us as f64 / 1e6, &answer.seconds_buckets())?;
         gauge(e, "ingest_mysql_up", "1 if the last MySQL operation succeeded", None, self.mysql_up as u64)?;
         gauge(e, "ingest_ready", "1 while /readyz answers 200", None, self.ready as u64)?;
         self.mysql.encode(e)?;
@@ -399,6 +406,8 @@ mod tests {
             "ingest_commit_lag_events 0\n",
             "ingest_flush_duration_seconds_count 1\n",
             "ingest_flush_batch_rows_count 0\n",
+            "ingest_http_answer_seconds_count 0\n",
+            "ingest_http_answer_seconds_bucket{le=\"+Inf\"} 0\n",
             "ingest_mysql_up 0\n",
             "ingest_domain_cache_entries 0\n",
             "ingest_domain_cache_hits_total 0\n",
