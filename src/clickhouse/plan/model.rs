@@ -114,7 +114,13 @@ fn wal(ours: &[bool], month_cut: usize) -> Vec<Record> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(256))]
+    // Shrunk failures are kept beside this file (model.regressions), not in a new top-level
+    // directory.
+    #![proptest_config(ProptestConfig {
+        cases: 256,
+        failure_persistence: Some(Box::new(proptest::test_runner::FileFailurePersistence::WithSource("regressions"))),
+        ..ProptestConfig::default()
+    })]
     #[test]
     fn every_table_holds_every_row_once_whatever_stops_when(
         raw_events in any::<bool>(),
