@@ -28,6 +28,7 @@ reported beside the rate.
 """
 
 import re
+import os
 import shutil
 import subprocess
 import sys
@@ -336,7 +337,8 @@ def clickhouse_ratio_rows(backend):
 
 
 def main():
-    from load_common import MariaDb
+    """The phase alone: prints its tables and appends them to docs/BENCHMARKS.md."""
+    from load_common import BENCHMARKS_MD, MariaDb, markdown_table
 
     @dataclass
     class Alone:
@@ -351,10 +353,21 @@ def main():
     finally:
         OWNED.stop_all()
         db.stop()
-    for name, value in clickhouse_rows(backend):
+    rows, ratios = clickhouse_rows(backend), clickhouse_ratio_rows(backend)
+    for name, value in rows:
         print(f"{name}: {value}")
-    for name, value, target, verdict in clickhouse_ratio_rows(backend):
+    for name, value, target, verdict in ratios:
         print(f"{name}: {value} (target {target}) {verdict}")
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], stdout=subprocess.PIPE,
+                          text=True, check=False).stdout.strip() or "unknown"
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    with open(BENCHMARKS_MD, "a") as f:
+        f.write(f"\n## {stamp} · commit {head} · ClickHouse phase alone (scripts/load_clickhouse.py)\n\n"
+                f"{ROUNDS} rounds; {LANES} lanes; collector on CPU 0, wrk on CPU 1, servers unpinned; "
+                f"load average at the end {' '.join(f'{v:.2f}' for v in os.getloadavg())}.\n\n"
+                + markdown_table(["measurement", "value"], rows) + "\n\n"
+                + markdown_table(["ratio", "value", "target", "verdict"], ratios) + "\n")
+    log(f"appended to {BENCHMARKS_MD.relative_to(REPO)}")
     return 0
 
 

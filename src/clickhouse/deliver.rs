@@ -1,16 +1,12 @@
-//! What a delivery writes, in order (why this is exactly once: `super`):
+//! A delivery, in order (why this is exactly once: `super`):
 //! 1. the fence: the lane's highest steps are read and settled into a cursor per target
 //!    table (`super::notes`); if the lowest is not `batch.from()`, nothing is written
 //!    (`Fenced`);
-//! 2. per target (`events`, then each rollup), from the target's own cursor (further than
-//!    `batch.from()` only after a delivery that stopped between two targets), per run of its
-//!    rows in one partition (`super::rows::runs`, one run nearly always): the step row
-//!    (`ingest_cursors`: `seq` + 1, the target, from, to, the run's last row as probe), then
-//!    the run as one Native block into the target (events rows, or the run's rollup counts
-//!    and the step's marker row), under the step's query id. The first step of every target
-//!    is written in one INSERT before any block. A target whose cursor is behind
-//!    `batch.to()` with no rows left in the batch gets an `Advance` step of its own;
-//! 3. a batch without rows writes only a lane-wide `Advance` step, which is its own commit.
+//! 2. the requests of `super::plan`, sent one by one: the first step of every target in one
+//!    INSERT, then per target (`events`, then each rollup) and per run of its rows in one
+//!    partition its block (events rows, or the run's rollup counts and the step's marker
+//!    row) under the step's query id, a later run's step right before its block. A batch
+//!    without rows is one lane-wide `Advance` step, its own commit.
 //!
 //! A dead-letter delivery is the same with one `Rejects` step and one block into
 //! `ingest_rejects`. Retiring lanes writes a `Retired` step per lane, then asks the server
@@ -30,17 +26,14 @@ use tracing::warn;
 
 use super::errors::Step as Phase;
 use super::notes::{self, Kind, Probe, Step};
+use super::plan::{self, Request};
 use super::schema::{self, CURSORS, EVENTS, REJECTS};
 use super::sink::ClickHouseConn;
 use super::{rollups, rows};
 use crate::rollup::aggregate;
-use crate::sink::{Batch, Row, SinkError};
+use crate::sink::{Batch, SinkError};
 use crate::wal::identity::{LaneId, WalIdentity};
 use crate::wal::Position;
-
-/// One target's share of a delivery: its index in `Shared::targets`, and its steps, each
-/// with the batch rows it writes (none for an `Advance` step).
-type Plan = (usize, Vec<(Step, Range<usize>)>);
 
 /// A lane's old steps are pruned whenever its `seq` reaches a multiple of this.
 pub const PRUNE_EVERY_SEQ: u64 = 4096;
@@ -50,11 +43,6 @@ pub const PRUNE_KEEP_SEQ: u64 = 64;
 fn now_secs() -> u32 {
     let secs = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     u32::try_from(secs).unwrap_or(u32::MAX)
-}
-
-fn probe_of(batch: &Batch, row: &Row) -> Probe {
-    let (at, _) = rows::split_ts(row.ts_ms);
-    Probe { domain: batch.domain(row).as_bytes().to_vec(), at, file_id: row.file_id, end: row.end }
 }
 
 /// A test's fail point (`crate::failpoint`) at a place where the outcome of a write is
@@ -121,70 +109,25 @@ impl ClickHouseConn {
 
     pub(super) async fn deliver_rows(&mut self, wal: &WalIdentity, batch: &Batch) -> Result<(), SinkError> {
         let (seq, cursors) = self.fence(wal, batch).await?;
-        if batch.is_empty() {
-            return self
-                .write_advance(wal, lane_step(batch, seq + 1, Kind::Advance, Probe::default()), false)
-                .await;
-        }
-        let plans = self.plan(batch, seq, &cursors);
-        // Every target's first step goes in before any block: a target without a step is
-        // one that no delivery has written yet (`super::notes`), never one left behind.
-        let firsts: Vec<Step> = plans.iter().map(|(_, runs)| runs[0].0.clone()).collect();
-        self.write_steps(wal, &firsts, false).await?;
-        let mut committed = firsts.iter().any(|s| s.kind == Kind::Advance);
-        for (t, runs) in plans {
-            for (k, (step, range)) in runs.into_iter().enumerate() {
-                if k > 0 {
-                    self.write_steps(wal, std::slice::from_ref(&step), committed).await?;
+        let shared = self.shared.clone();
+        let mut committed = false;
+        for request in plan::requests(batch, seq, &cursors, &shared.targets, shared.config.raw_events) {
+            match request {
+                Request::Steps(steps) => {
+                    self.write_steps(wal, &steps, committed).await?;
+                    for step in steps.iter().filter(|s| s.kind == Kind::Advance) {
+                        self.committed(wal, step).await;
+                        committed = true;
+                    }
                 }
-                if step.kind != Kind::Advance {
-                    self.write_block(wal, batch, t, &step, range, committed).await?;
+                Request::Block { t, step, rows } => {
+                    self.write_block(wal, batch, t, &step, rows, committed).await?;
+                    self.committed(wal, &step).await;
+                    committed = true;
                 }
-                self.committed(wal, &step).await;
-                committed = true;
             }
         }
         Ok(())
-    }
-
-    /// Per target still behind `batch.to()` (index into `Shared::targets`): its runs of rows
-    /// from its own cursor, each with its step, `seq` numbered on from `seq`; one `Advance`
-    /// step for a target with no rows left in the batch.
-    fn plan(&self, batch: &Batch, mut seq: u64, cursors: &[Option<Position>]) -> Vec<Plan> {
-        let (lane, to) = (batch.lane(), batch.to());
-        let mut plans = Vec::new();
-        for (t, cursor) in cursors.iter().enumerate() {
-            let start = cursor.unwrap_or(batch.from());
-            debug_assert!(start >= batch.from(), "the fence found every target at or past the batch's start");
-            if start >= to {
-                continue;
-            }
-            let target = &self.shared.targets[t];
-            let first = batch.rows().partition_point(|r| r.end <= start);
-            let (mut runs, mut run_from) = (Vec::new(), start);
-            for range in rows::runs(batch, first..batch.len()) {
-                let last = &batch.rows()[range.end - 1];
-                let run_to = if range.end == batch.len() { to } else { last.end };
-                let (kind, probe) = match self.shared.rollup_of(t) {
-                    None => (Kind::Events, probe_of(batch, last)),
-                    Some(_) => (Kind::Rollup, Probe::default()),
-                };
-                seq += 1;
-                let step =
-                    Step { lane, seq, kind, from: run_from, to: run_to, probe, target: target.clone() };
-                runs.push((step, range));
-                run_from = run_to;
-            }
-            if runs.is_empty() {
-                seq += 1;
-                let probe = Probe::default();
-                let step =
-                    Step { lane, seq, kind: Kind::Advance, from: start, to, probe, target: target.clone() };
-                runs.push((step, first..first));
-            }
-            plans.push((t, runs));
-        }
-        plans
     }
 
     /// One run of rows into target `t`, whose step row is in: events rows, or the rollup's

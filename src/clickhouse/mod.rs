@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! sink.rs     ClickHouseSink / ClickHouseConn: connect (version, schema), the requests, settle
-//! deliver.rs  what a delivery writes, in order: fence, step row, Native block; rejects; retire
+//! deliver.rs  a delivery: the fence, then plan's requests sent; rejects; retire; pruning
+//! plan.rs     what a delivery writes, in order (pure; with its model test)
 //! notes.rs    ingest_cursors: step rows, the latest-step query, probes, how a cursor is decided
 //! rows.rs     a batch as Native blocks (events, ingest_rejects); runs of one partition each
 //! rollups.rs  the rollup tables (SummingMergeTree), their definition check, their blocks
@@ -76,6 +77,7 @@ pub mod errors;
 pub mod http;
 pub mod native;
 pub mod notes;
+mod plan;
 pub mod rollups;
 pub mod rows;
 pub mod schema;
