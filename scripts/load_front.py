@@ -331,7 +331,10 @@ def target_rows(open_loop, many, fmt_ratio):
                                higher_is_better=False, suffix=" ms")
     rows.append(["open-loop p99 at 50 % of the collector's max", value,
                  f"≤ {TARGET_OPEN_P99_MS} ms", verdict])
-    knee = (f"{open_loop.knee_rate:,.0f} req/s" if open_loop.knee_rate
+    first = open_loop.sweep[0].rate if open_loop.sweep else None
+    knee = (f"≤ {first:,.0f} req/s (already at the sweep's lowest rate)"
+            if open_loop.knee_rate and open_loop.knee_rate == first
+            else f"{open_loop.knee_rate:,.0f} req/s" if open_loop.knee_rate
             else "not reached in the sweep" if open_loop.sweep else "n/a")
     rows.append(["rate where the collector's p99 passes 10 ms", knee, "reported", "-"])
     all_served = many.conns and many.connected == many.conns and many.failures == 0 \
