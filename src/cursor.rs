@@ -5,10 +5,13 @@
 //! psc-commit-meta 2
 //! node web-1
 //! wal 3f2a9c0e4b5d6a7f8091a2b3c4d5e6f7
+//! route domain 2
 //! lane 0 9f86d081884c7d65 shard 0 3 1048576
 //! lane 1 0123456789abcdef shard 0 2 4096
 //! end
 //! ```
+//! `route <shard_by> <shards>`: how records were spread over the shards when the file was
+//! written (`crate::flush::reroute`); absent in files of versions before it.
 //! `lane <core> <incarnation> shard <shard> <segment> <offset>`, sorted by lane then shard,
 //! each stream at most once. The closing `end` line proves the file is whole (a short file is
 //! reported as corrupt, never half-read).
@@ -67,6 +70,8 @@ pub struct StreamCursor {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommitMeta {
     pub identity: WalIdentity,
+    /// How records were spread over the shards (`route` line, e.g. `domain 2`), if known.
+    pub route: Option<String>,
     /// Sorted by (lane, shard), each stream once; [`CommitMeta::set`] keeps it so.
     cursors: Vec<StreamCursor>,
 }
@@ -85,7 +90,7 @@ pub enum CursorError {
 impl CommitMeta {
     /// No cursor yet.
     pub fn new(identity: WalIdentity) -> CommitMeta {
-        CommitMeta { identity, cursors: Vec::new() }
+        CommitMeta { identity, route: None, cursors: Vec::new() }
     }
 
     /// Every stream's cursor, sorted by lane, then shard.
@@ -126,6 +131,9 @@ impl CommitMeta {
     pub fn render(&self) -> String {
         let id = &self.identity;
         let mut text = format!("{HEADER}\nnode {}\nwal {}\n", id.node, id.wal);
+        if let Some(route) = &self.route {
+            text.push_str(&format!("route {route}\n"));
+        }
         for c in &self.cursors {
             let (lane, pos) = (c.lane, c.position);
             text.push_str(&format!(
@@ -150,6 +158,13 @@ impl CommitMeta {
         }
         let mut meta = CommitMeta::new(WalIdentity { node: node.to_owned(), wal });
         for (n, line) in lines {
+            if let Some(route) = line.strip_prefix("route ") {
+                if meta.route.is_some() || !meta.cursors.is_empty() || !is_route(route) {
+                    return Err((n, "bad or misplaced route line"));
+                }
+                meta.route = Some(route.to_owned());
+                continue;
+            }
             if line == "end" {
                 return if n == text.lines().count() { Ok(meta) } else { Err((n + 1, "lines after end")) };
             }
@@ -161,6 +176,13 @@ impl CommitMeta {
         }
         Err((text.lines().count(), "truncated (no end line)"))
     }
+}
+
+/// `<shard_by> <shards>` as `crate::flush::reroute` writes it: a lower-case word, a number.
+fn is_route(route: &str) -> bool {
+    let Some((by, shards)) = route.split_once(' ') else { return false };
+    let word = !by.is_empty() && by.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
+    word && shards.parse::<u16>().is_ok_and(|n| n.to_string() == shards)
 }
 
 /// The value of a `key value` line.
@@ -370,6 +392,22 @@ mod tests {
         let mut removed = m.clone();
         removed.remove_lane(lane(0));
         assert_eq!(removed.cursors().len(), 1);
+    }
+
+    #[test]
+    fn the_route_line_comes_before_the_lanes() {
+        let mut m = meta();
+        m.route = Some("file_id 3".into());
+        let text = m.render();
+        assert!(text.contains(&format!("wal {}\nroute file_id 3\nlane 0 ", identity().wal)), "{text}");
+        assert_eq!(CommitMeta::parse(&text), Ok(m));
+        let late = text.replace("route file_id 3\n", "").replace("end\n", "route file_id 3\nend\n");
+        assert_eq!(CommitMeta::parse(&late).unwrap_err().1, "bad or misplaced route line");
+        for bad in ["route file_id\n", "route File 2\n", "route domain 02\n", "route domain 70000\n"] {
+            let text = meta().render().replacen("lane ", &format!("{bad}lane "), 1);
+            assert!(CommitMeta::parse(&text).is_err(), "{bad}");
+        }
+        assert_eq!(CommitMeta::parse(&meta().render()).map(|m| m.route), Ok(None), "older files have none");
     }
 
     #[test]

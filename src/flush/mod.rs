@@ -32,6 +32,7 @@
 pub mod core;
 pub mod driver;
 pub mod links;
+pub mod reroute;
 mod results;
 pub mod stats;
 pub mod stream;

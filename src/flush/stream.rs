@@ -320,6 +320,11 @@ pub struct Route {
 }
 
 impl Route {
+    /// `<shard_by> <shards>`, as `commit.meta`'s `route` line spells it (`super::reroute`).
+    pub fn label(&self) -> String {
+        format!("{} {}", self.by.name(), self.shards)
+    }
+
     /// Appends the record to `batch` if it is `shard`'s, else moves the batch's cursor over it.
     pub fn push(
         self,

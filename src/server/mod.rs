@@ -56,6 +56,8 @@ pub enum ServerError {
     Thread { name: String, source: std::io::Error },
     #[error("WAL disk budget: {0}")]
     Budget(String),
+    #[error(transparent)]
+    Reroute(#[from] flush::reroute::RerouteError),
 }
 
 /// How a collector stopped.
@@ -98,6 +100,7 @@ pub fn start(mut config: Config) -> Result<Running, ServerError> {
 
     let Recovered { tails, wal_bytes, lanes: lane_inits } = recover_lanes(&wal_dir, &config, &counters)?;
     let meta = crate::cursor::read_commit_meta(&wal_dir, &identity)?;
+    let meta = start_route(&wal_dir, meta, &config, &lane_inits)?;
     let budget = resolve_budget(&config, &wal_dir, wal_bytes, core_count)?;
     let listeners = bind_listeners(config.server.listen, core_count)?;
     let local_addr = listeners[0]
@@ -200,6 +203,27 @@ struct Recovered {
 
 /// Recovers every `core-N` directory found, whatever `server.cores` says now (issue 10 item
 /// 2); the cores that run write the lanes `0..counters.len()`, the flusher delivers all.
+/// `commit.meta` under the configured routing (`flush::reroute`), written back before anything
+/// is served when its `route` line changes.
+fn start_route(
+    wal_dir: &std::path::Path,
+    meta: Option<crate::cursor::CommitMeta>,
+    config: &Config,
+    lanes: &[LaneInit],
+) -> Result<Option<crate::cursor::CommitMeta>, ServerError> {
+    let route = flush::reroute::route_of(config);
+    let written = meta.as_ref().and_then(|m| m.route.clone());
+    let at_end = |lane: &LaneInit, from: crate::wal::Position| {
+        let dir = crate::wal::segment::core_dir(wal_dir, lane.id.core);
+        crate::wal::segment::bytes_from(&dir, from).is_ok_and(|bytes| bytes == 0)
+    };
+    let meta = flush::reroute::under(meta, &route, lanes, at_end)?;
+    if let Some(m) = meta.as_ref().filter(|_| written.as_deref() != Some(route.as_str())) {
+        crate::cursor::write_commit_meta(wal_dir, m)?;
+    }
+    Ok(meta)
+}
+
 fn recover_lanes(
     wal_dir: &std::path::Path,
     config: &Config,

@@ -7,10 +7,11 @@
 //! hash is FNV-1a 64 over the domain bytes or the file id's little-endian bytes: fixed by this
 //! file, independent of the Rust version or the process (no random seed).
 //!
-//! What adding a shard does: rows accepted after the restart that adds it go by the new
-//! placement; rows already delivered stay where they are (a `Distributed` table reads them
-//! wherever they are). Each shard keeps its own cursors, so the new shard starts empty and no
-//! row is delivered twice.
+//! What adding a shard does: a change of placement (shards, `sink.shard_by`) is taken only
+//! after a drained shutdown, at a clean cut of every lane (`crate::flush::reroute`; refused
+//! otherwise). Rows delivered before stay where they are (a `Distributed` table reads them
+//! wherever they are); rows accepted after the restart go by the new placement; the new shard
+//! starts empty and no row is delivered twice.
 
 use serde::Deserialize;
 
@@ -20,6 +21,16 @@ use serde::Deserialize;
 pub enum ShardBy {
     Domain,
     FileId,
+}
+
+impl ShardBy {
+    /// The name in the config (and in `commit.meta`'s `route` line).
+    pub fn name(self) -> &'static str {
+        match self {
+            ShardBy::Domain => "domain",
+            ShardBy::FileId => "file_id",
+        }
+    }
 }
 
 /// The shard of a row with this domain and file id, among `shards` (≥ 1).

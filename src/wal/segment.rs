@@ -56,6 +56,18 @@ pub fn list_segments(core_dir: &Path) -> io::Result<Vec<u32>> {
     list_parsed(core_dir, parse_segment_file_name)
 }
 
+/// Bytes of the lane in `core_dir` from `from` on (every segment from `from`'s, the first
+/// `from.offset` bytes of that one left out). After recovery a segment holds only whole
+/// records, so 0 means no record lies past `from`.
+pub fn bytes_from(core_dir: &Path, from: crate::wal::Position) -> io::Result<u64> {
+    let mut total = 0;
+    for n in list_segments(core_dir)?.into_iter().filter(|&n| n >= from.segment) {
+        let len = std::fs::metadata(segment_path(core_dir, n))?.len();
+        total += if n == from.segment { len.saturating_sub(from.offset) } else { len };
+    }
+    Ok(total)
+}
+
 /// Core numbers with a `core-N` entry in `wal_dir`, ascending. Other entries are ignored.
 pub fn list_cores(wal_dir: &Path) -> io::Result<Vec<u16>> {
     list_parsed(wal_dir, parse_core_dir_name)

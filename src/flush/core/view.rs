@@ -40,6 +40,7 @@ impl Core {
     /// `commit.meta` as it should be now.
     pub fn meta(&self) -> CommitMeta {
         let mut meta = CommitMeta::new(self.identity.clone());
+        meta.route = Some(self.config.route.label());
         let n = usize::from(self.shards);
         let present = |i: usize| !self.lanes[i / n].gone;
         for (_, s) in
