@@ -50,3 +50,26 @@ version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
     assert_eq!(scrape(collector.addr, "/metrics?format=prometheus", Some(prometheus_default)).0, classic);
     assert_eq!(scrape(collector.addr, "/metrics?format=openmetrics", Some("text/plain")).0, openmetrics);
 }
+
+/// `ingest_http_answer_seconds` times one read in 16 per connection: 32 beacons answered one at
+/// a time on one keep-alive connection are 32 reads, so two observations.
+#[test]
+fn the_answer_histogram_counts_sampled_reads() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("mysql://psc:x@127.0.0.1:{}/psc", free_closed_port());
+    let collector = Collector::start(dir.path(), &url, "[server]\ncores = 1\n");
+    let mut stream = TcpStream::connect(collector.addr).expect("connect");
+    stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    for file_id in 1..=32 {
+        let req =
+            format!("GET /log?event=play&domain=a.example&file_id={file_id} HTTP/1.1\r\nHost: t\r\n\r\n");
+        stream.write_all(req.as_bytes()).expect("send");
+        let mut answer = [0u8; 256];
+        let n = stream.read(&mut answer).expect("read");
+        assert!(answer[..n].starts_with(b"HTTP/1.1 204"), "{}", String::from_utf8_lossy(&answer[..n]));
+    }
+    let (_, body) = scrape(collector.addr, "/metrics?format=prometheus", None);
+    assert!(body.contains("# TYPE ingest_http_answer_seconds histogram"), "{body}");
+    assert!(body.contains("ingest_http_answer_seconds_count 2\n"), "{body}");
+    assert!(body.contains("ingest_http_answer_seconds_bucket{le=\"+Inf\"} 2\n"), "{body}");
+}
