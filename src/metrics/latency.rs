@@ -5,9 +5,9 @@
 //! Invariants:
 //! - one observation per sampled read that produced answers, one read in
 //!   [`SAMPLE_EVERY_READS`] of each connection (a read whose bytes need a second turn, past
-//!   `http.max_pipelined_requests`, is observed once, when its first turn is answered). Two
-//!   clock reads cost about 270 user-space instructions per read under callgrind, 3 % of a
-//!   plain beacon; sampled, under 20, and an open-loop run of a few seconds still gives
+//!   `http.max_pipelined_requests`, is observed once, when its first turn is answered). Timing
+//!   every read cost about 120 user-space instructions per plain beacon under callgrind (two
+//!   clock reads), sampled about 20, and an open-loop run of a few seconds still gives
 //!   thousands of samples;
 //! - the bounds are fixed ([`BOUNDS_US`]), so an observation is one search in eleven constants
 //!   and two relaxed increments, and summing cores is adding arrays;
