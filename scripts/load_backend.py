@@ -38,7 +38,7 @@ from datetime import datetime, timedelta, timezone
 from load_clickhouse import clickhouse_ratio_rows, clickhouse_rows
 from load_common import (CEILING_DIR, COLLECTOR_DIR, MYSQL_DIR, OWNED, REPO, WAL_DIR, WRK_CPU,
                          BINARY, Collector, cpu_ticks, env_int, fmt_rate, fmt_ratio, free_port,
-                         log, parse_wrk, peak_rss_kib, ratio, run_wrk, tail, wait_until, CLK_TCK)
+                         log, parse_wrk, peak_rss_kib, read_pid, ratio, run_wrk, tail, wait_until, CLK_TCK)
 
 BACKLOG_EVENTS = env_int("PSC_BENCH_BACKLOG", 5_000_000)
 FILL_MAX_S = env_int("PSC_BENCH_FILL_MAX_S", 40)
@@ -278,13 +278,6 @@ def supports_connections():
     return "unknown field `connections`" not in out.stdout
 
 
-def mysqld_pid():
-    try:
-        return int((MYSQL_DIR / "mysqld.pid").read_text().strip())
-    except (OSError, ValueError):
-        return None
-
-
 def run_mode(db, mysql_url, mode, v2):
     result = ModeResult(mode)
     db.sql("TRUNCATE TABLE events; TRUNCATE TABLE ingest_cursors; DROP TABLE IF EXISTS rollup_plays")
@@ -305,7 +298,7 @@ def run_mode(db, mysql_url, mode, v2):
             result.drain_rows_s = result.overload_offered
         rate = 0.9 * result.drain_rows_s
         for i in range(PROBES):
-            offered, ok, last, cpu = probe(collector, int(rate), mysqld_pid())
+            offered, ok, last, cpu = probe(collector, int(rate), read_pid(MYSQL_DIR / "mysqld.pid"))
             result.probes.append((offered, ok, last))
             result.mysqld_cpu_pct = cpu if cpu is not None else result.mysqld_cpu_pct
             settle(collector)

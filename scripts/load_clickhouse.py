@@ -38,8 +38,9 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 
-from load_common import (CLK_TCK, COLLECTOR_DIR, OWNED, REPO, VAR, WAL_DIR, Collector, cpu_ticks,
-                         env_int, fmt_rate, fmt_ratio, free_port, log, ratio, run_wrk, wait_until)
+from load_common import (BENCHMARKS_MD, CLK_TCK, COLLECTOR_DIR, MYSQL_DIR, OWNED, REPO, VAR, WAL_DIR, Collector, MariaDb,
+                         cpu_ticks, markdown_table,
+                         env_int, fmt_rate, fmt_ratio, free_port, log, ratio, read_pid, run_wrk)
 
 CH_DIR = VAR / "bench-clickhouse"
 WAL_COPY = VAR / "bench-wal-copy"
@@ -104,13 +105,6 @@ def ch_count(url, table="psc.events"):
         return int(ch_query(url, f"SELECT count() FROM {table}", 10).strip() or 0)
     except (OSError, ValueError, urllib.error.HTTPError):
         return 0
-
-
-def ch_pid():
-    try:
-        return int((CH_DIR / "clickhouse.pid").read_text().strip())
-    except (OSError, ValueError):
-        return None
 
 
 def ch_tail(url):
@@ -255,7 +249,7 @@ def clickhouse_phase(db, mysql_url, backend):
                 result.notes.append("ClickHouse phase skipped: the filling collector did not start")
                 return
             ch = Collector(mysql_url, WAL_DIR, "ch-drain", cores=LANES, tail_toml=ch_tail(url))
-            d = drain(ch, lambda: ch_count(url), ch_pid()) or Drain()
+            d = drain(ch, lambda: ch_count(url), read_pid(CH_DIR / "clickhouse.pid")) or Drain()
             result.clickhouse.append(d)
             log(f"clickhouse drain, round {round_ + 1}: {d.rows:,} rows at {fmt_rate(d.rate)}")
             if d.rows:
@@ -266,7 +260,7 @@ def clickhouse_phase(db, mysql_url, backend):
         keys = 'method = "load_data"\nconnections = 0\n'
         db.reset_database()
         my = Collector(mysql_url, WAL_COPY, "ch-mariadb-drain", cores=LANES, mysql_keys=keys)
-        result.mariadb = drain(my, lambda: mariadb_count(db), mysqld_pid())
+        result.mariadb = drain(my, lambda: mariadb_count(db), read_pid(MYSQL_DIR / "mysqld.pid"))
         log(f"mariadb drain of the same WAL: {fmt_rate(result.mariadb and result.mariadb.rate)}")
     except (RuntimeError, OSError, subprocess.SubprocessError, urllib.error.URLError) as e:
         log(f"ClickHouse phase failed: {e}")
@@ -281,13 +275,6 @@ def mariadb_count(db):
         return db.scalar_int("SELECT COUNT(*) FROM events")
     except subprocess.CalledProcessError:  # before the collector's migrations ran
         return 0
-
-
-def mysqld_pid():
-    try:
-        return int((VAR / "bench-mysql" / "mysqld.pid").read_text().strip())
-    except (OSError, ValueError):
-        return None
 
 
 def drain_text(drains, server):
@@ -338,8 +325,6 @@ def clickhouse_ratio_rows(backend):
 
 def main():
     """The phase alone: prints its tables and appends them to docs/BENCHMARKS.md."""
-    from load_common import BENCHMARKS_MD, MariaDb, markdown_table
-
     @dataclass
     class Alone:
         clickhouse: ClickhouseResult = None

@@ -155,6 +155,14 @@ def cpu_split(before, after):
     return split
 
 
+def read_pid(path):
+    """The process id in a pid file, or None."""
+    try:
+        return int(Path(path).read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
 def peak_rss_kib(pid):
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):

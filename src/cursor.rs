@@ -180,9 +180,14 @@ impl CommitMeta {
 
 /// `<shard_by> <shards>` as `crate::flush::reroute` writes it: a lower-case word, a number.
 fn is_route(route: &str) -> bool {
-    let Some((by, shards)) = route.split_once(' ') else { return false };
+    route_shards(route).is_some()
+}
+
+/// The number of shards of a `route` value (`<shard_by> <shards>`); `None` if it is not one.
+pub fn route_shards(route: &str) -> Option<u16> {
+    let (by, shards) = route.split_once(' ')?;
     let word = !by.is_empty() && by.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
-    word && shards.parse::<u16>().is_ok_and(|n| n.to_string() == shards)
+    shards.parse::<u16>().ok().filter(|n| word && n.to_string() == shards)
 }
 
 /// The value of a `key value` line.

@@ -71,12 +71,6 @@ fn prune_bound(
     Some(latest("").map_or(bound, |seq| bound.min(seq)))
 }
 
-/// A lane-wide step (every table of the lane) over the whole batch.
-fn lane_step(batch: &Batch, seq: u64, kind: Kind, probe: Probe) -> Step {
-    let (lane, from, to) = (batch.lane(), batch.from(), batch.to());
-    Step { lane, seq, kind, from, to, probe, target: String::new() }
-}
-
 fn encoding_failed(what: &str, why: String) -> SinkError {
     // Our own encoder disagreeing with our own spec: a bug, but never a panic.
     SinkError::Unavailable(format!("{what}: block does not fit its spec: {why}"))
@@ -178,14 +172,13 @@ impl ClickHouseConn {
         code: u32,
         message: &str,
     ) -> Result<(), SinkError> {
-        let (seq, _) = self.fence(wal, batch).await?;
         let Some(last) = batch.rows().last() else {
-            return self
-                .write_advance(wal, lane_step(batch, seq + 1, Kind::Advance, Probe::default()), false)
-                .await;
+            // Nothing to dead-letter: the lane-wide `Advance` of any batch without rows.
+            return self.deliver_rows(wal, batch).await;
         };
+        let (seq, _) = self.fence(wal, batch).await?;
         let probe = Probe { end: last.end, ..Probe::default() };
-        let step = lane_step(batch, seq + 1, Kind::Rejects, probe);
+        let step = Step::lane_wide(batch, seq + 1, Kind::Rejects, probe);
         self.write_steps(wal, std::slice::from_ref(&step), false).await?;
         let block = rows::rejects_block(wal, batch, code, message, now_secs())
             .map_err(|e| encoding_failed("ingest_rejects", e))?;
@@ -193,18 +186,6 @@ impl ClickHouseConn {
         let id = step.insert_query_id(wal);
         self.write(&insert, Some(&id), block, Phase::WriteOwn, false, "insert dead letters").await?;
         self.shared.stats.rejected(batch.len());
-        self.committed(wal, &step).await;
-        Ok(())
-    }
-
-    /// An `Advance` step (no rows to insert): the step row is the commit.
-    async fn write_advance(
-        &mut self,
-        wal: &WalIdentity,
-        step: Step,
-        committed: bool,
-    ) -> Result<(), SinkError> {
-        self.write_steps(wal, std::slice::from_ref(&step), committed).await?;
         self.committed(wal, &step).await;
         Ok(())
     }

@@ -77,6 +77,12 @@ pub struct Step {
 }
 
 impl Step {
+    /// A step of every table of the lane (target empty) over the whole of `batch`.
+    pub fn lane_wide(batch: &crate::sink::Batch, seq: u64, kind: Kind, probe: Probe) -> Step {
+        let (lane, from, to) = (batch.lane(), batch.from(), batch.to());
+        Step { lane, seq, kind, from, to, probe, target: String::new() }
+    }
+
     /// Query id of the INSERT of this step's rows. Built from the start position, not `seq`:
     /// a resend of the same rows after a settle gets the same id, and the server refuses to
     /// run two queries of one id at once (code 216).

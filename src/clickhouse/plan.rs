@@ -39,19 +39,10 @@ pub fn requests(
     targets: &[String],
     raw_events: bool,
 ) -> Vec<Request> {
-    let (lane, from, to) = (batch.lane(), batch.from(), batch.to());
     if batch.is_empty() {
-        let step = Step {
-            lane,
-            seq: seq + 1,
-            kind: Kind::Advance,
-            from,
-            to,
-            probe: Probe::default(),
-            target: String::new(),
-        };
-        return vec![Request::Steps(vec![step])];
+        return vec![Request::Steps(vec![Step::lane_wide(batch, seq + 1, Kind::Advance, Probe::default())])];
     }
+    let (lane, from, to) = (batch.lane(), batch.from(), batch.to());
     let (mut firsts, mut rest) = (Vec::new(), Vec::new());
     for (t, cursor) in cursors.iter().enumerate() {
         let start = cursor.unwrap_or(from);
@@ -98,6 +89,12 @@ pub fn requests(
     let mut out = vec![Request::Steps(firsts)];
     out.extend(rest);
     out
+}
+
+/// Whether target `t` is `events`: the first target, when raw events are stored; every other
+/// target is a rollup, in the configured order.
+pub fn is_events(t: usize, raw_events: bool) -> bool {
+    raw_events && t == 0
 }
 
 /// The probe of an `events` step: its last row, found by the table's full sort key.

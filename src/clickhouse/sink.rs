@@ -55,8 +55,12 @@ pub struct ClickHouseSink {
 impl Shared {
     /// The rollup (and its columns) whose table is target `t`; `None`: `events`.
     pub(super) fn rollup_of(&self, t: usize) -> Option<(&RollupConfig, &[Column])> {
-        let i = t.checked_sub(usize::from(self.config.raw_events))?;
-        self.rollups.get(i).map(|(r, spec)| (r, spec.as_slice()))
+        let raw = self.config.raw_events;
+        if super::plan::is_events(t, raw) {
+            return None;
+        }
+        let (r, spec) = self.rollups.get(t - usize::from(raw))?;
+        Some((r, spec.as_slice()))
     }
 }
 
@@ -186,9 +190,9 @@ impl ClickHouseConn {
                 self.query(&statement, "add a column").await?;
             }
         }
-        for i in 0..self.shared.rollups.len() {
-            let r = self.shared.rollups[i].0.clone();
-            self.ensure_rollup(&db, &r).await?;
+        let shared = self.shared.clone();
+        for (r, _) in &shared.rollups {
+            self.ensure_rollup(&db, r).await?;
         }
         Ok(())
     }

@@ -63,7 +63,7 @@ pub fn under(
         same.route = Some(route.to_owned());
         return Ok(Some(same));
     };
-    let shards_of = |r: &str| r.rsplit(' ').next().and_then(|n| n.parse::<u16>().ok()).unwrap_or(1);
+    let shards_of = |r: &str| crate::cursor::route_shards(r).unwrap_or(1);
     let (old_shards, new_shards) = (shards_of(&old), shards_of(route));
     let mut cut = CommitMeta::new(meta.identity.clone());
     cut.route = Some(route.to_owned());

@@ -4,6 +4,7 @@
 //! written records whose bytes are intact, never an invented one; and a model with reopen and
 //! corruption steps checks writer + recovery + reader together across rolls, torn tails,
 //! flipped bytes and a fresh segment per start.
+#![cfg(test)]
 
 use std::path::Path;
 

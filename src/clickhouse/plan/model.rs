@@ -5,6 +5,7 @@
 //! step of each target) and resends from the lane's cursor in batches cut anywhere, some
 //! holding only other shards' records. After the last delivery every table holds each of the
 //! lane's rows exactly once.
+#![cfg(test)]
 
 use std::collections::{HashMap, HashSet};
 

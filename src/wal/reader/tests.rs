@@ -1,4 +1,5 @@
 //! Unit tests of `wal::reader` (a file of their own: the reader is long enough already).
+#![cfg(test)]
 
 use super::open::OPEN_READ_BYTES_MAX;
 use super::*;
