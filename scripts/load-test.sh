@@ -54,6 +54,12 @@ have valgrind || missing+=(valgrind)
 [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
 [ "$(nproc)" -ge 2 ] || die "needs 2 CPUs (servers on CPU 0, wrk on CPU 1); nproc is $(nproc)"
 
+# The C load generator of the pipelined-pload and open-loop runs (scripts/pload.c); without
+# it those runs are skipped and wrk/oha alone remain.
+mkdir -p target
+cc -O2 -Wall -o target/pload scripts/pload.c \
+    || { echo "load-test: scripts/pload.c did not build; its runs are skipped" >&2; rm -f target/pload; }
+
 if ! cargo build --release; then
     echo "load-test: cargo build --release failed; the collector half is skipped" >&2
     export PSC_BENCH_SKIP_COLLECTOR="cargo build --release failed"

@@ -27,6 +27,9 @@ BENCHMARKS_MD = REPO / "docs" / "BENCHMARKS.md"
 PIPELINE_LUA = REPO / "scripts" / "wrk" / "pipeline.lua"
 REPORT_LUA = REPO / "scripts" / "wrk" / "report.lua"
 NGINX_TEMPLATE = REPO / "scripts" / "nginx.conf.template"
+# scripts/pload.c, built by scripts/load-test.sh: the generator of the runs one wrk thread
+# cannot drive (pipelined at the collector's rate) or skews (open loop).
+PLOAD = REPO / "target" / "pload"
 
 
 def env_int(name, default):
@@ -236,9 +239,12 @@ class MariaDb:
 class Collector:
     """target/release/player-stat-collector with a generated config, pinned to CPU 0."""
 
-    def __init__(self, mysql_url, wal_dir, tag, cores=1, mysql_keys="", tail_toml=""):
-        """`mysql_keys`: extra lines of the [mysql] table; `tail_toml`: more tables."""
+    def __init__(self, mysql_url, wal_dir, tag, cores=1, mysql_keys="", tail_toml="",
+                 server_keys=""):
+        """`mysql_keys`, `server_keys`: extra lines of the [mysql] and [server] tables;
+        `tail_toml`: more tables."""
         self.mysql_url = mysql_url
+        self.server_keys = server_keys
         self.wal_dir = wal_dir
         self.tag = tag
         self.cores = cores
@@ -255,6 +261,7 @@ class Collector:
             "[server]\n"
             'listen = "127.0.0.1:0"\n'
             f"cores = {self.cores}\n"
+            f"{self.server_keys}"
             "[wal]\n"
             f'dir = "{self.wal_dir}"\n'
             "[mysql]\n"
@@ -330,20 +337,51 @@ WRK_LINE = re.compile(r"^PSC_WRK (.*)$", re.M)
 
 
 def run_wrk(port, conns, mode, duration_s, log_path):
+    """One closed-loop run; mode `pipelined-pload` is scripts/pload.c with the same depth."""
+    if mode == "pipelined-pload":
+        doc = run_pload(port, conns, duration_s, log_path, depth=PIPELINE_DEPTH)
+        return WrkResult(requests=doc["requests"], duration_s=doc["duration_us"] / 1e6,
+                         non2xx=doc["non2xx"], socket_errors=doc["errors"],
+                         p50_us=doc["p50_us"] or None, p99_us=doc["p99_us"] or None,
+                         p999_us=doc["p999_us"] or None)
     script = PIPELINE_LUA if mode == "pipelined" else REPORT_LUA
     argv = ["taskset", "-c", WRK_CPU, "wrk", "-t1", f"-c{conns}", f"-d{duration_s}s",
             "--latency", "--timeout", "5s", "-s", str(script),
             f"http://127.0.0.1:{port}{URL_PATH}"]
     if mode == "pipelined":
         argv += ["--", str(PIPELINE_DEPTH)]
-    proc = OWNED.spawn("wrk", argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return parse_wrk(run_client("wrk", argv, duration_s, log_path))
+
+
+def run_client(name, argv, duration_s, log_path):
+    """Runs a load generator to its end (stopped by PID after `duration_s` + 60 s at most),
+    logs its command and output to `log_path`, and returns the output."""
+    proc = OWNED.spawn(name, argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         output, _ = proc.communicate(timeout=duration_s + 60)
     finally:
         OWNED.stop(proc)
     with open(log_path, "a") as f:
         f.write(f"$ {' '.join(argv)}\n{output}\n")
-    return parse_wrk(output)
+    return output
+
+
+PLOAD_LINE = re.compile(r"^PLOAD (.*)$", re.M)
+
+
+def run_pload(port, conns, duration_s, log_path, depth=None, rate=None):
+    """scripts/pload.c on the client CPU: pipelined closed loop (`depth`) or open loop
+    (`rate`, one request outstanding per connection, latency from the scheduled time). Returns
+    its PLOAD line as a dict of ints (latencies in µs, its own CPU in `cpu_us`)."""
+    prefix = URL_PATH.rsplit("=", 1)[0] + "="  # pload appends a cycling file_id
+    argv = ["taskset", "-c", WRK_CPU, str(PLOAD), "-p", str(port), "-c", str(conns),
+            "-d", str(duration_s), "-u", prefix]
+    argv += ["-P", str(depth)] if depth else ["-R", str(int(rate))]
+    output = run_client("pload", argv, duration_s, log_path)
+    match = PLOAD_LINE.search(output)
+    if not match:
+        raise RuntimeError(f"pload printed no PLOAD line:\n{output}")
+    return {k: int(x) for k, x in (kv.split("=") for kv in match.group(1).split())}
 
 
 def parse_wrk(output):

@@ -8,8 +8,13 @@ Modules: this file (the HTTP phase, the report, main), scripts/load_backend.py (
 the back end and MariaDB's ceiling), scripts/load_clickhouse.py (the ClickHouse drain),
 scripts/load_common.py (processes, servers, wrk, tables).
 
-1. HTTP: for round in 1..ROUNDS, for conns in (64, 256), for mode in (plain, pipelined):
-   nginx, then the collector. Both servers are pinned to CPU 0, wrk (1 thread) to CPU 1.
+1. HTTP: for round in 1..ROUNDS, for conns in (64, 256), for mode in (plain, pipelined,
+   pipelined-pload): nginx, then the collector. Both servers are pinned to CPU 0, the
+   generator to CPU 1: wrk (1 thread), and for `pipelined-pload` scripts/pload.c, the same
+   16-deep batches from a C loop that one wrk thread's Lua cannot match (wrk caps the
+   collector's pipelined rate; pload leaves the server CPU-bound). Each collector run starts
+   a fresh collector on a fresh WAL and an empty database and stops it afterwards, so that no
+   run's delivery backlog keeps mariadbd busy during the next.
    Per run: req/s, non-2xx, socket errors, p50/p99/p99.9 (wrk, closed loop: coordinated
    omission makes tails optimistic), server CPU-us/request (/proc/PID/stat utime+stime,
    all threads; nginx: the worker) and peak RSS (VmHWM; nginx: the worker). The collector's
@@ -26,7 +31,7 @@ scripts/load_common.py (processes, servers, wrk, tables).
    ClickHouse and, from a copy, into MariaDB, beside ClickHouse's own TSV insert of the
    same rows (curl, 1 and N sessions).
 5. (scripts/load_front.py) Front end, a fresh collector with the real MySQL: open-loop
-   latency with oha at fixed rates (50 % of the collector's best plain rate, and a sweep to the
+   latency with pload and oha at fixed rates (50 % of the collector's best plain rate, and a sweep to the
    rate where p99 passes 10 ms; nginx at 50 % of its own), 10,000 keep-alive connections on
    one core, and user-space instructions per request under callgrind. Phase 1 also attaches
    `perf stat` to each measured process: syscalls and context switches per request.
@@ -53,7 +58,7 @@ from load_clickhouse import clickhouse_phase
 from load_backend import (CEILING_ROWS_WITHOUT_COLLECTOR, Backend, backend_ratio_rows,
                           backend_rows, collector_backend, mariadb_ceiling)
 from load_common import (BENCHMARKS_MD, BINARY, CLK_TCK, COLLECTOR_DIR, NGINX_DIR,
-                         NGINX_TEMPLATE, PIPELINE_DEPTH, REPO, SERVER_CPU, START_TIMEOUT_S, VAR,
+                         NGINX_TEMPLATE, PIPELINE_DEPTH, PLOAD, REPO, SERVER_CPU, START_TIMEOUT_S, VAR,
                          WAL_DIR, OWNED, Collector, Interrupted, MariaDb, WrkResult,
                          children_of, cpu_split, env_int, fmt_ratio, free_port, log,
                          markdown_table, peak_rss_kib, port_open, ratio, run_wrk, tail,
@@ -66,7 +71,9 @@ FRONT_ONLY = env_int("PSC_BENCH_FRONT_ONLY", 0) == 1
 ROUNDS = env_int("PSC_BENCH_ROUNDS", 3)
 RUN_S = env_int("PSC_BENCH_RUN_S", 8)
 CONNECTIONS = (64, 256)
-MODES = ("plain", "pipelined")
+# `pipelined-pload` needs target/pload (scripts/load-test.sh builds it with cc).
+MODES = ("plain", "pipelined") + (("pipelined-pload",) if PLOAD.exists() else ())
+PIPELINED = [m for m in MODES if m.startswith("pipelined")]
 # Targets of the issue, printed next to the measured ratios.
 TARGET_REQ_RATIO = 1.0
 TARGET_CPU_RATIO = 0.70
@@ -195,15 +202,26 @@ def split_median(sel):
                     for k in SPLIT_KEYS)
 
 
-def http_phase(nginx, collector):
+def http_phase(nginx, collector, db):
     runs = []
     for rnd in range(1, ROUNDS + 1):
         for conns in CONNECTIONS:
             for mode in MODES:
                 runs.append(measure(nginx, "nginx", rnd, conns, mode))
-                if collector:
+                if collector and fresh_start(collector, db):
                     runs.append(measure(collector, "collector", rnd, conns, mode))
+                    collector.stop()
     return runs
+
+
+def fresh_start(collector, db):
+    """Every collector run starts on a fresh WAL and an empty database, and the collector is
+    stopped after it: a pipelined run leaves millions of events to deliver, and their delivery
+    would keep mariadbd (not pinned) busy on both CPUs through the next runs, nginx's too."""
+    collector.stop()
+    db.reset_database()
+    subprocess.run(["rm", "-rf", str(collector.wal_dir)], check=True)
+    return collector.start()
 
 
 def median_of(runs, server, conns, mode, attr):
@@ -283,15 +301,16 @@ def ratio_rows(runs, backend):
         rows.append([f"CPU-µs/req collector core thread only/nginx, plain, c={conns}", value,
                      f"≤ {TARGET_CPU_RATIO}× (whole process is the target)", verdict])
     for conns in CONNECTIONS:
-        value, verdict = fmt_ratio(ratio(rps("collector", conns, "pipelined"),
-                                         rps("nginx", conns, "pipelined")),
-                                   TARGET_PIPELINED_RATIO)
-        rows.append([f"pipelined req/s collector/nginx (both pipelined), c={conns}", value,
-                     f"≥ {TARGET_PIPELINED_RATIO}×", verdict])
-        value, verdict = fmt_ratio(ratio(rps("collector", conns, "pipelined"),
-                                         rps("nginx", conns, "plain")), TARGET_PIPELINED_RATIO)
-        rows.append([f"pipelined collector / plain nginx, c={conns}", value,
-                     f"≥ {TARGET_PIPELINED_RATIO}×", verdict])
+        for mode in PIPELINED:
+            value, verdict = fmt_ratio(ratio(rps("collector", conns, mode),
+                                             rps("nginx", conns, mode)), TARGET_PIPELINED_RATIO)
+            rows.append([f"{mode} req/s collector/nginx (both pipelined), c={conns}", value,
+                         f"≥ {TARGET_PIPELINED_RATIO}×", verdict])
+            value, verdict = fmt_ratio(ratio(rps("collector", conns, mode),
+                                             rps("nginx", conns, "plain")),
+                                       TARGET_PIPELINED_RATIO)
+            rows.append([f"{mode} collector / plain nginx, c={conns}", value,
+                         f"≥ {TARGET_PIPELINED_RATIO}×", verdict])
     rows += backend_ratio_rows(backend)
     rss = [r.rss_mib for r in runs if r.server == "collector"]
     value, verdict = fmt_ratio(max(rss) if rss else None, TARGET_RSS_MIB,
@@ -388,7 +407,8 @@ def front_sections(front):
     """(title, header, rows) of the front-end tables, for stdout and BENCHMARKS.md."""
     sections = []
     if front.open_loop:
-        sections.append(("Open loop (oha, --latency-correction, 64 connections)",
+        sections.append(("Open loop (pload -R and oha --latency-correction; 64 connections, "
+                         "one request outstanding on each)",
                          load_front.OPEN_LOOP_HEADER, load_front.open_loop_rows(front.open_loop)))
     if front.many:
         sections.append((f"{load_front.MANY_CONNS:,} keep-alive connections on one core",
@@ -478,13 +498,15 @@ def main():
         if collector_note:
             log(f"collector skipped: {collector_note}")
         else:
-            collector = Collector(mysql_url, WAL_DIR, "http")
+            # A short drain on stop: each run's backlog is thrown away (see fresh_start).
+            collector = Collector(mysql_url, WAL_DIR, "http",
+                                  server_keys="shutdown_timeout_ms = 1000\n")
             if not collector.start():
                 collector = None
                 collector_note = ("collector skipped: it did not come up (see "
                                   "var/bench-collector/http.log)")
         nginx.start()
-        runs = http_phase(nginx, collector)
+        runs = http_phase(nginx, collector, db)
         nginx.stop()
         log(f"HTTP phase done at {time.monotonic() - started:.0f} s")
         if collector and FRONT_ONLY:

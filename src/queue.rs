@@ -11,6 +11,11 @@
 //! - `written_end` of a core only moves forward, and only after the bytes before it were
 //!   written to the segment file;
 //! - at most `queue.capacity` events are held in the queue at any time.
+//!
+//! The flusher hands each consumed chunk's buffer back ([`QueueReceiver::recycle`]); a core
+//! swaps it in for the tick buffer it queues ([`QueueSender::spare`]), so a queued tick moves
+//! to the flusher without a copy and the next tick fills memory that is already faulted in.
+//! At most [`SPARE_BUFFERS`] wait there; the rest are freed.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -71,12 +76,17 @@ pub enum Offer {
     Closed,
 }
 
+/// Most consumed buffers kept for the cores' next ticks (each at most a tick,
+/// `wal.write_buffer_bytes`).
+pub const SPARE_BUFFERS: usize = 16;
+
 /// The sending side, one clone per core.
 #[derive(Clone)]
 pub struct QueueSender {
     tx: Sender<WalChunk>,
     depth: Arc<AtomicUsize>,
     capacity: usize,
+    spares: Receiver<Vec<u8>>,
 }
 
 /// The receiving side, owned by the flusher.
@@ -84,6 +94,7 @@ pub struct QueueReceiver {
     rx: Receiver<WalChunk>,
     depth: Arc<AtomicUsize>,
     capacity: usize,
+    spares: Sender<Vec<u8>>,
 }
 
 /// A bounded queue holding at most `capacity_events` events.
@@ -92,9 +103,10 @@ pub fn bounded(capacity_events: usize) -> (QueueSender, QueueReceiver) {
     // event count does.
     let (tx, rx) = crossbeam_channel::bounded(capacity_events);
     let depth = Arc::new(AtomicUsize::new(0));
+    let (spares_tx, spares) = crossbeam_channel::bounded(SPARE_BUFFERS);
     (
-        QueueSender { tx, depth: depth.clone(), capacity: capacity_events },
-        QueueReceiver { rx, depth, capacity: capacity_events },
+        QueueSender { tx, depth: depth.clone(), capacity: capacity_events, spares },
+        QueueReceiver { rx, depth, capacity: capacity_events, spares: spares_tx },
     )
 }
 
@@ -102,6 +114,18 @@ impl QueueSender {
     /// Offers a chunk without blocking.
     pub fn offer(&self, chunk: WalChunk) -> Offer {
         self.offer_with(chunk.records, || chunk)
+    }
+
+    /// An empty buffer to take the place of a queued tick's: one the flusher gave back, or a
+    /// new one of `capacity` bytes.
+    pub fn spare(&self, capacity: usize) -> Vec<u8> {
+        match self.spares.try_recv() {
+            Ok(mut buffer) => {
+                buffer.clear();
+                buffer
+            }
+            Err(_) => Vec::with_capacity(capacity),
+        }
     }
 
     /// Offers a chunk of `records` events without blocking, building it only once room for
@@ -140,6 +164,11 @@ impl QueueReceiver {
     /// Waits up to `timeout` for the next chunk. `None` on timeout or when all senders left.
     pub fn recv_timeout(&self, timeout: std::time::Duration) -> Option<WalChunk> {
         self.rx.recv_timeout(timeout).ok().map(|c| self.released(c))
+    }
+
+    /// Gives a consumed chunk's buffer back to the cores; freed if [`SPARE_BUFFERS`] wait.
+    pub fn recycle(&self, chunk: WalChunk) {
+        let _ = self.spares.try_send(chunk.bytes);
     }
 
     fn released(&self, chunk: WalChunk) -> WalChunk {
@@ -227,6 +256,29 @@ mod tests {
         drop(rx);
         assert_eq!(tx.offer(chunk(3)), Offer::Closed);
         assert_eq!(depth.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_recycled_buffer_comes_back_empty_with_its_capacity() {
+        let (tx, rx) = bounded(1000);
+        assert_eq!(tx.spare(7).capacity(), 7, "nothing recycled yet: a new buffer");
+        let mut consumed = chunk(1);
+        consumed.bytes.reserve(4096);
+        let (capacity, address) = (consumed.bytes.capacity(), consumed.bytes.as_ptr());
+        rx.recycle(consumed);
+        let spare = tx.spare(7);
+        assert!(spare.is_empty());
+        assert_eq!((spare.capacity(), spare.as_ptr()), (capacity, address));
+    }
+
+    #[test]
+    fn at_most_spare_buffers_wait() {
+        let (tx, rx) = bounded(1000);
+        for _ in 0..SPARE_BUFFERS + 5 {
+            rx.recycle(chunk(1));
+        }
+        let recycled = (0..SPARE_BUFFERS + 5).filter(|_| tx.spare(0).capacity() > 0).count();
+        assert_eq!(recycled, SPARE_BUFFERS);
     }
 
     #[test]

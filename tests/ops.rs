@@ -99,7 +99,7 @@ impl Prometheus {
              - job_name: psc\n    static_configs:\n      - targets: ['{target}']\n"
         );
         std::fs::write(dir.path().join("prometheus.yml"), config).expect("write prometheus.yml");
-        let addr = SocketAddr::from(([127, 0, 0, 1], free_closed_port()));
+        let addr = SocketAddr::from(([127, 0, 0, 1], support::free_port()));
         let log = std::fs::File::create(dir.path().join("prometheus.log")).expect("prometheus.log");
         let child = Command::new("prometheus")
             .arg(format!("--config.file={}", dir.path().join("prometheus.yml").display()))

@@ -138,6 +138,7 @@ impl<S: Sink + 'static> Driver<S> {
         for _ in 0..CHUNKS_PER_TURN {
             let Some(chunk) = self.queue.try_recv() else { break };
             self.core.on_chunk(&chunk, now);
+            self.queue.recycle(chunk);
         }
         let links = &self.links;
         let actions = self.core.poll(now, |shard| links[usize::from(shard)].ready(now));

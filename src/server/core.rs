@@ -144,10 +144,13 @@ async fn serve_core(setup: CoreSetup) -> Result<(), CoreError> {
         budget: setup.budget,
         flush_stats: setup.flush_stats.clone(),
     };
-    let writer =
-        TickWriter::new(policy, group.clone(), segments, setup.counters.clone(), move |w: &Written<'_>| {
-            hand_off.written(w)
-        });
+    let writer = TickWriter::new(
+        policy,
+        group.clone(),
+        segments,
+        setup.counters.clone(),
+        move |w: &mut Written<'_>| hand_off.written(w),
+    );
     let writer_task = monoio::spawn(writer.run());
     let drain = Rc::new(DrainSignal::default());
     monoio::spawn(housekeeping(ctx.clone(), group.clone(), drain.clone(), setup.shutdown.clone(), watch));
@@ -233,7 +236,7 @@ struct HandOff {
 }
 
 impl HandOff {
-    fn written(&self, w: &Written<'_>) {
+    fn written(&self, w: &mut Written<'_>) {
         self.progress.publish_written(w.end);
         self.note_wal_growth(w.bytes.len() as u64);
         self.offer_chunk(w.start, w.end, w.records, w.bytes);
@@ -247,8 +250,12 @@ impl HandOff {
         }
     }
 
-    fn offer_chunk(&self, start: Position, end: Position, records: u32, bytes: &[u8]) {
-        let chunk = || WalChunk { core: self.core, start, end, records, bytes: bytes.to_vec() };
+    /// Queues the tick's own buffer (no copy) and leaves a spare in its place.
+    fn offer_chunk(&self, start: Position, end: Position, records: u32, bytes: &mut Vec<u8>) {
+        let chunk = || {
+            let spare = self.queue.spare(bytes.capacity());
+            WalChunk { core: self.core, start, end, records, bytes: std::mem::replace(bytes, spare) }
+        };
         if self.queue.offer_with(records, chunk) == Offer::Full {
             bump(&self.counters.queue_full_chunks, 1);
         }

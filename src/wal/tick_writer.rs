@@ -32,7 +32,7 @@ use crate::metrics::{bump, CoreCounters};
 const SPARE_BYTES_INITIAL: usize = 64 * 1024;
 
 /// One tick as it landed in the segment.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 pub struct Written<'a> {
     /// Where its first record starts.
     pub start: Position,
@@ -40,8 +40,9 @@ pub struct Written<'a> {
     pub end: Position,
     /// Records in it.
     pub records: u32,
-    /// Its bytes: whole records.
-    pub bytes: &'a [u8],
+    /// Its bytes: whole records. The hook may take them, leaving an empty buffer of its own
+    /// (`QueueSender::spare`); the writer reuses whatever buffer is left here.
+    pub bytes: &'a mut Vec<u8>,
 }
 
 /// The settings of one core's tick writer.
@@ -71,7 +72,7 @@ pub fn set_refusing(group: &GroupCommit, counters: &CoreCounters, refusing: bool
     }
 }
 
-impl<F: FnMut(&Written<'_>)> TickWriter<F> {
+impl<F: FnMut(&mut Written<'_>)> TickWriter<F> {
     pub fn new(
         policy: TickPolicy,
         group: Rc<GroupCommit>,
@@ -99,7 +100,7 @@ impl<F: FnMut(&Written<'_>)> TickWriter<F> {
                     }
                     bump(&self.counters.wal_writes, 1);
                     bump(&self.counters.wal_bytes_written, bytes.len() as u64);
-                    (self.on_written)(&Written { start, end, records: tick.records, bytes: &bytes });
+                    (self.on_written)(&mut Written { start, end, records: tick.records, bytes: &mut bytes });
                     tick.complete(TickOutcome::Written);
                     sync.pending = true;
                     if self.policy.sync == SyncPolicy::Interval
@@ -194,7 +195,7 @@ mod tests {
             let group = Rc::new(GroupCommit::new(1 << 20));
             let counters = Arc::new(CoreCounters::default());
             let log = written.clone();
-            let hook = move |w: &Written<'_>| log.borrow_mut().push((w.start, w.end, w.records));
+            let hook = move |w: &mut Written<'_>| log.borrow_mut().push((w.start, w.end, w.records));
             let writer =
                 TickWriter::new(policy(SyncPolicy::Interval), group.clone(), segments, counters, hook);
             let task = monoio::spawn(writer.run());
@@ -234,7 +235,7 @@ mod tests {
                 .await
                 .unwrap();
             let group = Rc::new(GroupCommit::new(1 << 20));
-            let hook = |_: &Written<'_>| panic!("nothing was written");
+            let hook = |_: &mut Written<'_>| panic!("nothing was written");
             let writer =
                 TickWriter::new(policy(SyncPolicy::None), group.clone(), segments, counters.clone(), hook);
             let task = monoio::spawn(writer.run());

@@ -16,7 +16,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Once;
 
-use super::{free_closed_port, read_response, repo_path, tail, wait_for, HTTP_TIMEOUT, START_TIMEOUT};
+use super::{free_port, read_response, repo_path, tail, wait_for, HTTP_TIMEOUT, START_TIMEOUT};
 
 /// A private ClickHouse server in a temp dir.
 pub struct ClickHouse {
@@ -49,7 +49,7 @@ impl ClickHouse {
             assert!(status.success(), "scripts/ensure-deps.sh clickhouse failed: {status}");
         });
         let dir = tempfile::Builder::new().prefix("psc-clickhouse-").tempdir().expect("temp dir");
-        let (http_port, tcp_port) = (free_closed_port(), free_closed_port());
+        let (http_port, tcp_port) = (free_port(), free_port());
         let output = Command::new(repo_path("scripts/clickhouse.sh"))
             .arg("config")
             .arg(dir.path())

@@ -505,9 +505,22 @@ fn content_length(head: &str) -> std::io::Result<Option<usize>> {
     Ok(None)
 }
 
-/// A port on 127.0.0.1 with nothing listening (bound once by us, then released), for
-/// "MySQL unreachable" tests. Connections to it are refused.
+/// A port on 127.0.0.1 that refuses connections for the rest of this test process, for
+/// "MySQL unreachable" tests: a socket bound to it and never listening is kept open (leaked
+/// on purpose), so no server started meanwhile, by this process's other tests or anyone
+/// else, can take it. A port bound and released again could be handed out by the next bind
+/// to port 0, and an "unreachable" URL then reached a live server.
 pub fn free_closed_port() -> u16 {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+    socket.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into()).expect("bind 127.0.0.1:0");
+    let port = socket.local_addr().expect("local addr").as_socket().expect("an IPv4 address").port();
+    std::mem::forget(socket);
+    port
+}
+
+/// A free port on 127.0.0.1 for a server a test starts (bound once by us, then released).
+pub fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
     listener.local_addr().expect("local addr").port()
 }
