@@ -14,6 +14,9 @@ const SCAN_BYTES: usize = 4 * 1024 * 1024;
 /// The tick file is rewound when it reaches this size so the bench does not fill the disk.
 const TICK_FILE_BYTES_MAX: u64 = 64 * 1024 * 1024;
 
+const BROWSER_UA: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 \
+                          (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36";
+
 fn typical(file_id: u64) -> Event<'static> {
     Event { ts_ms: 1_763_923_170_123, event: "play", domain: "piratka.biz", file_id }
 }
@@ -26,6 +29,21 @@ fn bench_encode(c: &mut Criterion) {
         b.iter(|| {
             buf.clear();
             encode(black_box(&typical(109_454)), &Context::NONE, &mut buf);
+            black_box(buf.len())
+        })
+    });
+    // What a browser's beacon stores with the default config: IP, a desktop Chrome
+    // User-Agent (escaped as a JSON string) and the Referer's host.
+    let browser = Context {
+        ip: Some("203.0.113.7"),
+        ua: Some(BROWSER_UA),
+        referer_host: Some("piratka.biz"),
+        ..Context::NONE
+    };
+    group.bench_function("one_record_browser_context", |b| {
+        b.iter(|| {
+            buf.clear();
+            encode(black_box(&typical(109_454)), black_box(&browser), &mut buf);
             black_box(buf.len())
         })
     });

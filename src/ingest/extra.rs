@@ -9,7 +9,7 @@
 //! - the object is at most [`EXTRA_MAX_BYTES`]: a parameter that would pass the bound is
 //!   dropped, the ones before it stay.
 
-use std::fmt::Write as _;
+use crate::wal::record::json_string;
 
 use super::{split_once_byte, PercentDecode};
 
@@ -85,20 +85,9 @@ fn append_member(object: &mut String, name: &str, value: &str) {
     }
 }
 
+/// Appends `s` as a JSON string literal, escaped as the WAL escapes it.
 fn push_json_string(s: &str, out: &mut String) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            // Writing to a String cannot fail.
-            c if u32::from(c) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", u32::from(c));
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
+    json_string(s, |piece| out.push_str(piece));
 }
 
 #[cfg(test)]

@@ -148,26 +148,40 @@ pub fn encode(ev: &Event<'_>, ctx: &Context<'_>, out: &mut Vec<u8>) {
     debug_assert!(out.len() - start <= MAX_RECORD_BYTES);
 }
 
-/// Appends `s` as a JSON string literal: `"` and `\\` escaped, control bytes as `\u00XX`.
+/// Appends `s` as a JSON string literal (see [`json_string`]).
 fn push_json_string(s: &str, out: &mut Vec<u8>) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    out.push(b'"');
-    for &b in s.as_bytes() {
-        match b {
-            b'"' => out.extend_from_slice(b"\\\""),
-            b'\\' => out.extend_from_slice(b"\\\\"),
-            0..=0x1f => out.extend_from_slice(&[
-                b'\\',
-                b'u',
-                b'0',
-                b'0',
-                HEX[usize::from(b >> 4)],
-                HEX[usize::from(b & 0xf)],
-            ]),
-            _ => out.push(b),
-        }
+    out.reserve(s.len() + 2);
+    json_string(s, |piece| out.extend_from_slice(piece.as_bytes()));
+}
+
+/// `\u0000` … `\u001f`: how a control byte is written inside a JSON string.
+const CONTROL_ESCAPES: [&str; 32] = [
+    "\\u0000", "\\u0001", "\\u0002", "\\u0003", "\\u0004", "\\u0005", "\\u0006", "\\u0007", "\\u0008",
+    "\\u0009", "\\u000a", "\\u000b", "\\u000c", "\\u000d", "\\u000e", "\\u000f", "\\u0010", "\\u0011",
+    "\\u0012", "\\u0013", "\\u0014", "\\u0015", "\\u0016", "\\u0017", "\\u0018", "\\u0019", "\\u001a",
+    "\\u001b", "\\u001c", "\\u001d", "\\u001e", "\\u001f",
+];
+
+/// Hands `put` the JSON string literal of `s` in pieces, quotes included: `"` and `\\`
+/// escaped, control bytes as `\u00XX`, and each run of bytes between them (a whole
+/// User-Agent, as a rule) as one piece, so that a caller copies runs rather than bytes.
+pub(crate) fn json_string(s: &str, mut put: impl FnMut(&str)) {
+    put("\"");
+    let mut copied = 0;
+    for (at, b) in s.bytes().enumerate() {
+        let escaped = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            0..=0x1f => CONTROL_ESCAPES[usize::from(b)],
+            _ => continue,
+        };
+        // `at` and `copied` sit at or just past an ASCII byte: both are char boundaries.
+        put(&s[copied..at]);
+        put(escaped);
+        copied = at + 1;
     }
-    out.push(b'"');
+    put(&s[copied..]);
+    put("\"");
 }
 
 fn is_plain_json_byte(b: u8) -> bool {
@@ -442,6 +456,18 @@ mod tests {
         let (ev, _, used) = decode(&line).unwrap();
         assert_eq!(ev, Event { ts_ms: 5, event: "play", domain: "a.b", file_id: 7 });
         assert_eq!(used, line.len());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_user_agent_round_trips(ua in "\\PC*|[\"\\\\\x00-\x1f a-z]{0,40}") {
+            let ctx = Context { ua: Some(&ua), ..Context::default() };
+            let mut buf = Vec::new();
+            encode(&sample(1), &ctx, &mut buf);
+            let (_, decoded, used) = decode(&buf).expect("decodes");
+            proptest::prop_assert_eq!(used, buf.len());
+            proptest::prop_assert_eq!(decoded.ua.as_deref(), Some(ua.as_str()));
+        }
     }
 
     #[test]
