@@ -113,9 +113,9 @@ class OpenLoop:
     non2xx: int
     gen_cpu_pct: float = None  # the generator's CPU time over the run's wall time
     generator: str = "oha"  # "pload" or "oha"
-    db_idle: bool = False  # mariadbd was SCHED_IDLE during the run
     server_p99_ms: float = None  # bucket bound of the collector's own p99 (None: not scraped)
     server_p999_ms: float = None
+    db_idle: bool = False  # mariadbd was SCHED_IDLE during the run (set by `mark`)
 
 
 def oha_binary():
