@@ -534,7 +534,9 @@ def main():
             log(f"ClickHouse phase done at {time.monotonic() - started:.0f} s")
         front = None
         if collector:
-            front = front_phase(front_url, runs, nginx, front_db)
+            # The back-end phases leave their MariaDB purging and flushing for minutes.
+            with load_front.IdleDatabase(db):
+                front = front_phase(front_url, runs, nginx, front_db)
             log(f"front-end phase done at {time.monotonic() - started:.0f} s")
         if not FRONT_ONLY:
             mariadb_ceiling(db, backend.drain_rows or CEILING_ROWS_WITHOUT_COLLECTOR, backend)
