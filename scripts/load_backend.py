@@ -324,13 +324,14 @@ def modes_phase(db, mysql_url, backend):
             backend.modes.append(ModeResult(mode, skipped=f"failed: {str(e).splitlines()[0]}"))
 
 
-def collector_backend(db, mysql_url, collector, acked, best_pipelined_rps, backend):
+def collector_backend(db, mysql_url, collector, acked, best_pipelined_rps, backend, http_db):
     """Phases A and B. `acked`: events wrk acknowledged in the HTTP phase (their backlog is
-    dropped: every mode starts from an empty database). A failure is reported, not fatal."""
+    dropped: every mode starts from an empty database); `http_db`: the MariaDB the HTTP
+    phase's collector made its tables in. A failure is reported, not fatal."""
     backend.front_pipelined_rps = best_pipelined_rps
     try:
         collector.stop()
-        if not (db.has_table("events") and db.has_table("ingest_cursors")):
+        if not (http_db.has_table("events") and http_db.has_table("ingest_cursors")):
             backend.notes.append("collector back end skipped: the collector created no "
                                  "`events`/`ingest_cursors` tables (migrations missing?)")
             return

@@ -16,6 +16,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 VAR = REPO / "var"
 MYSQL_DIR = VAR / "bench-mysql"
+# The HTTP and front-end phases' own MariaDB, on tmpfs: its writes then never meet the WAL's
+# in one ext4 journal (see scripts/load_test.py), as a database on its own machine would not.
+FRONT_MYSQL_DIR = (Path("/dev/shm/psc-bench-mysql-front") if Path("/dev/shm").is_dir()
+                   else VAR / "bench-mysql-front")
 NGINX_DIR = VAR / "bench-nginx"
 COLLECTOR_DIR = VAR / "bench-collector"
 WAL_DIR = VAR / "bench-wal"
@@ -195,15 +199,21 @@ def tail(path, lines=20):
 
 
 class MariaDb:
-    """The private server of scripts/mariadb.sh in ./var/bench-mysql, used through the CLI."""
+    """A private server of scripts/mariadb.sh (in ./var/bench-mysql unless told), used
+    through the CLI."""
 
-    def __init__(self):
+    def __init__(self, directory=MYSQL_DIR):
         self.url = None
-        self.client_cnf = MYSQL_DIR / "client.cnf"
+        self.dir = Path(directory)
+        self.client_cnf = self.dir / "client.cnf"
+
+    @property
+    def pid(self):
+        return read_pid(self.dir / "mysqld.pid")
 
     def start(self):
         out = subprocess.run(
-            [str(REPO / "scripts" / "mariadb.sh"), "start", str(MYSQL_DIR)],
+            [str(REPO / "scripts" / "mariadb.sh"), "start", str(self.dir)],
             stdout=subprocess.PIPE, text=True, check=True, timeout=180,
             start_new_session=True,
         )
@@ -211,7 +221,7 @@ class MariaDb:
         return self.url
 
     def stop(self):
-        subprocess.run([str(REPO / "scripts" / "mariadb.sh"), "stop", str(MYSQL_DIR)],
+        subprocess.run([str(REPO / "scripts" / "mariadb.sh"), "stop", str(self.dir)],
                        check=False, timeout=120)
 
     def cli(self, *args):

@@ -15,7 +15,8 @@
 //! The flusher hands each consumed chunk's buffer back ([`QueueReceiver::recycle`]); a core
 //! swaps it in for the tick buffer it queues ([`QueueSender::spare`]), so a queued tick moves
 //! to the flusher without a copy and the next tick fills memory that is already faulted in.
-//! At most [`SPARE_BUFFERS`] wait there; the rest are freed.
+//! At most [`SPARE_BUFFERS`] of at most [`SPARE_BUFFER_MAX_BYTES`] wait there; the rest
+//! are freed.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -76,9 +77,11 @@ pub enum Offer {
     Closed,
 }
 
-/// Most consumed buffers kept for the cores' next ticks (each at most a tick,
-/// `wal.write_buffer_bytes`).
-pub const SPARE_BUFFERS: usize = 16;
+/// Most consumed buffers kept for the cores' next ticks.
+pub const SPARE_BUFFERS: usize = 8;
+/// Largest buffer kept: a bigger one (a tick of a burst, up to `wal.write_buffer_bytes`) is
+/// freed, so that the spares hold at most `SPARE_BUFFERS` × this (2 MiB).
+pub const SPARE_BUFFER_MAX_BYTES: usize = 256 * 1024;
 
 /// The sending side, one clone per core.
 #[derive(Clone)]
@@ -166,9 +169,12 @@ impl QueueReceiver {
         self.rx.recv_timeout(timeout).ok().map(|c| self.released(c))
     }
 
-    /// Gives a consumed chunk's buffer back to the cores; freed if [`SPARE_BUFFERS`] wait.
+    /// Gives a consumed chunk's buffer back to the cores; freed if [`SPARE_BUFFERS`] wait
+    /// or it is larger than [`SPARE_BUFFER_MAX_BYTES`].
     pub fn recycle(&self, chunk: WalChunk) {
-        let _ = self.spares.try_send(chunk.bytes);
+        if chunk.bytes.capacity() <= SPARE_BUFFER_MAX_BYTES {
+            let _ = self.spares.try_send(chunk.bytes);
+        }
     }
 
     fn released(&self, chunk: WalChunk) -> WalChunk {
@@ -269,6 +275,15 @@ mod tests {
         let spare = tx.spare(7);
         assert!(spare.is_empty());
         assert_eq!((spare.capacity(), spare.as_ptr()), (capacity, address));
+    }
+
+    #[test]
+    fn a_buffer_larger_than_the_bound_is_freed() {
+        let (tx, rx) = bounded(1000);
+        let mut big = chunk(1);
+        big.bytes.reserve(SPARE_BUFFER_MAX_BYTES + 1);
+        rx.recycle(big);
+        assert_eq!(tx.spare(7).capacity(), 7, "not kept: a new buffer");
     }
 
     #[test]

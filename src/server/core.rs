@@ -250,11 +250,20 @@ impl HandOff {
         }
     }
 
-    /// Queues the tick's own buffer (no copy) and leaves a spare in its place.
+    /// Queues the tick: its own buffer when the bytes fill at least half of it (a busy core's
+    /// tick: no copy, and a spare takes its place), else an exact copy. So a queued chunk
+    /// never holds more than twice its bytes, and the queue's memory stays bounded by its
+    /// event count (`queue.capacity`) as before: a one-beacon tick does not pin a 64 KiB buffer.
     fn offer_chunk(&self, start: Position, end: Position, records: u32, bytes: &mut Vec<u8>) {
         let chunk = || {
-            let spare = self.queue.spare(bytes.capacity());
-            WalChunk { core: self.core, start, end, records, bytes: std::mem::replace(bytes, spare) }
+            let taken = if bytes.len() * 2 >= bytes.capacity() {
+                let spare = self.queue.spare(bytes.capacity());
+                std::mem::replace(bytes, spare)
+            } else {
+                bytes.to_vec()
+            };
+            debug_assert!(taken.capacity() <= 2 * taken.len().max(1), "a queued chunk pins memory");
+            WalChunk { core: self.core, start, end, records, bytes: taken }
         };
         if self.queue.offer_with(records, chunk) == Offer::Full {
             bump(&self.counters.queue_full_chunks, 1);
