@@ -5,6 +5,7 @@ and the table/ratio formatting. Stdlib only.
 
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -244,6 +245,47 @@ class MariaDb:
         return self.scalar_int(
             "SELECT COUNT(*) FROM information_schema.tables "
             f"WHERE table_schema = 'psc' AND table_name = '{name}'") == 1
+
+
+class IdleDatabase:
+    """The threads of `db`'s mariadbd under SCHED_IDLE, and its autogroup at nice 19, for the
+    `with` block; then SCHED_OTHER and nice 0 again. `as` gives whether it worked (no chrt,
+    no pid file: the runs say so).
+
+    SCHED_IDLE alone is not enough: every process here runs in its own session, so with
+    `kernel.sched_autogroup_enabled` each is in its own autogroup, and the scheduler weighs
+    the groups against each other before it looks at the tasks' policies. mariadbd's group
+    then took a fair share of CPU 0 from the collector's (plain c=64: 52k req/s against 111k
+    with the group at nice 19, measured with both in new sessions)."""
+
+    def __init__(self, db):
+        self.pid = db.pid
+        self.autogroup = Path(f"/proc/{self.pid}/autogroup") if self.pid else None
+
+    def __enter__(self):
+        self.done = bool(self.pid and shutil.which("chrt")) and self.chrt("--idle")
+        self.niced = self.done and self.set_autogroup_nice(19)
+        if not self.done:
+            log("mariadbd could not be put under SCHED_IDLE; runs share the CPUs with it")
+        return self.done
+
+    def __exit__(self, *exc):
+        if self.done:
+            self.chrt("--other")
+        if self.niced:
+            self.set_autogroup_nice(0)
+
+    def chrt(self, policy):
+        argv = ["chrt", "-a", policy, "-p", "0", str(self.pid)]
+        return subprocess.run(argv, stdout=subprocess.DEVNULL, check=False).returncode == 0
+
+    def set_autogroup_nice(self, nice):
+        """False where the kernel has no autogroups (then the policy alone decides)."""
+        try:
+            self.autogroup.write_text(f"{nice}\n")
+            return True
+        except OSError:
+            return False
 
 
 class Collector:

@@ -45,7 +45,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from load_common import PLOAD, VAR, run_pload
+from load_common import PLOAD, VAR, IdleDatabase, run_pload
 
 URL_PATH = "/log?event=play&domain=piratka.biz&file_id=109454"
 CLIENT_CPU = "1"
@@ -116,7 +116,7 @@ class OpenLoop:
     generator: str = "oha"  # "pload" or "oha"
     server_p99_ms: float = None  # bucket bound of the collector's own p99 (None: not scraped)
     server_p999_ms: float = None
-    db_idle: bool = False  # mariadbd was SCHED_IDLE during the run (set by `mark`)
+    db_idle: bool = False  # mariadbd was idle during the run (set by `open_run`)
 
 
 def oha_binary():
@@ -166,7 +166,6 @@ def run_oha(owned, oha, port, rate, duration_s, server):
     argv = ["taskset", "-c", CLIENT_CPU, oha, "-z", f"{duration_s}s", "-q", str(int(rate)),
             "-c", str(OPEN_LOOP_CONNS), "--latency-correction", "--no-tui",
             "--output-format", "json", f"http://127.0.0.1:{port}{URL_PATH}"]
-    buckets_before = answer_buckets(port) if server == "collector" else None
     cpu_before, started = children_cpu_s(), time.monotonic()
     proc = owned.spawn("oha", argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -174,7 +173,6 @@ def run_oha(owned, oha, port, rate, duration_s, server):
     finally:
         owned.stop(proc)
     oha_cpu_pct = 100 * (children_cpu_s() - cpu_before) / (time.monotonic() - started)
-    buckets_after = answer_buckets(port) if buckets_before else None
     try:
         doc = json.loads(out)
     except json.JSONDecodeError as e:
@@ -186,21 +184,28 @@ def run_oha(owned, oha, port, rate, duration_s, server):
     return OpenLoop(server, rate, summary.get("requestsPerSec", 0.0), ms("p50"), ms("p99"),
                     ms("p99.9"), sum(doc.get("errorDistribution", {}).values()),
                     sum(n for c, n in codes.items() if not str(c).startswith("2")), oha_cpu_pct,
-                    "oha", bucket_quantile_ms(buckets_before, buckets_after, 0.99),
-                    bucket_quantile_ms(buckets_before, buckets_after, 0.999))
+                    "oha")
 
 
 def run_pload_open(port, rate, duration_s, server):
     """One open-loop run of scripts/pload.c (see load_common.run_pload)."""
-    buckets_before = answer_buckets(port) if server == "collector" else None
     doc = run_pload(port, OPEN_LOOP_CONNS, duration_s, VAR / "bench-pload.log", rate=rate)
-    buckets_after = answer_buckets(port) if buckets_before else None
     ms = lambda key: doc[key] / 1000  # noqa: E731
     return OpenLoop(server, rate, doc["requests"] * 1e6 / doc["duration_us"], ms("p50_us"),
                     ms("p99_us"), ms("p999_us"), doc["errors"], doc["non2xx"],
-                    100 * doc["cpu_us"] / doc["duration_us"], "pload",
-                    bucket_quantile_ms(buckets_before, buckets_after, 0.99),
-                    bucket_quantile_ms(buckets_before, buckets_after, 0.999))
+                    100 * doc["cpu_us"] / doc["duration_us"], "pload")
+
+
+def open_run(generator, port, rate, duration_s, server, db_idle=False):
+    """One open-loop run by `generator` (`run_pload_open`'s signature), with the collector's
+    own p99/p99.9 read from its answer histogram, scraped before and after."""
+    before = answer_buckets(port) if server == "collector" else None
+    run = generator(port, rate, duration_s, server)
+    after = answer_buckets(port) if before else None
+    run.server_p99_ms = bucket_quantile_ms(before, after, 0.99)
+    run.server_p999_ms = bucket_quantile_ms(before, after, 0.999)
+    run.db_idle = db_idle
+    return run
 
 
 def children_cpu_s():
@@ -224,7 +229,7 @@ def open_loop_phase(owned, collector_port, collector_max, nginx_port, nginx_max,
     oha = ensure_oha()
     runners = []
     if PLOAD.exists():
-        runners.append(lambda port, rate, secs, server: run_pload_open(port, rate, secs, server))
+        runners.append(run_pload_open)
     if oha:
         runners.append(lambda port, rate, secs, server: run_oha(owned, oha, port, rate, secs,
                                                                 server))
@@ -233,17 +238,18 @@ def open_loop_phase(owned, collector_port, collector_max, nginx_port, nginx_max,
                                                      if not runners else
                                                      "no collector rate measured")
         return result
-    result.at_half.append(runners[0](collector_port, collector_max / 2, OPEN_LOOP_S, "collector"))
+    half = collector_max / 2
+    result.at_half.append(open_run(runners[0], collector_port, half, OPEN_LOOP_S, "collector"))
     with IdleDatabase(db) as idle:
-        for run in runners:
-            result.at_half.append(mark(run(collector_port, collector_max / 2, OPEN_LOOP_S,
-                                           "collector"), idle))
-            if nginx_port and nginx_max:
-                result.at_half.append(mark(run(nginx_port, nginx_max / 2, OPEN_LOOP_S, "nginx"),
+        for gen in runners:
+            result.at_half.append(open_run(gen, collector_port, half, OPEN_LOOP_S, "collector",
                                            idle))
+            if nginx_port and nginx_max:
+                result.at_half.append(open_run(gen, nginx_port, nginx_max / 2, OPEN_LOOP_S,
+                                               "nginx", idle))
         for fraction in SWEEP_FRACTIONS:
-            run = mark(runners[0](collector_port, collector_max * fraction, SWEEP_S,
-                                  "collector"), idle)
+            run = open_run(runners[0], collector_port, collector_max * fraction, SWEEP_S,
+                           "collector", idle)
             result.sweep.append(run)
             log(f"open loop ({run.generator}) {fraction:.0%} of {collector_max:,.0f}: "
                 f"{run.achieved:,.0f} req/s p99 {run.p99_ms:.2f} ms p99.9 {run.p999_ms:.2f} ms "
@@ -253,52 +259,6 @@ def open_loop_phase(owned, collector_port, collector_max, nginx_port, nginx_max,
                 result.knee_rate = run.rate
                 break
     return result
-
-
-def mark(run, idle):
-    run.db_idle = idle
-    return run
-
-
-class IdleDatabase:
-    """The threads of `db`'s mariadbd under SCHED_IDLE, and its autogroup at nice 19, for the
-    `with` block; then SCHED_OTHER and nice 0 again. `as` gives whether it worked (no chrt,
-    no pid file: the runs say so).
-
-    SCHED_IDLE alone is not enough: every process here runs in its own session, so with
-    `kernel.sched_autogroup_enabled` each is in its own autogroup, and the scheduler weighs
-    the groups against each other before it looks at the tasks' policies. mariadbd's group
-    then took a fair share of CPU 0 from the collector's (plain c=64: 52k req/s against 111k
-    with the group at nice 19, measured with both in new sessions)."""
-
-    def __init__(self, db):
-        self.pid = db.pid
-        self.autogroup = Path(f"/proc/{self.pid}/autogroup") if self.pid else None
-
-    def __enter__(self):
-        self.done = bool(self.pid and shutil.which("chrt")) and self.chrt("--idle")
-        self.niced = self.done and self.set_autogroup_nice(19)
-        if not self.done:
-            log("mariadbd could not be put under SCHED_IDLE; runs share the CPUs with it")
-        return self.done
-
-    def __exit__(self, *exc):
-        if self.done:
-            self.chrt("--other")
-        if self.niced:
-            self.set_autogroup_nice(0)
-
-    def chrt(self, policy):
-        argv = ["chrt", "-a", policy, "-p", "0", str(self.pid)]
-        return subprocess.run(argv, stdout=subprocess.DEVNULL, check=False).returncode == 0
-
-    def set_autogroup_nice(self, nice):
-        """False where the kernel has no autogroups (then the policy alone decides)."""
-        try:
-            self.autogroup.write_text(f"{nice}\n")
-            return True
-        except OSError:
-            return False
 
 
 def bound_ms(value):

@@ -18,7 +18,7 @@ scripts/load_common.py (processes, servers, wrk, tables).
    use their own MariaDB on tmpfs (load_common.FRONT_MYSQL_DIR), so that its writes never
    share the WAL's disk and ext4 journal, as a database on its own machine would not. That
    mariadbd runs under SCHED_IDLE with its autogroup at nice 19 for the whole phase
-   (load_front.IdleDatabase): its LOAD DATA work uses only time the servers and the
+   (load_common.IdleDatabase): its LOAD DATA work uses only time the servers and the
    generator leave idle. Without the autogroup nice, each process in its own session weighs
    as much as the collector on CPU 0: plain c=64 ran at 52-60k req/s with both 45-50 % busy.
    Per run: req/s, non-2xx, socket errors, p50/p99/p99.9 (wrk, closed loop: coordinated
@@ -67,7 +67,8 @@ from load_backend import (CEILING_ROWS_WITHOUT_COLLECTOR, Backend, backend_ratio
 from load_common import (BENCHMARKS_MD, BINARY, CLK_TCK, COLLECTOR_DIR, FRONT_MYSQL_DIR,
                          NGINX_DIR, NGINX_TEMPLATE, PIPELINE_DEPTH, PLOAD, REPO, SERVER_CPU,
                          START_TIMEOUT_S, VAR,
-                         WAL_DIR, OWNED, Collector, Interrupted, MariaDb, WrkResult,
+                         WAL_DIR, OWNED, Collector, IdleDatabase, Interrupted, MariaDb,
+                         WrkResult,
                          children_of, cpu_split, env_int, fmt_ratio, free_port, log,
                          markdown_table, peak_rss_kib, port_open, ratio, run_wrk, tail,
                          text_table, thread_ticks, wait_until)
@@ -519,7 +520,7 @@ def main():
         nginx.start()
         # mariadbd shares the 2 CPUs; idle, its delivery work stays off the measured servers'
         # and the generator's CPU time, as a database on its own machine would.
-        with load_front.IdleDatabase(front_db):
+        with IdleDatabase(front_db):
             runs = http_phase(nginx, collector, front_db)
         nginx.stop()
         log(f"HTTP phase done at {time.monotonic() - started:.0f} s")
@@ -535,7 +536,7 @@ def main():
         front = None
         if collector:
             # The back-end phases leave their MariaDB purging and flushing for minutes.
-            with load_front.IdleDatabase(db):
+            with IdleDatabase(db):
                 front = front_phase(front_url, runs, nginx, front_db)
             log(f"front-end phase done at {time.monotonic() - started:.0f} s")
         if not FRONT_ONLY:
