@@ -159,7 +159,7 @@ impl CommitMeta {
         let mut meta = CommitMeta::new(WalIdentity { node: node.to_owned(), wal });
         for (n, line) in lines {
             if let Some(route) = line.strip_prefix("route ") {
-                if meta.route.is_some() || !meta.cursors.is_empty() || !is_route(route) {
+                if meta.route.is_some() || !meta.cursors.is_empty() || route_shards(route).is_none() {
                     return Err((n, "bad or misplaced route line"));
                 }
                 meta.route = Some(route.to_owned());
@@ -178,12 +178,8 @@ impl CommitMeta {
     }
 }
 
-/// `<shard_by> <shards>` as `crate::flush::reroute` writes it: a lower-case word, a number.
-fn is_route(route: &str) -> bool {
-    route_shards(route).is_some()
-}
-
-/// The number of shards of a `route` value (`<shard_by> <shards>`); `None` if it is not one.
+/// The number of shards of a `route` value (`<shard_by> <shards>`, as `crate::flush::reroute`
+/// writes it: a lower-case word, a number); `None` if it is not one.
 pub fn route_shards(route: &str) -> Option<u16> {
     let (by, shards) = route.split_once(' ')?;
     let word = !by.is_empty() && by.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');

@@ -201,8 +201,6 @@ struct Recovered {
     lanes: Vec<LaneInit>,
 }
 
-/// Recovers every `core-N` directory found, whatever `server.cores` says now (issue 10 item
-/// 2); the cores that run write the lanes `0..counters.len()`, the flusher delivers all.
 /// `commit.meta` under the configured routing (`flush::reroute`), written back before anything
 /// is served when its `route` line changes.
 fn start_route(
@@ -224,6 +222,8 @@ fn start_route(
     Ok(meta)
 }
 
+/// Recovers every `core-N` directory found, whatever `server.cores` says now (issue 10 item
+/// 2); the cores that run write the lanes `0..counters.len()`, the flusher delivers all.
 fn recover_lanes(
     wal_dir: &std::path::Path,
     config: &Config,
