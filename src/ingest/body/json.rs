@@ -242,7 +242,7 @@ fn validate_items<'v>(
 }
 
 fn validate_json_item<'s>(
-    f: &JsonFields<'_>,
+    f: &JsonFields<'s>,
     rules: &Rules,
     scratch: &'s mut QueryScratch,
 ) -> Result<Beacon<'s>, Rejection> {
