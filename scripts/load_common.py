@@ -67,8 +67,7 @@ class Owned:
 
     def spawn(self, name, argv, stop_signal=signal.SIGTERM, **kwargs):
         kwargs.setdefault("stdin", subprocess.DEVNULL)
-        proc = subprocess.Popen(argv, start_new_session=True, preexec_fn=CPU_GROUPS.join_bench,
-                                **kwargs)
+        proc = subprocess.Popen(argv, start_new_session=True, **kwargs)
         self.procs.append((name, proc, stop_signal))
         return proc
 
@@ -95,10 +94,13 @@ class Owned:
 class CpuGroups:
     """Two cpu cgroups for the run, so that the scheduler weighs what is measured, not sessions.
 
-    - `psc-bench` holds every process `Owned.spawn` starts (servers under test, generators;
-      each joins before it execs), at the largest weight the controller takes (v1 cpu.shares
-      262144, v2 cpu.weight 10000): against anything else on the machine (a build, this
-      script, the machine's own services) it gets nearly all the CPU it asks for.
+    - `psc-bench` holds this driver, and so every process it starts (a child starts in its
+      parent's cgroup): servers under test, generators, the databases and ClickHouse. It has
+      the largest weight the controller takes (v1 cpu.shares 262144, v2 cpu.weight 10000):
+      against anything else on the machine (a build, the machine's own services) it gets
+      nearly all the CPU it asks for, and inside it every process weighs as its tasks do.
+      (With only the servers and generators in it, the back end's mariadbd, left in the root
+      group, got 67 % of a CPU in the INSERT drain, against 146 % in the run before.)
     - `psc-bench-idle` (cpu.idle = 1) holds a database while `IdleDatabase` says so: it runs
       only on CPU time nobody else wants, as a database on its own machine would not compete.
 
@@ -111,7 +113,7 @@ class CpuGroups:
     root cgroup, so inside these groups the processes weigh as tasks, whatever their sessions.
 
     Where neither cgroup version lets us make the groups (not root, no cpu controller),
-    `available` is False, processes keep their sessions and `IdleDatabase` falls back to
+    `setup` returns False, processes keep their sessions and `IdleDatabase` falls back to
     SCHED_IDLE plus the autogroup's nice; the report says which (`mode`)."""
 
     V1 = Path("/sys/fs/cgroup/cpu")
@@ -140,17 +142,12 @@ class CpuGroups:
             log(f"cpu cgroups not made ({e}); every process keeps a session of its own")
             return False
         self.root, self.bench, self.idle = base, base / "psc-bench", base / "psc-bench-idle"
-        self.mode = f"cgroups ({base}/psc-bench, weight {weight[1]}; databases: cpu.idle)"
+        if not self.move(os.getpid(), "bench"):
+            log("could not join the psc-bench cgroup; every process keeps a session of its own")
+            self.remove()
+            return False
+        self.mode = f"cgroups ({base}/psc-bench, weight {weight[1]}; idle databases: cpu.idle)"
         return True
-
-    @property
-    def available(self):
-        return self.bench is not None
-
-    def join_bench(self):
-        """In a child between fork and exec: join `psc-bench` (nothing where unavailable)."""
-        if self.bench:
-            self.write(self.bench / "cgroup.procs", str(os.getpid()))
 
     def move(self, pid, group):
         """Moves every thread of `pid` to `group` ("idle", "bench" or "root"); False if not."""
@@ -158,14 +155,17 @@ class CpuGroups:
         return bool(path) and self.write(path / "cgroup.procs", str(pid))
 
     def remove(self):
-        """Removes both groups; a group that still holds a process stays (and is logged)."""
+        """Takes this driver back to the root group and removes both groups; a group that
+        still holds a process stays (and is logged)."""
+        if self.root:
+            self.move(os.getpid(), "root")
         for group in (self.bench, self.idle):
             if group:
                 try:
                     group.rmdir()
                 except OSError as e:
                     log(f"{group} left in place: {e}")
-        self.bench = self.idle = None
+        self.root = self.bench = self.idle = None
 
     @staticmethod
     def read(path):
@@ -342,7 +342,7 @@ class MariaDb:
 
 class IdleDatabase:
     """`db`'s mariadbd in the `psc-bench-idle` cgroup (cpu.idle) for the `with` block, then
-    back in the root group. Without cgroups (`CpuGroups.available` False): its threads under
+    back in `psc-bench`. Without cgroups (`CpuGroups.setup` False): its threads under
     SCHED_IDLE and its autogroup at nice 19, then SCHED_OTHER and nice 0 again; SCHED_IDLE
     alone is not enough there, for the scheduler weighs autogroups before policies (see
     `CpuGroups`). `as` gives whether it worked (no pid file, no chrt: the runs say so)."""
@@ -362,7 +362,7 @@ class IdleDatabase:
 
     def __exit__(self, *exc):
         if self.grouped:
-            CPU_GROUPS.move(self.pid, "root")
+            CPU_GROUPS.move(self.pid, "bench")
         elif self.done:
             self.chrt("--other")
         if self.niced:
