@@ -33,6 +33,8 @@ impl<'q> Pairs<'q> {
 impl<'q> Iterator for Pairs<'q> {
     type Item = Pair<'q>;
 
+    // Inlined into `find_params`: out of line, a beacon's pairs cost ~130 more instructions
+    // (callgrind), the pair going through memory.
     #[inline(always)]
     fn next(&mut self) -> Option<Self::Item> {
         loop {
@@ -163,15 +165,14 @@ mod tests {
     proptest::proptest! {
         #[test]
         fn pairs_match_the_reference_split(
-            query in "(event=|domain=|file_id=|eid=|event|[a-z=&%+]|\\PC){0,40}"
+            query in "(event=|domain=|file_id=|eid=|event|ev%65nt=|[a-z_=&%+]|%[0-9a-fA-F]{2}|\\PC){0,40}"
         ) {
             let pairs: Vec<Pair<'_>> = Pairs::new(&query).collect();
             let split: Vec<_> = pairs.iter().map(|p| (p.name, p.value)).collect();
             proptest::prop_assert_eq!(split, reference_pairs(&query));
-            for pair in pairs {
-                if let Some(param) = pair.param {
-                    proptest::prop_assert_eq!(pair.name, param.name());
-                }
+            // The names told apart by one compare are the ones the general path decodes to.
+            for pair in pairs.into_iter().filter(|p| p.param.is_some()) {
+                proptest::prop_assert_eq!(known_param(pair.name), Ok(pair.param));
             }
         }
     }
