@@ -38,7 +38,7 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 
-from load_common import (BENCHMARKS_MD, CLK_TCK, COLLECTOR_DIR, MYSQL_DIR, OWNED, REPO, VAR, WAL_DIR, Collector, MariaDb,
+from load_common import (BENCHMARKS_MD, CLK_TCK, COLLECTOR_DIR, MYSQL_DIR, CPU_GROUPS, OWNED, REPO, VAR, WAL_DIR, Collector, MariaDb,
                          cpu_ticks, markdown_table,
                          env_int, fmt_rate, fmt_ratio, free_port, log, ratio, read_pid, run_wrk)
 
@@ -330,6 +330,7 @@ def main():
         clickhouse: ClickhouseResult = None
 
     db, backend = MariaDb(), Alone()
+    CPU_GROUPS.setup()
     try:
         mysql_url = db.start()
         db.reset_database()
@@ -338,6 +339,7 @@ def main():
     finally:
         OWNED.stop_all()
         db.stop()
+        CPU_GROUPS.remove()
     rows, ratios = clickhouse_rows(backend), clickhouse_ratio_rows(backend)
     for name, value in rows:
         print(f"{name}: {value}")

@@ -17,10 +17,10 @@ scripts/load_common.py (processes, servers, wrk, tables).
    run's delivery backlog keeps mariadbd busy during the next. The HTTP and front-end phases
    use their own MariaDB on tmpfs (load_common.FRONT_MYSQL_DIR), so that its writes never
    share the WAL's disk and ext4 journal, as a database on its own machine would not. That
-   mariadbd runs under SCHED_IDLE with its autogroup at nice 19 for the whole phase
-   (load_common.IdleDatabase): its LOAD DATA work uses only time the servers and the
-   generator leave idle. Without the autogroup nice, each process in its own session weighs
-   as much as the collector on CPU 0: plain c=64 ran at 52-60k req/s with both 45-50 % busy.
+   mariadbd is idle for the whole phase (load_common.IdleDatabase: a cgroup with cpu.idle):
+   its LOAD DATA work uses only time the servers and the generator leave idle. Servers and
+   generators share one cgroup of the largest weight (load_common.CpuGroups), so that neither
+   sessions (autogroups) nor other work on the machine decide their share of the CPUs.
    Per run: req/s, non-2xx, socket errors, p50/p99/p99.9 (wrk, closed loop: coordinated
    omission makes tails optimistic), server CPU-us/request (/proc/PID/stat utime+stime,
    all threads; nginx: the worker) and peak RSS (VmHWM; nginx: the worker). The collector's
@@ -42,7 +42,8 @@ scripts/load_common.py (processes, servers, wrk, tables).
    one core, and user-space instructions per request under callgrind. Phase 1 also attaches
    `perf stat` to each measured process: syscalls and context switches per request.
 
-Every process started here runs in its own session (Ctrl-C reaches only this script) and is
+Every process started here runs in its own session (Ctrl-C reaches only this script), in the
+`psc-bench` cpu cgroup where the machine allows it (removed at the end), and is
 stopped by its PID in a `finally`, also on SIGINT/SIGTERM/SIGHUP. Results go to stdout and
 are appended to docs/BENCHMARKS.md. The collector half is skipped with a message when the
 binary is missing or does not come up; the rest still runs.
@@ -67,7 +68,7 @@ from load_backend import (CEILING_ROWS_WITHOUT_COLLECTOR, Backend, backend_ratio
 from load_common import (BENCHMARKS_MD, BINARY, CLK_TCK, COLLECTOR_DIR, FRONT_MYSQL_DIR,
                          NGINX_DIR, NGINX_TEMPLATE, PIPELINE_DEPTH, PLOAD, REPO, SERVER_CPU,
                          START_TIMEOUT_S, VAR,
-                         WAL_DIR, OWNED, Collector, IdleDatabase, Interrupted, MariaDb,
+                         WAL_DIR, CPU_GROUPS, OWNED, Collector, IdleDatabase, Interrupted, MariaDb,
                          WrkResult,
                          children_of, cpu_split, env_int, fmt_ratio, free_port, log,
                          markdown_table, peak_rss_kib, port_open, ratio, run_wrk, tail,
@@ -435,6 +436,8 @@ def report(runs, backend, collector_note, started, front=None):
     notes = [n for n in (os.environ.get("PSC_BENCH_NOTE"), collector_note) if n]
     notes += backend.notes
     notes += saturation_notes(runs)
+    notes.append(f"scheduling: every server and generator in {CPU_GROUPS.mode} "
+                 "(scripts/load_common.py CpuGroups)")
     notes.append(f"load average (1/5/15 min) at start {LOADAVG_AT_START}, at the end "
                  f"{loadavg()}: anything else running on the 2 CPUs skews req/s more than "
                  f"CPU-µs/req")
@@ -501,6 +504,8 @@ def main():
     nginx = Nginx()
     collector = None
     runs, backend = [], Backend()
+    CPU_GROUPS.setup()
+    log(f"processes are weighed by {CPU_GROUPS.mode}")
     try:
         mysql_url = db.start()
         db.reset_database()
@@ -550,6 +555,7 @@ def main():
         db.stop()
         front_db.stop()
         shutil.rmtree(FRONT_MYSQL_DIR, ignore_errors=True)  # tmpfs: it holds RAM
+        CPU_GROUPS.remove()
     return 0
 
 

@@ -22,7 +22,10 @@
 //!   a UUID in text form (`crate::event_id`), at most once; anything else is `bad_event_id`.
 //!
 //! Decoding writes into a caller-owned [`QueryScratch`] with fixed capacities, so validation
-//! allocates nothing.
+//! allocates nothing; a value that is valid as it arrived is not decoded at all, and the event
+//! borrows it from the query. The query is split into pairs by `query`, and each value is
+//! checked by `validate`, whose fast path (in place) and general path (decode, then check) give
+//! the same result for every input.
 
 pub mod body;
 pub mod client;
@@ -33,11 +36,15 @@ pub mod extra;
 pub mod geoip;
 pub mod intake;
 mod percent;
+mod query;
 mod rejection;
 pub mod user_agent;
+mod validate;
 
-pub(crate) use self::percent::{needs_decoding, split_once_byte, PercentDecode};
+pub(crate) use self::percent::{needs_decoding, PercentDecode};
+use self::query::{find_params, RawParams};
 pub use self::rejection::{Param, Rejection};
+use self::validate::{validate_domain, validate_event, validate_event_id, validate_file_id};
 use crate::event_id::EventId;
 use crate::wal::record::Event;
 
@@ -116,19 +123,28 @@ impl Default for QueryScratch {
 }
 
 /// Validates the raw query of a `/log` request into a beacon stamped `ts_ms`. The event's
-/// strings live in `scratch`.
+/// strings borrow from `query` where they are as they arrived, else from `scratch`.
 pub fn parse_beacon<'s>(
-    query: &str,
+    query: &'s str,
     ts_ms: u64,
     rules: &Rules,
     scratch: &'s mut QueryScratch,
 ) -> Result<Beacon<'s>, Rejection> {
-    let raw = find_params(query)?;
+    validate_params(find_params(query)?, ts_ms, rules, scratch)
+}
+
+/// The beacon of a query's parameters, each checked in the order of the module doc.
+fn validate_params<'s>(
+    raw: RawParams<'s>,
+    ts_ms: u64,
+    rules: &Rules,
+    scratch: &'s mut QueryScratch,
+) -> Result<Beacon<'s>, Rejection> {
     let event = raw.event.ok_or(Rejection::Missing(Param::Event))?;
     let domain = raw.domain.ok_or(Rejection::Missing(Param::Domain))?;
     let file_id = raw.file_id.ok_or(Rejection::Missing(Param::FileId))?;
     let event_id = match raw.event_id {
-        Some(raw) => Some(decode_event_id(raw)?),
+        Some(raw) => Some(validate_event_id(raw)?),
         None => None,
     };
     let QueryScratch { event: event_buf, domain: domain_buf } = scratch;
@@ -147,22 +163,6 @@ fn require_id<'s>(beacon: Beacon<'s>, rules: &Rules) -> Result<Beacon<'s>, Rejec
         return Err(Rejection::Missing(Param::EventId));
     }
     Ok(beacon)
-}
-
-/// An `eid` value: percent-decoded (a UUID needs no escapes, but a client may still send
-/// them), then parsed.
-fn decode_event_id(raw: &str) -> Result<EventId, Rejection> {
-    if raw.is_empty() {
-        return Err(Rejection::Empty(Param::EventId));
-    }
-    const LONGEST: usize = 36; // the hyphenated form
-    let mut decoded = [0u8; LONGEST];
-    let mut len = 0;
-    for byte in PercentDecode::new(raw) {
-        *decoded.get_mut(len).ok_or(Rejection::BadEventId)? = byte?;
-        len += 1;
-    }
-    EventId::parse(&decoded[..len]).map_err(|_| Rejection::BadEventId)
 }
 
 /// A `file_id` as it arrives in a JSON body: a number or a decimal string.
@@ -185,7 +185,7 @@ pub struct Fields<'a> {
 /// [`parse_beacon`]. The caller rejects `%` and `+` in them first, so the percent-decoding
 /// the validators apply is the identity here.
 pub fn validate_fields<'s>(
-    fields: &Fields<'_>,
+    fields: &Fields<'s>,
     ts_ms: u64,
     rules: &Rules,
     scratch: &'s mut QueryScratch,
@@ -209,168 +209,6 @@ pub fn validate_fields<'s>(
         file_id,
     };
     require_id(Beacon { event, event_id }, rules)
-}
-
-/// Still-encoded values of the parameters we use, each seen at most once.
-#[derive(Default)]
-struct RawParams<'q> {
-    event: Option<&'q str>,
-    domain: Option<&'q str>,
-    file_id: Option<&'q str>,
-    event_id: Option<&'q str>,
-}
-
-fn find_params(query: &str) -> Result<RawParams<'_>, Rejection> {
-    let mut raw = RawParams::default();
-    let mut rest = Some(query);
-    while let Some(remaining) = rest {
-        let (pair, after) = match split_once_byte(remaining, b'&') {
-            Some((pair, after)) => (pair, Some(after)),
-            None => (remaining, None),
-        };
-        rest = after;
-        if pair.is_empty() {
-            continue;
-        }
-        let (name, value) = split_once_byte(pair, b'=').unwrap_or((pair, ""));
-        let Some(param) = known_param(name)? else {
-            continue;
-        };
-        let slot = match param {
-            Param::Event => &mut raw.event,
-            Param::Domain => &mut raw.domain,
-            Param::FileId => &mut raw.file_id,
-            Param::EventId => &mut raw.event_id,
-        };
-        if slot.replace(value).is_some() {
-            return Err(Rejection::Duplicate(param));
-        }
-    }
-    Ok(raw)
-}
-
-/// Which of our parameters the encoded `name` decodes to, if any.
-fn known_param(name: &str) -> Result<Option<Param>, Rejection> {
-    if !needs_decoding(name) {
-        return Ok(param_named(name.as_bytes()));
-    }
-    const LONGEST: usize = 7; // "file_id"
-    let mut decoded = [0u8; LONGEST];
-    let mut len = 0;
-    for byte in PercentDecode::new(name) {
-        let byte = byte?;
-        if let Some(slot) = decoded.get_mut(len) {
-            *slot = byte;
-        }
-        len += 1;
-    }
-    Ok(decoded.get(..len).and_then(param_named))
-}
-
-fn param_named(decoded: &[u8]) -> Option<Param> {
-    // Byte patterns rather than string literals: they compile to inline compares, not memcmp.
-    match decoded {
-        [b'e', b'v', b'e', b'n', b't'] => Some(Param::Event),
-        [b'd', b'o', b'm', b'a', b'i', b'n'] => Some(Param::Domain),
-        [b'f', b'i', b'l', b'e', b'_', b'i', b'd'] => Some(Param::FileId),
-        [b'e', b'i', b'd'] => Some(Param::EventId),
-        _ => None,
-    }
-}
-
-fn validate_event<'s>(raw: &str, allow: &EventAllowlist, buf: &'s mut String) -> Result<&'s str, Rejection> {
-    if raw.is_empty() {
-        return Err(Rejection::Empty(Param::Event));
-    }
-    decode_value(raw, EVENT_MAX_BYTES, Rejection::BadEvent, buf)?;
-    let event: &'s str = buf;
-    if !is_valid_event_name(event) {
-        return Err(Rejection::BadEvent);
-    }
-    if !allow.allows(event) {
-        return Err(Rejection::EventNotAllowed);
-    }
-    Ok(event)
-}
-
-fn validate_domain<'s>(raw: &str, buf: &'s mut String) -> Result<&'s str, Rejection> {
-    if raw.is_empty() {
-        return Err(Rejection::Empty(Param::Domain));
-    }
-    decode_value(raw, DOMAIN_MAX_BYTES, Rejection::BadDomain, buf)?;
-    buf.make_ascii_lowercase();
-    let domain: &'s str = buf;
-    if !domain.is_ascii() {
-        return Err(Rejection::NonAsciiDomain);
-    }
-    if !is_valid_hostname(domain.as_bytes()) {
-        return Err(Rejection::BadDomain);
-    }
-    Ok(domain)
-}
-
-/// Lower-case hostname rules from the module doc (the caller has lower-cased).
-fn is_valid_hostname(domain: &[u8]) -> bool {
-    domain.len() <= DOMAIN_MAX_BYTES && domain.split(|&b| b == b'.').all(is_valid_label)
-}
-
-fn is_valid_label(label: &[u8]) -> bool {
-    (1..=LABEL_MAX_BYTES).contains(&label.len())
-        && label.first() != Some(&b'-')
-        && label.last() != Some(&b'-')
-        && label.iter().all(|&b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-}
-
-fn validate_file_id(raw: &str) -> Result<u64, Rejection> {
-    if raw.is_empty() {
-        return Err(Rejection::Empty(Param::FileId));
-    }
-    let mut id: u64 = 0;
-    for byte in PercentDecode::new(raw) {
-        let byte = byte?;
-        if !byte.is_ascii_digit() {
-            return Err(Rejection::BadFileId);
-        }
-        id = id
-            .checked_mul(10)
-            .and_then(|id| id.checked_add(u64::from(byte - b'0')))
-            .ok_or(Rejection::BadFileId)?;
-    }
-    if id == 0 {
-        return Err(Rejection::BadFileId);
-    }
-    Ok(id)
-}
-
-/// Longest value ever decoded, bytes: the longest of the limits below.
-const DECODE_MAX_BYTES: usize = DOMAIN_MAX_BYTES;
-const _: () = assert!(EVENT_MAX_BYTES <= DECODE_MAX_BYTES);
-
-/// Replaces `buf` with the decoded `raw`; `too_long` past `max_bytes`, `BadUtf8` if the
-/// decoded bytes are not UTF-8. Values without escapes are copied as they are.
-fn decode_value(raw: &str, max_bytes: usize, too_long: Rejection, buf: &mut String) -> Result<(), Rejection> {
-    debug_assert!(max_bytes <= DECODE_MAX_BYTES);
-    buf.clear();
-    if !needs_decoding(raw) {
-        if raw.len() > max_bytes {
-            return Err(too_long);
-        }
-        buf.push_str(raw);
-        return Ok(());
-    }
-    let mut decoded = [0u8; DECODE_MAX_BYTES];
-    let mut len = 0;
-    for byte in PercentDecode::new(raw) {
-        let byte = byte?;
-        match decoded.get_mut(len) {
-            Some(slot) if len < max_bytes => *slot = byte,
-            _ => return Err(too_long),
-        }
-        len += 1;
-    }
-    let text = std::str::from_utf8(&decoded[..len]).map_err(|_| Rejection::BadUtf8)?;
-    buf.push_str(text);
-    Ok(())
 }
 
 #[cfg(test)]

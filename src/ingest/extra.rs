@@ -11,7 +11,8 @@
 
 use crate::wal::record::json_string;
 
-use super::{split_once_byte, PercentDecode};
+use super::query::{Pair, Pairs};
+use super::PercentDecode;
 
 /// Largest `extra` object, bytes of JSON text.
 pub const EXTRA_MAX_BYTES: usize = 1024;
@@ -37,8 +38,7 @@ impl KeepParams {
         out.clear();
         let mut name_buf = String::new();
         let mut value_buf = String::new();
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (name, value) = split_once_byte(pair, b'=').unwrap_or((pair, ""));
+        for Pair { name, value, .. } in Pairs::new(query) {
             if !decode_into(name, &mut name_buf) || !self.names.contains(&name_buf) {
                 continue;
             }

@@ -135,7 +135,11 @@ impl Intake {
 
     /// Whether `ingest.drop_bots` is on and `user_agent` is a bot (`crate::ingest::user_agent`).
     fn is_dropped_bot(&self, user_agent: Option<&[u8]>) -> bool {
-        let (Some(bots), Some(ua)) = (&self.bots, user_agent.and_then(super::client::user_agent)) else {
+        // The header is read (UTF-8 checked, trimmed) only when bots are dropped at all.
+        let Some(bots) = &self.bots else {
+            return false;
+        };
+        let Some(ua) = user_agent.and_then(super::client::user_agent) else {
             return false;
         };
         let mut bots = bots.borrow_mut();

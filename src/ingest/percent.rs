@@ -4,13 +4,6 @@
 
 use super::Rejection;
 
-/// `str::split_once` for an ASCII separator, without the UTF-8 char searcher (hot path).
-pub(crate) fn split_once_byte(s: &str, sep: u8) -> Option<(&str, &str)> {
-    debug_assert!(sep.is_ascii());
-    let at = s.bytes().position(|b| b == sep)?;
-    Some((s.get(..at)?, s.get(at + 1..)?))
-}
-
 /// Whether `raw` differs from its decoding; most beacons need no decoding at all.
 pub(crate) fn needs_decoding(raw: &str) -> bool {
     raw.bytes().any(|b| b == b'%' || b == b'+')

@@ -59,14 +59,20 @@ fn encode_all(events: &[OwnedEvent]) -> (Vec<u8>, Vec<usize>) {
     (buf, ends)
 }
 
+/// An error of any call a case makes (its own file IO, or the code under test) as the case's
+/// failure, with the error's text.
+fn or_fail<T, E: std::fmt::Display>(result: Result<T, E>) -> Result<T, TestCaseError> {
+    result.map_err(|e| TestCaseError::fail(e.to_string()))
+}
+
 /// Makes `bytes` the only segment (number 1) of the lane, removing whatever was there.
-fn write_only_segment(wal: &Path, bytes: &[u8]) -> std::path::PathBuf {
+fn write_only_segment(wal: &Path, bytes: &[u8]) -> Result<std::path::PathBuf, TestCaseError> {
     let dir = core_dir(wal, CORE);
     let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    or_fail(std::fs::create_dir_all(&dir))?;
     let path = segment_path(&dir, 1);
-    std::fs::write(&path, bytes).unwrap();
-    path
+    or_fail(std::fs::write(&path, bytes))?;
+    Ok(path)
 }
 
 /// Number of whole records in the first `len` bytes.
@@ -76,7 +82,7 @@ fn whole_records_within(ends: &[usize], len: usize) -> usize {
 
 /// Every record the reader hands back from the oldest segment to `until`, resuming after
 /// damage as the delivery core does, with each record's raw line and end.
-fn read_back(wal: &Path, until: Position) -> Vec<(OwnedEvent, Vec<u8>, Position)> {
+fn read_back(wal: &Path, until: Position) -> Result<Vec<(OwnedEvent, Vec<u8>, Position)>, TestCaseError> {
     let mut reader = CoreWalReader::new(&core_dir(wal, CORE));
     let mut out = Vec::new();
     let mut pos = Position::default();
@@ -86,10 +92,10 @@ fn read_back(wal: &Path, until: Position) -> Vec<(OwnedEvent, Vec<u8>, Position)
         let next = match read.stop {
             None => read.reached,
             Some(ReadStop::Corrupt { resume, .. }) => resume,
-            Some(ReadStop::Io(e)) => panic!("{e}"),
+            Some(ReadStop::Io(e)) => return Err(TestCaseError::fail(e.to_string())),
         };
         if next == pos {
-            return out;
+            return Ok(out);
         }
         pos = next;
     }
@@ -98,14 +104,14 @@ fn read_back(wal: &Path, until: Position) -> Vec<(OwnedEvent, Vec<u8>, Position)
 /// Writes `buf[..cut]` as the only segment, recovers, and checks that exactly the whole
 /// records within the cut survive and a fresh segment follows.
 fn check_recovery_after_cut(wal: &Path, buf: &[u8], ends: &[usize], cut: usize) -> Result<(), TestCaseError> {
-    let path = write_only_segment(wal, &buf[..cut]);
-    let rec = recover_lane(wal, CORE, SyncPolicy::None).unwrap();
+    let path = write_only_segment(wal, &buf[..cut])?;
+    let rec = or_fail(recover_lane(wal, CORE, SyncPolicy::None))?;
     let k = whole_records_within(ends, cut);
     let kept = if k == 0 { 0 } else { ends[k - 1] };
     prop_assert_eq!(rec.tail, Position::new(2, 0));
     prop_assert_eq!(rec.newest_records, k as u64);
     prop_assert_eq!(rec.truncated_bytes, (cut - kept) as u64);
-    prop_assert_eq!(std::fs::read(&path).unwrap(), &buf[..kept]);
+    prop_assert_eq!(or_fail(std::fs::read(&path))?, &buf[..kept]);
     Ok(())
 }
 
@@ -119,7 +125,7 @@ proptest! {
         events in prop::collection::vec(event_strategy(), 1..5),
     ) {
         let (buf, ends) = encode_all(&events);
-        let wal = tempfile::tempdir().unwrap();
+        let wal = or_fail(tempfile::tempdir())?;
         for cut in 0..=buf.len() {
             check_recovery_after_cut(wal.path(), &buf, &ends, cut)?;
         }
@@ -136,7 +142,7 @@ proptest! {
         cut in any::<prop::sample::Index>(),
     ) {
         let (buf, ends) = encode_all(&events);
-        let wal = tempfile::tempdir().unwrap();
+        let wal = or_fail(tempfile::tempdir())?;
         check_recovery_after_cut(wal.path(), &buf, &ends, cut.index(buf.len() + 1))?;
     }
 }
@@ -192,10 +198,10 @@ proptest! {
         for d in &damages {
             d.apply(&mut damaged);
         }
-        let wal = tempfile::tempdir().unwrap();
-        let path = write_only_segment(wal.path(), &damaged);
-        let rec = recover_lane(wal.path(), CORE, SyncPolicy::None).unwrap();
-        let kept = std::fs::read(&path).unwrap();
+        let wal = or_fail(tempfile::tempdir())?;
+        let path = write_only_segment(wal.path(), &damaged)?;
+        let rec = or_fail(recover_lane(wal.path(), CORE, SyncPolicy::None))?;
+        let kept = or_fail(std::fs::read(&path))?;
         prop_assert_eq!(&kept[..], &damaged[..kept.len()], "only a tail is cut");
         prop_assert_eq!(rec.truncated_bytes as usize, damaged.len() - kept.len());
 
@@ -205,10 +211,12 @@ proptest! {
             .map(|(_, &e)| e)
             .collect();
         prop_assert!(intact.last().is_none_or(|&e| e <= kept.len()), "no intact record is cut");
-        let back = read_back(wal.path(), rec.tail);
+        let back = read_back(wal.path(), rec.tail)?;
         for (ev, raw, end) in &back {
             let end = end.offset as usize;
-            let i = ends.iter().position(|&e| e == end).expect("a record ends where a written one does");
+            let Some(i) = ends.iter().position(|&e| e == end) else {
+                return Err(TestCaseError::fail(format!("no written record ends at {end}")));
+            };
             prop_assert_eq!(&raw[..], &original[end - raw.len()..end]);
             prop_assert_eq!(ev, &events[i]);
         }
@@ -298,11 +306,11 @@ impl Model {
 }
 
 /// Restarts the lane as the server does: recovery, then a writer at the recovered tail.
-async fn restart(wal: &Path, segment_bytes: u64) -> (SegmentWriter, u64) {
-    let rec = recover_lane(wal, CORE, SyncPolicy::None).unwrap();
+async fn restart(wal: &Path, segment_bytes: u64) -> Result<(SegmentWriter, u64), TestCaseError> {
+    let rec = or_fail(recover_lane(wal, CORE, SyncPolicy::None))?;
     let writer =
-        SegmentWriter::open(&core_dir(wal, CORE), rec.tail, segment_bytes, SyncPolicy::None).await.unwrap();
-    (writer, rec.truncated_bytes)
+        or_fail(SegmentWriter::open(&core_dir(wal, CORE), rec.tail, segment_bytes, SyncPolicy::None).await)?;
+    Ok((writer, rec.truncated_bytes))
 }
 
 /// Crashes (or stops) the writer, then restarts: checks the cut and the fresh segment.
@@ -316,10 +324,10 @@ async fn crash_and_restart(
     let tail = writer.position();
     drop(writer);
     let path = segment_path(&core_dir(wal, CORE), tail.segment);
-    let mut bytes = std::fs::read(&path).unwrap();
+    let mut bytes = or_fail(std::fs::read(&path))?;
     bytes.extend_from_slice(torn);
-    std::fs::write(&path, &bytes).unwrap();
-    let (reopened, truncated) = restart(wal, segment_bytes).await;
+    or_fail(std::fs::write(&path, &bytes))?;
+    let (reopened, truncated) = restart(wal, segment_bytes).await?;
     prop_assert_eq!(truncated, model.expected_cut(tail.segment, bytes.len() as u64));
     prop_assert_eq!(reopened.position(), Position::new(tail.segment + 1, 0), "a fresh segment per start");
     Ok(reopened)
@@ -327,22 +335,29 @@ async fn crash_and_restart(
 
 /// Flips one byte of a record that is still intact, in its segment file (flipping one twice
 /// could restore it).
-fn corrupt(wal: &Path, model: &mut Model, record: prop::sample::Index, byte: prop::sample::Index, xor: u8) {
+fn corrupt(
+    wal: &Path,
+    model: &mut Model,
+    record: prop::sample::Index,
+    byte: prop::sample::Index,
+    xor: u8,
+) -> Result<(), TestCaseError> {
     let intact: Vec<usize> = (0..model.records.len()).filter(|&i| !model.records[i].corrupt).collect();
     if intact.is_empty() {
-        return;
+        return Ok(());
     }
     let r = &mut model.records[intact[record.index(intact.len())]];
     let path = segment_path(&core_dir(wal, CORE), r.segment);
-    let mut bytes = std::fs::read(&path).unwrap();
+    let mut bytes = or_fail(std::fs::read(&path))?;
     bytes[(r.offset + byte.index(r.len as usize) as u64) as usize] ^= xor;
-    std::fs::write(&path, &bytes).unwrap();
+    or_fail(std::fs::write(&path, &bytes))?;
     r.corrupt = true;
+    Ok(())
 }
 
 async fn run_model(wal: &Path, segment_bytes: u64, ops: &[Op]) -> Result<(), TestCaseError> {
     let mut model = Model::default();
-    let (mut writer, _) = restart(wal, segment_bytes).await;
+    let (mut writer, _) = restart(wal, segment_bytes).await?;
     let mut tick = Vec::new();
     for op in ops {
         match op {
@@ -354,7 +369,7 @@ async fn run_model(wal: &Path, segment_bytes: u64, ops: &[Op]) -> Result<(), Tes
                     std::iter::once(0).chain(ends.iter().copied()).zip(&ends).map(|(s, &e)| e - s).collect();
                 let (res, back) = writer.append(tick).await;
                 tick = back;
-                let (start, end) = res.unwrap();
+                let (start, end) = or_fail(res)?;
                 prop_assert_eq!(start.segment, end.segment);
                 prop_assert_eq!(end.offset - start.offset, tick.len() as u64);
                 model.append(events, start, &lens);
@@ -365,17 +380,17 @@ async fn run_model(wal: &Path, segment_bytes: u64, ops: &[Op]) -> Result<(), Tes
             Op::Reopen => {
                 writer = crash_and_restart(wal, segment_bytes, writer, &[], &model).await?;
                 let back: Vec<OwnedEvent> =
-                    read_back(wal, writer.position()).into_iter().map(|r| r.0).collect();
+                    read_back(wal, writer.position())?.into_iter().map(|r| r.0).collect();
                 prop_assert_eq!(back, model.delivered());
             }
-            Op::Corrupt { record, byte, xor } => corrupt(wal, &mut model, *record, *byte, *xor),
+            Op::Corrupt { record, byte, xor } => corrupt(wal, &mut model, *record, *byte, *xor)?,
         }
     }
     let tail = writer.position();
-    let segment = std::fs::read(segment_path(&core_dir(wal, CORE), tail.segment)).unwrap();
+    let segment = or_fail(std::fs::read(segment_path(&core_dir(wal, CORE), tail.segment)))?;
     prop_assert_eq!(segment.len() as u64, tail.offset);
     prop_assert!(scan(&segment).tail.is_none_or(|_| model.records.iter().any(|r| r.corrupt)));
-    let back: Vec<OwnedEvent> = read_back(wal, tail).into_iter().map(|r| r.0).collect();
+    let back: Vec<OwnedEvent> = read_back(wal, tail)?.into_iter().map(|r| r.0).collect();
     prop_assert_eq!(back, model.delivered());
     Ok(())
 }
@@ -391,8 +406,8 @@ proptest! {
         ops in prop::collection::vec(op_strategy(), 1..25),
         segment_bytes in 64u64..1024,
     ) {
-        let wal = tempfile::tempdir().unwrap();
-        let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new().build().unwrap();
+        let wal = or_fail(tempfile::tempdir())?;
+        let mut rt = or_fail(monoio::RuntimeBuilder::<monoio::FusionDriver>::new().build())?;
         rt.block_on(run_model(wal.path(), segment_bytes, &ops))?;
     }
 }

@@ -122,33 +122,47 @@ pub fn encode(ev: &Event<'_>, ctx: &Context<'_>, out: &mut Vec<u8>) {
     out.extend_from_slice(b"\",\"file_id\":");
     out.extend_from_slice(num.format(ev.file_id).as_bytes());
     if !ctx.is_empty() {
-        for (key, value) in [
-            (&b",\"ip\":"[..], ctx.ip),
-            (b",\"ua\":", ctx.ua),
-            (b",\"ref\":", ctx.referer_host),
-            (b",\"extra\":", ctx.extra),
-        ] {
-            if let Some(value) = value {
-                out.extend_from_slice(key);
-                push_json_string(value, out);
-            }
-        }
-        if let Some(id) = ctx.event_id {
-            out.extend_from_slice(b",\"eid\":\"");
-            id.write_hex(out);
-            out.push(b'"');
-        }
-        if let Some(country) = ctx.country {
-            out.extend_from_slice(b",\"cc\":\"");
-            out.extend_from_slice(&country.bytes());
-            out.push(b'"');
-        }
+        push_context(ctx, out);
     }
     out.push(b'}');
     let crc = crc32c::crc32c(&out[start + HEADER_BYTES..]);
     out.push(b'\n');
     write_hex_u32(crc, &mut out[start..start + 8]);
     debug_assert!(out.len() - start <= MAX_RECORD_BYTES);
+}
+
+/// The context keys that are present, in the order of [`Context`]'s fields.
+fn push_context(ctx: &Context<'_>, out: &mut Vec<u8>) {
+    // `ip` and `ref` need no escaping (see `encode`): written as they are, without a scan.
+    if let Some(ip) = ctx.ip {
+        push_plain_field(b",\"ip\":\"", ip.as_bytes(), out);
+    }
+    if let Some(ua) = ctx.ua {
+        out.extend_from_slice(b",\"ua\":");
+        push_json_string(ua, out);
+    }
+    if let Some(host) = ctx.referer_host {
+        push_plain_field(b",\"ref\":\"", host.as_bytes(), out);
+    }
+    if let Some(extra) = ctx.extra {
+        out.extend_from_slice(b",\"extra\":");
+        push_json_string(extra, out);
+    }
+    if let Some(id) = ctx.event_id {
+        out.extend_from_slice(b",\"eid\":\"");
+        id.write_hex(out);
+        out.push(b'"');
+    }
+    if let Some(country) = ctx.country {
+        push_plain_field(b",\"cc\":\"", &country.bytes(), out);
+    }
+}
+
+/// `key_quote` (the key, its colon and the opening quote), `value` unescaped, the closing quote.
+fn push_plain_field(key_quote: &[u8], value: &[u8], out: &mut Vec<u8>) {
+    out.extend_from_slice(key_quote);
+    out.extend_from_slice(value);
+    out.push(b'"');
 }
 
 /// Appends `s` as a JSON string literal (see [`json_string`]).
@@ -170,6 +184,13 @@ const CONTROL_ESCAPES: [&str; 32] = [
 /// User-Agent, as a rule) as one piece, so that a caller copies runs rather than bytes.
 pub(crate) fn json_string(s: &str, mut put: impl FnMut(&str)) {
     put("\"");
+    // Nearly every string needs no escape: one pass without an early exit (so it vectorises)
+    // finds that, and the string goes in one piece.
+    if !s.bytes().fold(false, |seen, b| seen | needs_escape(b)) {
+        put(s);
+        put("\"");
+        return;
+    }
     let mut copied = 0;
     for (at, b) in s.bytes().enumerate() {
         let escaped = match b {
@@ -185,6 +206,11 @@ pub(crate) fn json_string(s: &str, mut put: impl FnMut(&str)) {
     }
     put(&s[copied..]);
     put("\"");
+}
+
+/// A byte that [`json_string`] escapes: `"`, `\\` and the control bytes.
+fn needs_escape(b: u8) -> bool {
+    b < 0x20 || b == b'"' || b == b'\\'
 }
 
 fn is_plain_json_byte(b: u8) -> bool {

@@ -6,7 +6,9 @@
 //! object of more than [`JSON_MAX_KEYS`] keys, is refused rather than read one way or the other.
 
 use super::{BatchScratch, BodyError, BodyRules, JsonParser};
-use crate::ingest::{validate_fields, Beacon, Fields, FileIdField, QueryScratch, Rejection, Rules};
+use crate::ingest::{
+    needs_decoding, validate_fields, Beacon, Fields, FileIdField, QueryScratch, Rejection, Rules,
+};
 
 /// One JSON field as the validator sees it, whichever parser produced it.
 #[derive(Debug, Clone, Copy)]
@@ -242,14 +244,15 @@ fn validate_items<'v>(
 }
 
 fn validate_json_item<'s>(
-    f: &JsonFields<'_>,
+    f: &JsonFields<'s>,
     rules: &Rules,
     scratch: &'s mut QueryScratch,
 ) -> Result<Beacon<'s>, Rejection> {
     let file_id = match f.file_id {
         Field::Missing => None,
         Field::UInt(n) => Some(FileIdField::Number(n)),
-        Field::Str(s) if !has_form_escapes(s) => Some(FileIdField::Text(s)),
+        // `%` and `+` mean something in form encoding; in a JSON value they are just invalid.
+        Field::Str(s) if !needs_decoding(s) => Some(FileIdField::Text(s)),
         _ => return Err(Rejection::BadFileId),
     };
     let fields = Fields {
@@ -261,16 +264,12 @@ fn validate_json_item<'s>(
     validate_fields(&fields, 0, rules, scratch)
 }
 
-/// A JSON string field as a value to validate; anything but a plain string is `bad`.
+/// A JSON string field as a value to validate; anything but a plain string is `bad`, and so
+/// is a string with `%` or `+`: they mean something in form encoding, in JSON nothing.
 fn text<'v>(field: Field<'v>, bad: Rejection) -> Result<Option<&'v str>, Rejection> {
     match field {
         Field::Missing => Ok(None),
-        Field::Str(s) if !has_form_escapes(s) => Ok(Some(s)),
+        Field::Str(s) if !needs_decoding(s) => Ok(Some(s)),
         _ => Err(bad),
     }
-}
-
-/// `%` and `+` mean something in form encoding; in a JSON value they are just invalid.
-fn has_form_escapes(s: &str) -> bool {
-    s.bytes().any(|b| b == b'%' || b == b'+')
 }
