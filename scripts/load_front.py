@@ -427,16 +427,16 @@ def target_rows(open_loop, many, fmt_ratio):
 
 
 def callgrind_instr_per_req(binary, requests=10_000):
-    """User-space instructions per request (plain keep-alive, 64 connections) or None."""
+    """User-space instructions per request (plain keep-alive, 64 connections): (all threads,
+    the core thread alone, driver or why not); None where not measured."""
     if not shutil.which("valgrind"):
-        return None, "valgrind not installed"
+        return None, None, "valgrind not installed"
     import importlib.util
     spec = importlib.util.spec_from_file_location(
         "front_counts", Path(__file__).with_name("front_counts.py"))
     counts = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(counts)
     try:
-        value, driver = counts.callgrind(binary, requests, 64, 1)
-        return value, driver
+        return counts.callgrind(binary, requests, 64, 1)
     except (RuntimeError, OSError, subprocess.SubprocessError) as e:
-        return None, str(e)[:200]
+        return None, None, str(e)[:200]
