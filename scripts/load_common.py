@@ -126,17 +126,16 @@ class CpuGroups:
     def setup(self):
         """Makes both groups; False (and sessions) where the machine does not allow it."""
         if (self.V1 / "cpu.shares").exists():
-            weight = ("cpu.shares", "262144")
+            base, weight_file, weight = self.V1, "cpu.shares", "262144"
         elif "cpu" in self.read(self.V2 / "cgroup.controllers").split():
-            weight = ("cpu.weight", "10000")
+            base, weight_file, weight = self.V2, "cpu.weight", "10000"
             self.write(self.V2 / "cgroup.subtree_control", "+cpu")
         else:
             return False
-        base = self.V1 if weight[0] == "cpu.shares" else self.V2
         try:
             for name in ("psc-bench", "psc-bench-idle"):
                 (base / name).mkdir(exist_ok=True)
-            (base / "psc-bench" / weight[0]).write_text(weight[1])
+            (base / "psc-bench" / weight_file).write_text(weight)
             (base / "psc-bench-idle" / "cpu.idle").write_text("1")
         except OSError as e:
             log(f"cpu cgroups not made ({e}); every process keeps a session of its own")
@@ -146,7 +145,7 @@ class CpuGroups:
             log("could not join the psc-bench cgroup; every process keeps a session of its own")
             self.remove()
             return False
-        self.mode = f"cgroups ({base}/psc-bench, weight {weight[1]}; idle databases: cpu.idle)"
+        self.mode = f"cgroups ({base}/psc-bench, weight {weight}; idle databases: cpu.idle)"
         return True
 
     def move(self, pid, group):

@@ -60,13 +60,10 @@ impl<'q> Iterator for Pairs<'q> {
 /// Which of our parameters `bytes` starts with, followed by its `=`: the usual case, told
 /// apart without a scan.
 fn known_name(bytes: &[u8]) -> Option<Param> {
-    match bytes {
-        [b'e', b'v', b'e', b'n', b't', b'=', ..] => Some(Param::Event),
-        [b'd', b'o', b'm', b'a', b'i', b'n', b'=', ..] => Some(Param::Domain),
-        [b'f', b'i', b'l', b'e', b'_', b'i', b'd', b'=', ..] => Some(Param::FileId),
-        [b'e', b'i', b'd', b'=', ..] => Some(Param::EventId),
-        _ => None,
-    }
+    Param::ALL.into_iter().find(|p| {
+        let name = p.name().as_bytes();
+        bytes.get(name.len()) == Some(&b'=') && bytes.starts_with(name)
+    })
 }
 
 /// The index of the first `stop` or `&` at or after `from`, or the end.
@@ -124,14 +121,7 @@ fn known_param(name: &str) -> Result<Option<Param>, Rejection> {
 }
 
 fn param_named(decoded: &[u8]) -> Option<Param> {
-    // Byte patterns rather than string literals: they compile to inline compares, not memcmp.
-    match decoded {
-        [b'e', b'v', b'e', b'n', b't'] => Some(Param::Event),
-        [b'd', b'o', b'm', b'a', b'i', b'n'] => Some(Param::Domain),
-        [b'f', b'i', b'l', b'e', b'_', b'i', b'd'] => Some(Param::FileId),
-        [b'e', b'i', b'd'] => Some(Param::EventId),
-        _ => None,
-    }
+    Param::ALL.into_iter().find(|p| p.name().as_bytes() == decoded)
 }
 
 #[cfg(test)]

@@ -12,6 +12,8 @@ pub enum Param {
 }
 
 impl Param {
+    pub const ALL: [Param; 4] = [Param::Event, Param::Domain, Param::FileId, Param::EventId];
+
     pub fn name(self) -> &'static str {
         match self {
             Param::Event => "event",
