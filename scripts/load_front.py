@@ -47,7 +47,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from load_common import PLOAD, VAR, IdleDatabase, run_pload
+from load_common import PLOAD, VAR, run_pload
+from load_cpu import IdleDatabase
 
 URL_PATH = "/log?event=play&domain=piratka.biz&file_id=109454"
 CLIENT_CPU = "1"

@@ -17,9 +17,9 @@ scripts/load_common.py (processes, servers, wrk, tables).
    run's delivery backlog keeps mariadbd busy during the next. The HTTP and front-end phases
    use their own MariaDB on tmpfs (load_common.FRONT_MYSQL_DIR), so that its writes never
    share the WAL's disk and ext4 journal, as a database on its own machine would not. That
-   mariadbd is idle for the whole phase (load_common.IdleDatabase: a cgroup with cpu.idle):
+   mariadbd is idle for the whole phase (load_cpu.IdleDatabase: a cgroup with cpu.idle):
    its LOAD DATA work uses only time the servers and the generator leave idle. Servers and
-   generators share one cgroup of the largest weight (load_common.CpuGroups), so that neither
+   generators share one cgroup of the largest weight (load_cpu.CpuGroups), so that neither
    sessions (autogroups) nor other work on the machine decide their share of the CPUs.
    Per run: req/s, non-2xx, socket errors, p50/p99/p99.9 (wrk, closed loop: coordinated
    omission makes tails optimistic), server CPU-us/request (/proc/PID/stat utime+stime,
@@ -68,11 +68,12 @@ from load_backend import (CEILING_ROWS_WITHOUT_COLLECTOR, Backend, backend_ratio
 from load_common import (BENCHMARKS_MD, BINARY, CLK_TCK, COLLECTOR_DIR, FRONT_MYSQL_DIR,
                          NGINX_DIR, NGINX_TEMPLATE, PIPELINE_DEPTH, PLOAD, REPO, SERVER_CPU,
                          START_TIMEOUT_S, VAR,
-                         WAL_DIR, CPU_GROUPS, OWNED, Collector, IdleDatabase, Interrupted, MariaDb,
+                         WAL_DIR, OWNED, Collector, Interrupted, MariaDb,
                          WrkResult,
                          children_of, cpu_split, env_int, fmt_ratio, free_port, log,
                          markdown_table, peak_rss_kib, port_open, ratio, run_wrk, tail,
                          text_table, thread_ticks, wait_until)
+from load_cpu import CPU_GROUPS, IdleDatabase
 
 # Knobs (environment overrides, for a quick smoke run: PSC_BENCH_ROUNDS=1 PSC_BENCH_RUN_S=2).
 # PSC_BENCH_FRONT_ONLY=1: phases 1 and 5 only (no back end, no MariaDB ceiling), reported to
@@ -442,7 +443,7 @@ def report(runs, backend, collector_note, started, front=None):
     notes += backend.notes
     notes += saturation_notes(runs)
     notes.append(f"scheduling: every server and generator in {CPU_GROUPS.mode} "
-                 "(scripts/load_common.py CpuGroups)")
+                 "(scripts/load_cpu.py CpuGroups)")
     notes.append(f"load average (1/5/15 min) at start {LOADAVG_AT_START}, at the end "
                  f"{loadavg()}: anything else running on the 2 CPUs skews req/s more than "
                  f"CPU-µs/req")
