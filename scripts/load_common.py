@@ -5,7 +5,7 @@ and the table/ratio formatting. Stdlib only.
 
 import os
 import re
-import shutil
+import resource
 import signal
 import socket
 import subprocess
@@ -190,6 +190,12 @@ def children_of(pid):
         if int(stat[stat.rindex(")") + 2 :].split()[1]) == pid:
             kids.append(int(entry.name))
     return kids
+
+
+def children_cpu_s():
+    """CPU seconds of every reaped child; wrk, pload or oha: the one reaped during a run."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def tail(path, lines=20):
