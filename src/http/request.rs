@@ -1,5 +1,8 @@
 //! Parsing of one HTTP/1.x request head from the start of a connection's read buffer.
 //! Pure: no IO, no allocation; everything in a [`Request`] borrows from the buffer.
+//! Two paths, one result: the common head shape is read by [`fast`], everything else by
+//! httparse ([`general`]); `fast` answers only where `general` would give the same request
+//! (differential proptests in `fast`).
 //!
 //! Invariants:
 //! - [`parse`] never looks past `max_header_bytes` for the head: a head that is not complete
@@ -9,7 +12,7 @@
 //! - Every [`HttpError`] closes the connection: after a framing error we no longer know where
 //!   the next request starts.
 //! - Body framing is unambiguous or rejected (the rules are in [`headers`], which reads the
-//!   header lines this module's [`parse`] found).
+//!   header lines either path found).
 //!
 //! Deliberate leniency: a missing `Host` header is accepted (we route on the path only), and
 //! an absolute-form target (`http://host/log`) is passed through as the path, so it 404s.
