@@ -38,9 +38,10 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 
-from load_common import (BENCHMARKS_MD, CLK_TCK, COLLECTOR_DIR, MYSQL_DIR, CPU_GROUPS, OWNED, REPO, VAR, WAL_DIR, Collector, MariaDb,
+from load_common import (BENCHMARKS_MD, CLK_TCK, COLLECTOR_DIR, MYSQL_DIR, OWNED, REPO, VAR, WAL_DIR, Collector, MariaDb,
                          cpu_ticks, markdown_table,
                          env_int, fmt_rate, fmt_ratio, free_port, log, ratio, read_pid, run_wrk)
+from load_cpu import CPU_GROUPS
 
 CH_DIR = VAR / "bench-clickhouse"
 WAL_COPY = VAR / "bench-wal-copy"

@@ -47,7 +47,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from load_common import PLOAD, VAR, IdleDatabase, run_pload
+from load_common import PLOAD, VAR, children_cpu_s, run_pload
+from load_cpu import IdleDatabase
 
 URL_PATH = "/log?event=play&domain=piratka.biz&file_id=109454"
 CLIENT_CPU = "1"
@@ -211,12 +212,6 @@ def open_run(generator, port, rate, duration_s, server, db_idle=False):
     run.server_p999_ms = bucket_quantile_ms(before, after, 0.999)
     run.db_idle = db_idle
     return run
-
-
-def children_cpu_s():
-    """CPU seconds of every reaped child (oha is the one reaped during a run)."""
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
 
 
 @dataclass

@@ -287,8 +287,10 @@ impl Connection {
 
     /// Whether the buffer starts with a whole request, body included (or a framing error).
     fn has_complete_request(&mut self, limits: &request::Limits) -> bool {
+        if self.read_buf.is_empty() {
+            return false; // the common case after a turn: no request parsed at all
+        }
         let req = match request::parse(&self.read_buf, limits) {
-            _ if self.read_buf.is_empty() => return false,
             Parsed::Partial => return false,
             Parsed::Invalid(_) => return true,
             Parsed::Complete(req) => req,

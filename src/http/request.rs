@@ -1,5 +1,8 @@
 //! Parsing of one HTTP/1.x request head from the start of a connection's read buffer.
 //! Pure: no IO, no allocation; everything in a [`Request`] borrows from the buffer.
+//! Two paths, one result: the common head shape is read by [`fast`], everything else by
+//! httparse ([`general`]); `fast` answers only where `general` would give the same request
+//! (differential proptests in `fast`).
 //!
 //! Invariants:
 //! - [`parse`] never looks past `max_header_bytes` for the head: a head that is not complete
@@ -9,7 +12,7 @@
 //! - Every [`HttpError`] closes the connection: after a framing error we no longer know where
 //!   the next request starts.
 //! - Body framing is unambiguous or rejected (the rules are in [`headers`], which reads the
-//!   header lines this module's [`parse`] found).
+//!   header lines either path found).
 //!
 //! Deliberate leniency: a missing `Host` header is accepted (we route on the path only), and
 //! an absolute-form target (`http://host/log`) is passed through as the path, so it 404s.
@@ -17,9 +20,10 @@
 use std::fmt;
 use std::mem::MaybeUninit;
 
+mod fast;
 mod headers;
 
-use headers::{body_framing, keep_alive, scan_headers};
+use headers::{body_framing, keep_alive, scan_headers, Interesting};
 
 use super::config::HttpConfig;
 pub use super::config::MAX_HEADERS_CAP;
@@ -62,10 +66,10 @@ pub enum Method {
 }
 
 impl Method {
-    fn from_token(token: &str) -> Method {
+    fn from_token(token: &[u8]) -> Method {
         // Byte patterns rather than string literals: they compile to inline compares, never a
         // call to memcmp (which the optimiser sometimes picks for `&str` patterns).
-        match token.as_bytes() {
+        match token {
             [b'G', b'E', b'T'] => Method::Get,
             [b'H', b'E', b'A', b'D'] => Method::Head,
             [b'P', b'O', b'S', b'T'] => Method::Post,
@@ -222,21 +226,42 @@ impl fmt::Display for HttpError {
 impl std::error::Error for HttpError {}
 
 /// Parses the request head at the start of `buf`. Bytes past `head_len` (a body or the next
-/// pipelined request) are left for the caller.
+/// pipelined request) are left for the caller. The common shape takes the fast path
+/// ([`fast`]); anything it does not take is parsed by httparse ([`general`]), with the same
+/// result either way.
 pub fn parse<'a>(buf: &'a [u8], limits: &Limits) -> Parsed<'a> {
     let window = &buf[..buf.len().min(limits.max_header_bytes)];
+    match fast::parse(window, limits) {
+        Some(request) => Parsed::Complete(request),
+        None => general(window, limits),
+    }
+}
+
+/// [`parse`] by httparse, for any head: `window` is the buffer cut at `max_header_bytes`.
+fn general<'a>(window: &'a [u8], limits: &Limits) -> Parsed<'a> {
     let mut slots = [const { MaybeUninit::<httparse::Header<'a>>::uninit() }; MAX_HEADERS_CAP];
     let slots = &mut slots[..limits.max_headers.min(MAX_HEADERS_CAP)];
     let mut req = httparse::Request::new(&mut []);
-    match req.parse_with_uninit_headers(window, slots) {
-        Ok(httparse::Status::Complete(head_len)) => match build(&req, window, head_len, limits) {
-            Ok(request) => Parsed::Complete(request),
-            Err(e) => Parsed::Invalid(e),
+    let built = match req.parse_with_uninit_headers(window, slots) {
+        Ok(httparse::Status::Complete(head_len)) => match (req.method, req.path, req.version) {
+            (Some(method), Some(target), Some(minor_version)) => {
+                let line = RequestLine { method: method.as_bytes(), target, minor_version };
+                // The target's limit is checked before the headers: a too-long URL is 414
+                // whatever the headers say.
+                (line.check_url(limits))
+                    .and_then(|()| scan_headers(req.headers, window))
+                    .and_then(|h| build(line, &h, head_len, window, limits))
+            }
+            _ => Err(HttpError::Malformed),
         },
-        Ok(httparse::Status::Partial) => partial(window, limits),
-        Err(httparse::Error::TooManyHeaders) => Parsed::Invalid(HttpError::TooManyHeaders),
-        Err(httparse::Error::Version) => Parsed::Invalid(version_error(window)),
-        Err(_) => Parsed::Invalid(HttpError::Malformed),
+        Ok(httparse::Status::Partial) => return partial(window, limits),
+        Err(httparse::Error::TooManyHeaders) => Err(HttpError::TooManyHeaders),
+        Err(httparse::Error::Version) => Err(version_error(window)),
+        Err(_) => Err(HttpError::Malformed),
+    };
+    match built {
+        Ok(request) => Parsed::Complete(request),
+        Err(e) => Parsed::Invalid(e),
     }
 }
 
@@ -279,24 +304,39 @@ fn version_error(window: &[u8]) -> HttpError {
     }
 }
 
+/// The request line, as either parser found it.
+#[derive(Clone, Copy)]
+struct RequestLine<'a> {
+    method: &'a [u8],
+    target: &'a str,
+    minor_version: u8,
+}
+
+impl RequestLine<'_> {
+    fn check_url(&self, limits: &Limits) -> Result<(), HttpError> {
+        if self.target.len() > limits.max_url_bytes {
+            return Err(HttpError::UrlTooLong);
+        }
+        Ok(())
+    }
+}
+
+/// The [`Request`] of a parsed head whose target passed [`RequestLine::check_url`]: the
+/// framing rules applied.
+#[inline(always)]
 fn build<'a>(
-    req: &httparse::Request<'_, 'a>,
-    window: &'a [u8],
+    line: RequestLine<'a>,
+    h: &Interesting<'a>,
     head_len: usize,
+    window: &'a [u8],
     limits: &Limits,
 ) -> Result<Request<'a>, HttpError> {
-    let (Some(method), Some(target), Some(minor_version)) = (req.method, req.path, req.version) else {
-        return Err(HttpError::Malformed);
-    };
-    if target.len() > limits.max_url_bytes {
-        return Err(HttpError::UrlTooLong);
-    }
+    let RequestLine { method, target, minor_version } = line;
     // A byte search: `split_once('?')` goes through the generic char searcher.
     let (path, query) = match target.bytes().position(|b| b == b'?') {
         Some(at) => (&target[..at], &target[at + 1..]),
         None => (target, ""),
     };
-    let h = scan_headers(req.headers, window)?;
     Ok(Request {
         method: Method::from_token(method),
         path,
@@ -304,7 +344,7 @@ fn build<'a>(
         minor_version,
         keep_alive: keep_alive(minor_version, h.connection),
         head_len,
-        body: body_framing(minor_version, &h, limits)?,
+        body: body_framing(minor_version, h, limits)?,
         origin: h.origin,
         content_type: h.content_type,
         user_agent: h.user_agent,

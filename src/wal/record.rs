@@ -12,6 +12,7 @@
 //! core at intake and stored here, so a replay writes the country the event was accepted with,
 //! whatever GeoIP database is loaded by then.
 
+mod crc;
 mod exact;
 mod scan;
 
@@ -125,7 +126,7 @@ pub fn encode(ev: &Event<'_>, ctx: &Context<'_>, out: &mut Vec<u8>) {
         push_context(ctx, out);
     }
     out.push(b'}');
-    let crc = crc32c::crc32c(&out[start + HEADER_BYTES..]);
+    let crc = crc::crc32c(&out[start + HEADER_BYTES..]);
     out.push(b'\n');
     write_hex_u32(crc, &mut out[start..start + 8]);
     debug_assert!(out.len() - start <= MAX_RECORD_BYTES);
@@ -256,7 +257,7 @@ pub fn decode(buf: &[u8]) -> Result<(Event<'_>, DecodedContext<'_>, usize), Reco
     let crc = parse_header(buf)?;
     let line_len = find_line_len(buf)?;
     let payload = &buf[HEADER_BYTES..line_len - 1];
-    if crc32c::crc32c(payload) != crc {
+    if crc::crc32c(payload) != crc {
         return Err(RecordError::BadChecksum);
     }
     let (event, context) = parse_payload(payload)?;
