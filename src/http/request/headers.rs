@@ -1,5 +1,6 @@
-//! One pass over the header lines of a head (found by httparse or by the fast path), keeping the few we act on, and the
-//! framing decisions taken from them: the body's length, keep-alive and `Expect`.
+//! One pass over the header lines of a head (found by httparse or by the fast path), keeping
+//! the few we act on, and the framing decisions taken from them: the body's length, keep-alive
+//! and `Expect`.
 //!
 //! Invariants:
 //! - body framing is unambiguous or rejected: `Content-Length` together with
@@ -50,7 +51,8 @@ pub(super) struct ForwardedSpan {
 
 impl ForwardedSpan {
     fn add(&mut self, window: &[u8], value: &[u8]) {
-        // Values are slices of `window` (from either parser); their offsets are plain address arithmetic.
+        // Values are slices of `window` (from either parser): their offsets are plain address
+        // arithmetic.
         let start = (value.as_ptr() as usize).saturating_sub(window.as_ptr() as usize);
         if self.lines == 0 {
             self.start = start;
@@ -85,39 +87,42 @@ impl<'a> Interesting<'a> {
     // memory and a plain beacon costs ~150 more instructions (callgrind).
     #[inline(always)]
     pub(super) fn add(&mut self, name: &[u8], value: &'a [u8], window: &[u8]) -> Result<(), HttpError> {
-        let h = self;
         // Dispatch on the length first: most headers (Host, Accept, ...) then cost one compare
         // of a length, and the rest one or two name compares, however many names we know.
         match name.len() {
-            6 if name.eq_ignore_ascii_case(b"origin") => h.origin = h.origin.or(Some(value)),
-            6 if name.eq_ignore_ascii_case(b"accept") => h.accept = h.accept.or(Some(value)),
-            7 if name.eq_ignore_ascii_case(b"referer") => h.referer = h.referer.or(Some(value)),
-            10 if name.eq_ignore_ascii_case(b"connection") => add_connection_tokens(&mut h.connection, value),
-            10 if name.eq_ignore_ascii_case(b"user-agent") => h.user_agent = h.user_agent.or(Some(value)),
+            6 if name.eq_ignore_ascii_case(b"origin") => self.origin = self.origin.or(Some(value)),
+            6 if name.eq_ignore_ascii_case(b"accept") => self.accept = self.accept.or(Some(value)),
+            7 if name.eq_ignore_ascii_case(b"referer") => self.referer = self.referer.or(Some(value)),
+            10 if name.eq_ignore_ascii_case(b"connection") => {
+                add_connection_tokens(&mut self.connection, value)
+            }
+            10 if name.eq_ignore_ascii_case(b"user-agent") => {
+                self.user_agent = self.user_agent.or(Some(value))
+            }
             12 if name.eq_ignore_ascii_case(b"content-type") => {
-                h.content_type = h.content_type.or(Some(value))
+                self.content_type = self.content_type.or(Some(value))
             }
             14 if name.eq_ignore_ascii_case(b"content-length") => {
                 let length = parse_content_length(value)?;
-                if h.content_length.is_some_and(|seen| seen != length) {
+                if self.content_length.is_some_and(|seen| seen != length) {
                     return Err(HttpError::BadContentLength);
                 }
-                h.content_length = Some(length);
+                self.content_length = Some(length);
             }
-            6 if name.eq_ignore_ascii_case(b"expect") => h.expect = expectation(h.expect, value),
-            15 if name.eq_ignore_ascii_case(b"x-forwarded-for") => h.forwarded.add(window, value),
+            6 if name.eq_ignore_ascii_case(b"expect") => self.expect = expectation(self.expect, value),
+            15 if name.eq_ignore_ascii_case(b"x-forwarded-for") => self.forwarded.add(window, value),
             16 if name.eq_ignore_ascii_case(b"content-encoding") => {
-                h.content_encoding = h.content_encoding.or(Some(value));
-                h.content_encoding_lines = h.content_encoding_lines.saturating_add(1);
+                self.content_encoding = self.content_encoding.or(Some(value));
+                self.content_encoding_lines = self.content_encoding_lines.saturating_add(1);
             }
             17 if name.eq_ignore_ascii_case(b"transfer-encoding") => {
-                if h.transfer_encoding.is_some() {
+                if self.transfer_encoding.is_some() {
                     return Err(HttpError::Malformed);
                 }
-                h.transfer_encoding = Some(value);
+                self.transfer_encoding = Some(value);
             }
             29 if name.eq_ignore_ascii_case(b"access-control-request-method") => {
-                h.cors_request_method = h.cors_request_method.or(Some(value))
+                self.cors_request_method = self.cors_request_method.or(Some(value))
             }
             _ => {}
         }

@@ -53,7 +53,10 @@ mod tests {
 
     proptest::proptest! {
         #[test]
-        fn same_as_the_crate(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..1100), skip in 0usize..8) {
+        fn same_as_the_crate(
+            bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..1100),
+            skip in 0usize..8,
+        ) {
             // Every length and every start alignment.
             let bytes = &bytes[skip.min(bytes.len())..];
             proptest::prop_assert_eq!(crc32c(bytes), crc32c::crc32c(bytes));
