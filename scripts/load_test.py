@@ -135,8 +135,8 @@ def front_sections(front):
     """(title, header, rows) of the front-end tables, for stdout and BENCHMARKS.md."""
     sections = []
     if front.open_loop:
-        sections.append(("Open loop (pload -R and oha --latency-correction; 64 connections, "
-                         "one request outstanding on each)",
+        sections.append(("Open loop (pload -R -S, pload -R and oha --latency-correction; "
+                         "64 connections, one request outstanding on each)",
                          load_front.OPEN_LOOP_HEADER, load_front.open_loop_rows(front.open_loop)))
     if front.many:
         sections.append((f"{load_front.MANY_CONNS:,} keep-alive connections on one core",
