@@ -386,14 +386,15 @@ def run_client(name, argv, duration_s, log_path):
 PLOAD_LINE = re.compile(r"^PLOAD (.*)$", re.M)
 
 
-def run_pload(port, conns, duration_s, log_path, depth=None, rate=None):
+def run_pload(port, conns, duration_s, log_path, depth=None, rate=None, spin=False):
     """scripts/pload.c on the client CPU: pipelined closed loop (`depth`) or open loop
-    (`rate`, one request outstanding per connection, latency from the scheduled time). Returns
-    its PLOAD line as a dict of ints (latencies in µs, its own CPU in `cpu_us`)."""
+    (`rate`, one request outstanding per connection, latency from the scheduled time; `spin`:
+    poll instead of sleeping, pload's -S). Returns its PLOAD line as a dict of ints (latencies
+    in µs, its own CPU in `cpu_us`)."""
     prefix = URL_PATH.rsplit("=", 1)[0] + "="  # pload appends a cycling file_id
     argv = ["taskset", "-c", WRK_CPU, str(PLOAD), "-p", str(port), "-c", str(conns),
             "-d", str(duration_s), "-u", prefix]
-    argv += ["-P", str(depth)] if depth else ["-R", str(int(rate))]
+    argv += ["-P", str(depth)] if depth else ["-R", str(int(rate))] + (["-S"] if spin else [])
     output = run_client("pload", argv, duration_s, log_path)
     match = PLOAD_LINE.search(output)
     if not match:

@@ -1,16 +1,21 @@
 """Front-end phases of `make load-test` (issue 13), run by scripts/load_test.py after its
 closed-loop wrk rounds; stdlib only.
 
-- Open loop, with two generators that both charge a stall to every request scheduled during
-  it (no coordinated omission): scripts/pload.c (`-R`: a fixed schedule per connection, one
-  request outstanding, latency from the scheduled time, wrk2's model; one C thread on epoll)
-  and oha (`cargo install oha`, cached in ~/.cargo/bin) with `--latency-correction`.
-  p50/p99/p99.9 at 50 % of the collector's own best plain rate, and a sweep of rates (pload,
-  or oha without it) to find where p99 passes 10 ms (twice in a row at one rate). nginx at
-  50 % of its own rate, for scale.
+- Open loop, with generators that all charge a stall to every request scheduled during it
+  (no coordinated omission): scripts/pload.c (`-R`: a fixed schedule per connection, one
+  request outstanding, latency from the scheduled time, wrk2's model; one C thread on epoll),
+  the same with `-S` ("pload-spin": it polls instead of sleeping, so no request waits for the
+  generator's own wake-up), and oha (`cargo install oha`, cached in ~/.cargo/bin) with
+  `--latency-correction`. p50/p99/p99.9 at 50 % of the collector's own best plain rate, and
+  a sweep of rates (pload-spin, or oha without pload) to find where p99 passes 10 ms (twice
+  in a row at one rate). nginx at 50 % of its own rate, for scale.
   Each generator's own CPU share is reported with each run: oha, a multi-threaded tokio
   program, used 17-47 % of its CPU at these rates and its p99 showed milliseconds that nginx's
-  `return 204` showed too, so the target is read from pload; oha's figure stays beside it.
+  `return 204` showed too; sleeping pload used 85-90 % of its CPU at 80k req/s, most of it in
+  the kernel waking the server's CPU and its own. So the target is read from pload-spin, with
+  the others beside it. pload also counts stall episodes (answers 1 ms or more late, each
+  episode once): on this VM they come from the platform (docs/BENCHMARKS.md, Method) as often
+  for nginx as for the collector.
   The private MariaDB shares the 2 CPUs: its bursts of LOAD DATA work preempt the collector
   or the generator for milliseconds (pload's p99 at 25k req/s: 4.7 ms with it at normal
   priority, 0.43 ms with it SCHED_IDLE). So the first run at 50 % has mariadbd at normal
@@ -119,7 +124,9 @@ class OpenLoop:
     errors: int
     non2xx: int
     gen_cpu_pct: float = None  # the generator's CPU time over the run's wall time
-    generator: str = "oha"  # "pload" or "oha"
+    generator: str = "oha"  # "pload-spin", "pload" or "oha"
+    stalls_per_s: float = None  # pload: episodes of answers >= 1 ms late, per second
+    idle_polls_per_s: float = None  # pload-spin: empty polls per second (0: it was saturated)
     server_p99_ms: float = None  # bucket bound of the collector's own p99 (None: not scraped)
     server_p999_ms: float = None
     db_idle: bool = False  # mariadbd was idle during the run (set by `open_run`)
@@ -193,13 +200,20 @@ def run_oha(owned, oha, port, rate, duration_s, server):
                     "oha")
 
 
-def run_pload_open(port, rate, duration_s, server):
-    """One open-loop run of scripts/pload.c (see load_common.run_pload)."""
-    doc = run_pload(port, OPEN_LOOP_CONNS, duration_s, VAR / "bench-pload.log", rate=rate)
+def run_pload_open(port, rate, duration_s, server, spin=False):
+    """One open-loop run of scripts/pload.c (see load_common.run_pload); `spin`: pload -S."""
+    doc = run_pload(port, OPEN_LOOP_CONNS, duration_s, VAR / "bench-pload.log", rate=rate,
+                    spin=spin)
     ms = lambda key: doc[key] / 1000  # noqa: E731
-    return OpenLoop(server, rate, doc["requests"] * 1e6 / doc["duration_us"], ms("p50_us"),
-                    ms("p99_us"), ms("p999_us"), doc["errors"], doc["non2xx"],
-                    100 * doc["cpu_us"] / doc["duration_us"], "pload")
+    per_s = lambda key: doc[key] * 1e6 / doc["duration_us"]  # noqa: E731
+    return OpenLoop(server, rate, per_s("requests"), ms("p50_us"), ms("p99_us"), ms("p999_us"),
+                    doc["errors"], doc["non2xx"], 100 * doc["cpu_us"] / doc["duration_us"],
+                    "pload-spin" if spin else "pload", per_s("stalls"),
+                    per_s("idle_polls") if spin else None)
+
+
+def run_pload_spin(port, rate, duration_s, server):
+    return run_pload_open(port, rate, duration_s, server, spin=True)
 
 
 def open_run(generator, port, rate, duration_s, server, db_idle=False):
@@ -223,13 +237,14 @@ class OpenLoopResult:
 
 
 def open_loop_phase(owned, collector_port, collector_max, nginx_port, nginx_max, db):
-    """pload at 50 % with mariadbd at normal priority; then, with mariadbd idle, pload
-    and oha at 50 % for each server and the sweep with the first of them."""
+    """pload -S at 50 % with mariadbd at normal priority; then, with mariadbd idle, pload -S
+    (OPEN_LOOP_ROUNDS times), pload and oha at 50 % for each server and the sweep with the
+    first of them."""
     result = OpenLoopResult()
     oha = ensure_oha()
     runners = []
     if PLOAD.exists():
-        runners.append(run_pload_open)
+        runners += [run_pload_spin, run_pload_open]
     if oha:
         runners.append(lambda port, rate, secs, server: run_oha(owned, oha, port, rate, secs,
                                                                 server))
@@ -262,7 +277,8 @@ def sweep(runner, port, collector_max, idle, result):
             result.sweep.append(run)
             log(f"open loop ({run.generator}) {fraction:.0%} of {collector_max:,.0f}: "
                 f"{run.achieved:,.0f} req/s p99 {run.p99_ms:.2f} ms p99.9 {run.p999_ms:.2f} ms "
-                f"generator CPU {run.gen_cpu_pct:.0f} % server p99/p99.9 ≤ "
+                f"generator CPU {run.gen_cpu_pct:.0f} % stalls {run.stalls_per_s or 0:.1f}/s "
+                f"server p99/p99.9 ≤ "
                 f"{bound_ms(run.server_p99_ms)}/{bound_ms(run.server_p999_ms)} ms")
             if run.p99_ms <= P99_KNEE_MS:
                 break
@@ -278,15 +294,24 @@ def bound_ms(value):
 def open_loop_rows(result):
     row = lambda r, asked: [  # noqa: E731
         r.generator, "idle" if r.db_idle else "normal", r.server, asked, f"{r.achieved:,.0f}", f"{r.p50_ms:.3f}", f"{r.p99_ms:.3f}",
-        f"{r.p999_ms:.3f}", str(r.errors), str(r.non2xx), f"{r.gen_cpu_pct:.0f}",
+        f"{r.p999_ms:.3f}", str(r.errors), str(r.non2xx), generator_cpu(r),
+        "-" if r.stalls_per_s is None else f"{r.stalls_per_s:.1f}",
         f"≤ {bound_ms(r.server_p99_ms)} / ≤ {bound_ms(r.server_p999_ms)}"
         if r.server == "collector" else "-"]
     return ([row(r, f"50 % = {r.rate:,.0f}") for r in result.at_half]
             + [row(r, f"sweep {r.rate:,.0f}") for r in result.sweep])
 
 
+def generator_cpu(r):
+    """pload -S takes its whole CPU by design: its spare capacity is its empty polls."""
+    if r.idle_polls_per_s is None:
+        return f"{r.gen_cpu_pct:.0f}"
+    return f"{r.gen_cpu_pct:.0f} (spins; {r.idle_polls_per_s / 1e6:.2f}M empty polls/s)"
+
+
 OPEN_LOOP_HEADER = ["generator", "mariadbd", "server", "rate asked (req/s)", "req/s done", "p50 ms",
                     "p99 ms", "p99.9 ms", "errors", "non-2xx", "generator CPU %",
+                    "stalls ≥ 1 ms per s",
                     "collector's own p99 / p99.9 ms (answer histogram bucket)"]
 
 
@@ -383,7 +408,7 @@ def many_rows(m):
 
 
 def target_rows(open_loop, many, fmt_ratio):
-    # The target: the median p99 of the first generator's (pload's) runs with mariadbd idle,
+    # The target: the median p99 of the first generator's (pload-spin's) runs with mariadbd idle,
     # nginx's beside it; every other collector run at 50 % is a cross-check.
     first_gen = open_loop.at_half[0].generator if open_loop.at_half else None
     target = lambda r: r.db_idle and r.generator == first_gen  # noqa: E731

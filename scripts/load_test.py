@@ -112,7 +112,8 @@ def front_phase(mysql_url, runs, nginx, db):
     best = lambda server: median_of(runs, server, 64, "plain", lambda r: r.wrk.rps)  # noqa: E731
     wal_dir = Path(str(WAL_DIR) + "-front")
     subprocess.run(["rm", "-rf", str(wal_dir)], check=True)
-    collector = Collector(mysql_url, wal_dir, "front",
+    # flusher_nice: the flusher shares CPU 0 with the core (README, "Flusher priority").
+    collector = Collector(mysql_url, wal_dir, "front", server_keys="flusher_nice = 10\n",
                           tail_toml="[http]\nmax_connections_per_core = 12000\n")
     if not collector.start():
         front.instr_note = "front phase skipped: the collector did not come up"
@@ -135,8 +136,8 @@ def front_sections(front):
     """(title, header, rows) of the front-end tables, for stdout and BENCHMARKS.md."""
     sections = []
     if front.open_loop:
-        sections.append(("Open loop (pload -R and oha --latency-correction; 64 connections, "
-                         "one request outstanding on each)",
+        sections.append(("Open loop (pload -R -S, pload -R and oha --latency-correction; "
+                         "64 connections, one request outstanding on each)",
                          load_front.OPEN_LOOP_HEADER, load_front.open_loop_rows(front.open_loop)))
     if front.many:
         sections.append((f"{load_front.MANY_CONNS:,} keep-alive connections on one core",

@@ -3,7 +3,7 @@
  * not the server, sets the figure (issue 13). scripts/load-test.sh builds it with the system C
  * compiler into target/pload; it needs only libc and Linux (epoll, epoll_pwait2).
  *
- *   pload -p PORT -c CONNS -d SECONDS -u PATH_PREFIX [-P DEPTH] [-R RATE]
+ *   pload -p PORT -c CONNS -d SECONDS -u PATH_PREFIX [-P DEPTH] [-R RATE [-S]]
  *
  * One thread, one epoll set, connections to 127.0.0.1:PORT only. Requests are
  * `GET <PATH_PREFIX><file_id> HTTP/1.1` with a Host header (wrk.format's shape), built once at
@@ -17,10 +17,17 @@
  *   each connection on a fixed schedule with its own phase and one request outstanding (wrk2's
  *   model). A request's latency runs from the time it was *scheduled*, not from when it could be
  *   sent, so a stall is charged to every request it delays (no coordinated omission).
+ * - Spin (-S, open loop only): never sleep; poll epoll with a zero timeout and send each request
+ *   the moment it is due. The generator then takes all of its CPU by construction, but no
+ *   request waits for the generator's own timer interrupt or wake-up (in a VM, a VM exit each),
+ *   and no answer has to wake it: what it measures is the server and the loopback path. Its
+ *   cpu_us is then meaningless as a load figure; `idle_polls` counts the empty polls, the
+ *   generator's spare capacity (0 means it was saturated).
  *
  * Prints one line: `PLOAD requests=N duration_us=N non2xx=N errors=N p50_us=N p99_us=N
- * p999_us=N max_us=N cpu_us=N` (latencies as the upper bound of a histogram bucket, 0.2 %
- * wide; cpu_us is this process's own user+system time).
+ * p999_us=N max_us=N cpu_us=N idle_polls=N stalls=N` (latencies as the upper bound of a histogram
+ * bucket, 0.2 % wide; cpu_us is this process's own user+system time; stalls counts episodes in
+ * which answers came 1 ms or more late, each once however many requests it delayed).
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -58,13 +65,15 @@ struct conn {
 static struct {
     int port, conns, depth;
     double seconds, rate;
+    int spin;               /* -S: poll epoll with a zero timeout instead of sleeping */
     char **req;             /* IDS single requests */
     size_t *req_len;
     char **batch;           /* closed loop: IDS / depth batches of depth requests */
     size_t *batch_len;
     uint64_t interval_ns;   /* open loop: per-connection interval */
     uint64_t t0, end;
-    uint64_t requests, non2xx, errors;
+    uint64_t requests, non2xx, errors, idle_polls;
+    uint64_t stalls, last_late_ns; /* episodes of answers >= 1 ms late (see on_readable) */
     uint64_t hist[HBUCKETS];
 } g;
 
@@ -185,6 +194,15 @@ static long parse_response(const char *p, size_t n, int *status) {
     return total <= n ? (long)total : 0;
 }
 
+/* A stall episode: an answer 1 ms or more after its start whose start lies over 1 ms past the
+ * latest start of a late answer seen so far. One stall delays every request scheduled during
+ * it, on every connection; this counts the stall once, however many requests it delayed. */
+static void note_late(uint64_t started, uint64_t latency) {
+    if (latency < 1000000) return;
+    if (started > g.last_late_ns + 1000000) g.stalls++;
+    if (started > g.last_late_ns) g.last_late_ns = started;
+}
+
 static uint64_t due_ns(const struct conn *c, uint64_t k) {
     return g.t0 + c->phase_ns + k * g.interval_ns;
 }
@@ -209,7 +227,10 @@ static int on_readable(int ep, struct conn *c) {
             if (status < 200 || status > 299) g.non2xx++;
         }
         if (--c->awaited == 0) {
-            if (t < g.end) g.hist[bucket_of(t - c->started_ns)]++;
+            if (t < g.end) {
+                g.hist[bucket_of(t - c->started_ns)]++;
+                note_late(c->started_ns, t - c->started_ns);
+            }
             if (g.rate == 0 && start_write(ep, c, now_ns()) < 0) return -1;
             if (g.rate > 0 && due_ns(c, c->next_k) <= t && start_write(ep, c, due_ns(c, c->next_k++)) < 0)
                 return -1;
@@ -247,19 +268,20 @@ static uint64_t send_due(int ep, struct conn *cs, uint64_t t) {
 static void parse_args(int argc, char **argv, const char **prefix) {
     int opt;
     g.depth = 1;
-    while ((opt = getopt(argc, argv, "p:c:d:u:P:R:")) != -1) {
+    while ((opt = getopt(argc, argv, "p:c:d:u:P:R:S")) != -1) {
         if (opt == 'p') g.port = atoi(optarg);
         else if (opt == 'c') g.conns = atoi(optarg);
         else if (opt == 'd') g.seconds = atof(optarg);
         else if (opt == 'u') *prefix = optarg;
         else if (opt == 'P') g.depth = atoi(optarg);
         else if (opt == 'R') g.rate = atof(optarg);
+        else if (opt == 'S') g.spin = 1;
         else exit(2);
     }
     if (!g.port || g.conns <= 0 || g.seconds <= 0 || !*prefix || g.depth <= 0 ||
-        IDS % g.depth != 0 || (g.rate > 0 && g.depth != 1)) {
+        IDS % g.depth != 0 || (g.rate > 0 && g.depth != 1) || (g.spin && g.rate <= 0)) {
         fprintf(stderr, "usage: pload -p PORT -c CONNS -d SECONDS -u PATH_PREFIX "
-                        "[-P DEPTH dividing 1024] [-R RATE, depth 1]\n");
+                        "[-P DEPTH dividing 1024] [-R RATE, depth 1 [-S: spin]]\n");
         exit(2);
     }
 }
@@ -286,9 +308,11 @@ int main(int argc, char **argv) {
     struct epoll_event evs[256];
     for (uint64_t t = now_ns(); t < g.end; t = now_ns()) {
         uint64_t wait = g.rate > 0 ? send_due(ep, cs, t) : 100000000;
+        if (g.spin) wait = 0;
         struct timespec ts = {.tv_sec = (time_t)(wait / 1000000000u), .tv_nsec = (long)(wait % 1000000000u)};
         int n = epoll_pwait2(ep, evs, 256, &ts, NULL);
         if (n < 0 && errno != EINTR) die("epoll_pwait2");
+        if (n == 0 && g.spin) g.idle_polls++;
         for (int i = 0; i < n; i++) {
             struct conn *c = evs[i].data.ptr;
             int bad = 0;
@@ -306,11 +330,11 @@ int main(int argc, char **argv) {
     uint64_t cpu_us = (uint64_t)ru.ru_utime.tv_sec * 1000000 + (uint64_t)ru.ru_utime.tv_usec +
                       (uint64_t)ru.ru_stime.tv_sec * 1000000 + (uint64_t)ru.ru_stime.tv_usec;
     printf("PLOAD requests=%llu duration_us=%llu non2xx=%llu errors=%llu p50_us=%llu "
-           "p99_us=%llu p999_us=%llu max_us=%llu cpu_us=%llu\n",
+           "p99_us=%llu p999_us=%llu max_us=%llu cpu_us=%llu idle_polls=%llu stalls=%llu\n",
            (unsigned long long)g.requests, (unsigned long long)((g.end - g.t0) / 1000),
            (unsigned long long)g.non2xx, (unsigned long long)g.errors,
            (unsigned long long)quantile_us(0.5), (unsigned long long)quantile_us(0.99),
            (unsigned long long)quantile_us(0.999), (unsigned long long)quantile_us(1.0),
-           (unsigned long long)cpu_us);
+           (unsigned long long)cpu_us, (unsigned long long)g.idle_polls, (unsigned long long)g.stalls);
     return 0;
 }

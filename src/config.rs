@@ -139,6 +139,7 @@ impl Config {
 
     /// Checks every stage's keys, then the relations between stages; the error names the key.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.server.validate()?;
         self.http.validate()?;
         self.ingest.validate()?;
         self.enrich.validate()?;

@@ -99,14 +99,32 @@ pub fn shard_urls(config: &Config) -> Vec<String> {
     }
 }
 
-/// Starts the flusher thread on its own current-thread runtime.
+/// Starts the flusher thread on its own current-thread runtime, at `server.flusher_nice`.
 pub fn spawn(inputs: FlusherInputs) -> std::io::Result<FlusherHandle> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let thread = std::thread::Builder::new().name("flusher".into()).spawn(move || {
+        set_own_nice(inputs.config.server.flusher_nice);
         let local = tokio::task::LocalSet::new();
         local.block_on(&runtime, run(inputs))
     })?;
     Ok(FlusherHandle { thread })
+}
+
+/// The calling thread's nice value (Linux: `setpriority` on a thread id sets that thread's
+/// alone). A refusal (a negative value without CAP_SYS_NICE) is logged; the flusher then runs
+/// at the nice it inherited.
+fn set_own_nice(nice: i32) {
+    if nice == 0 {
+        return;
+    }
+    // SAFETY: gettid and setpriority take and return plain integers.
+    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, nice) };
+    if rc == 0 {
+        tracing::info!(nice, "flusher thread reniced (server.flusher_nice)");
+    } else {
+        let err = std::io::Error::last_os_error();
+        tracing::warn!(nice, %err, "cannot set server.flusher_nice; the flusher keeps its nice");
+    }
 }
 
 async fn run(inputs: FlusherInputs) -> Done {

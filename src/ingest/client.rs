@@ -202,6 +202,12 @@ pub fn user_agent(raw: &[u8]) -> Option<&str> {
         Ok(text) => text,
         Err(e) => std::str::from_utf8(&raw[..e.valid_up_to()]).ok()?,
     };
+    // A value that starts and ends with a visible ASCII byte (nearly every one) has nothing
+    // to trim: no Unicode space is ASCII-graphic, and a last ASCII byte is a whole last char.
+    let plain = |b: Option<&u8>| b.is_some_and(u8::is_ascii_graphic);
+    if plain(text.as_bytes().first()) && plain(text.as_bytes().last()) {
+        return Some(text);
+    }
     let text = text.trim();
     (!text.is_empty()).then_some(text)
 }
@@ -350,6 +356,19 @@ mod tests {
         cut_in_char.extend_from_slice("é".as_bytes());
         assert_eq!(user_agent(&cut_in_char).map(str::len), Some(UA_MAX_BYTES - 1));
         assert_eq!(user_agent(b"ok\xffbad"), Some("ok"));
+        assert_eq!(user_agent("\u{3000}wrk\u{a0}".as_bytes()), Some("wrk"));
+        assert_eq!(user_agent("a\u{2003}".as_bytes()), Some("a"));
+        assert_eq!(user_agent(b"\x0bwrk 1\t"), Some("wrk 1"));
+        assert_eq!(user_agent(b" \t "), None);
+    }
+
+    proptest::proptest! {
+        /// The ASCII shortcut trims exactly as `str::trim` does.
+        #[test]
+        fn user_agent_trims_as_str_trim(ua in "[ \t\x0b\u{a0}\u{3000}\u{2003}a-z/.()é]{0,40}") {
+            let want = Some(ua.trim()).filter(|t| !t.is_empty());
+            proptest::prop_assert_eq!(user_agent(ua.as_bytes()), want);
+        }
     }
 
     #[test]

@@ -123,10 +123,23 @@ fn is_valid_label(label: &[u8]) -> bool {
         && label.last() != Some(&b'-')
 }
 
-/// The `file_id` as a number.
+/// The `file_id` as a number. Up to 19 plain digits (every one of them fits `u64`: the
+/// usual id) are summed without checks; anything else takes [`decimal`]'s checked path.
 pub(super) fn validate_file_id(raw: &str) -> Result<u64, Rejection> {
+    let digits = raw.as_bytes();
+    if digits.len() <= PLAIN_FILE_ID_DIGITS && digits.iter().all(u8::is_ascii_digit) {
+        let id = digits.iter().fold(0, |id: u64, &d| id * 10 + u64::from(d - b'0'));
+        return match id {
+            0 if digits.is_empty() => Err(Rejection::Empty(Param::FileId)),
+            0 => Err(Rejection::BadFileId),
+            id => Ok(id),
+        };
+    }
     decimal(raw.bytes().map(Ok)).or_else(|_| decode_file_id(raw))
 }
+
+/// 19 digits: at most 9,999,999,999,999,999,999, below `u64::MAX` (20 digits).
+const PLAIN_FILE_ID_DIGITS: usize = 19;
 
 /// The general path of [`validate_file_id`]: the digits decoded as they are read.
 fn decode_file_id(raw: &str) -> Result<u64, Rejection> {

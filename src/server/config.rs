@@ -1,9 +1,11 @@
-//! The `[server]` and `[log]` keys: listen address, cores, io_uring size, drain budget, and
-//! the log format.
+//! The `[server]` and `[log]` keys: listen address, cores, io_uring size, drain budget, the
+//! flusher's nice value, and the log format.
 
 use std::net::SocketAddr;
 
 use serde::Deserialize;
+
+use crate::invalid::InvalidKey;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -18,6 +20,10 @@ pub struct ServerConfig {
     pub uring_entries: u32,
     /// Upper bound for a graceful drain on SIGTERM/SIGINT. Default 10000 ms.
     pub shutdown_timeout_ms: u64,
+    /// Nice value of the flusher thread, -20..=19 (below 0 needs CAP_SYS_NICE). Default 0.
+    /// A positive value lets a core thread that shares a CPU with the flusher preempt it
+    /// at once, instead of waiting out its delivery bursts.
+    pub flusher_nice: i32,
 }
 
 impl Default for ServerConfig {
@@ -28,7 +34,18 @@ impl Default for ServerConfig {
             pin_cores: true,
             uring_entries: 1024,
             shutdown_timeout_ms: 10_000,
+            flusher_nice: 0,
         }
+    }
+}
+
+impl ServerConfig {
+    pub fn validate(&self) -> Result<(), InvalidKey> {
+        if !(-20..=19).contains(&self.flusher_nice) {
+            let message = format!("{} is not a nice value (-20..=19)", self.flusher_nice);
+            return InvalidKey::err("server.flusher_nice", message);
+        }
+        Ok(())
     }
 }
 
