@@ -112,8 +112,7 @@ def front_phase(mysql_url, runs, nginx, db):
     best = lambda server: median_of(runs, server, 64, "plain", lambda r: r.wrk.rps)  # noqa: E731
     wal_dir = Path(str(WAL_DIR) + "-front")
     subprocess.run(["rm", "-rf", str(wal_dir)], check=True)
-    # flusher_nice: the flusher shares CPU 0 with the core (README, "Flusher priority").
-    collector = Collector(mysql_url, wal_dir, "front", server_keys="flusher_nice = 10\n",
+    collector = Collector(mysql_url, wal_dir, "front",
                           tail_toml="[http]\nmax_connections_per_core = 12000\n")
     if not collector.start():
         front.instr_note = "front phase skipped: the collector did not come up"
