@@ -38,6 +38,7 @@ Every process started here is stopped by its PID (the caller's `Owned` registry)
 """
 
 import asyncio
+import functools
 import json
 import os
 import random
@@ -212,10 +213,6 @@ def run_pload_open(port, rate, duration_s, server, spin=False):
                     per_s("idle_polls") if spin else None)
 
 
-def run_pload_spin(port, rate, duration_s, server):
-    return run_pload_open(port, rate, duration_s, server, spin=True)
-
-
 def open_run(generator, port, rate, duration_s, server, db_idle=False):
     """One open-loop run by `generator` (`run_pload_open`'s signature), with the collector's
     own p99/p99.9 read from its answer histogram, scraped before and after."""
@@ -244,7 +241,7 @@ def open_loop_phase(owned, collector_port, collector_max, nginx_port, nginx_max,
     oha = ensure_oha()
     runners = []
     if PLOAD.exists():
-        runners += [run_pload_spin, run_pload_open]
+        runners += [functools.partial(run_pload_open, spin=True), run_pload_open]
     if oha:
         runners.append(lambda port, rate, secs, server: run_oha(owned, oha, port, rate, secs,
                                                                 server))

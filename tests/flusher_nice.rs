@@ -41,25 +41,7 @@ fn a_nice_out_of_range_is_refused_naming_the_key() {
     let url = format!("mysql://psc:x@127.0.0.1:{}/psc", free_closed_port());
     let text = support::collector_config(&dir.path().join("wal"), &url, "[server]\nflusher_nice = 20\n");
     std::fs::write(&config, text).expect("write the config");
-    let mut child = support::collector_command()
-        .arg("--config")
-        .arg(&config)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("run the collector");
-    // Bounded: a collector that accepted the config would serve until killed.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while matches!(child.try_wait(), Ok(None)) {
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the collector accepted server.flusher_nice = 20 and kept running");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    let out = child.wait_with_output().expect("collect the collector's stderr");
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (status, stderr) = support::run_bounded(&config, &["serve"], dir.path());
+    assert!(!status.success());
     assert!(stderr.contains("server.flusher_nice") && stderr.contains("-20..=19"), "{stderr}");
 }

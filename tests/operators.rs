@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use psc::wal::segment::{core_dir, list_segments, segment_path};
 use support::load::{send_exact, wait_delivered};
-use support::{free_closed_port, unique_file_ids, wait_for, Collector, MariaDb};
+use support::{free_closed_port, run_bounded, unique_file_ids, wait_for, Collector, MariaDb};
 
 const DRAIN: Duration = Duration::from_secs(90);
 const STOP: Duration = Duration::from_secs(30);
@@ -82,34 +82,6 @@ fn a_renamed_node_adopts_its_wal_and_delivers_exactly_once() {
     acked.extend(send(&collector, 1500));
     assert_exact(&db, &acked);
     stop_clean(&mut collector);
-}
-
-/// Runs the binary with `args --config config`, killed by PID if it runs for over 20 s;
-/// returns its exit status and stderr.
-fn run_bounded(config: &Path, args: &[&str], work: &Path) -> (std::process::ExitStatus, String) {
-    let err_path = work.join("run-bounded.err");
-    let err = fs::File::create(&err_path).unwrap();
-    let mut child = support::collector_command()
-        .args(args)
-        .arg("--config")
-        .arg(config)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(err)
-        .spawn()
-        .expect("spawn the collector");
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if std::time::Instant::now() >= deadline {
-            child.kill().unwrap();
-            panic!("`{args:?}` still runs after 20 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    (status, fs::read_to_string(&err_path).unwrap_or_default())
 }
 
 /// Truncates the newest non-empty segment of core 0 to half its size.

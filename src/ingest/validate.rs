@@ -123,19 +123,14 @@ fn is_valid_label(label: &[u8]) -> bool {
         && label.last() != Some(&b'-')
 }
 
-/// The `file_id` as a number. Up to 19 plain digits (every one of them fits `u64`: the
-/// usual id) are summed without checks; anything else takes [`decimal`]'s checked path.
+/// The `file_id` as a number. 1 to 19 plain digits (every such number fits `u64`: the
+/// usual id) are read in place without overflow checks; anything else takes the general path.
 pub(super) fn validate_file_id(raw: &str) -> Result<u64, Rejection> {
     let digits = raw.as_bytes();
-    if digits.len() <= PLAIN_FILE_ID_DIGITS && digits.iter().all(u8::is_ascii_digit) {
-        let id = digits.iter().fold(0, |id: u64, &d| id * 10 + u64::from(d - b'0'));
-        return match id {
-            0 if digits.is_empty() => Err(Rejection::Empty(Param::FileId)),
-            0 => Err(Rejection::BadFileId),
-            id => Ok(id),
-        };
+    if (1..=PLAIN_FILE_ID_DIGITS).contains(&digits.len()) && digits.iter().all(u8::is_ascii_digit) {
+        return nonzero(digits.iter().fold(0, |id: u64, &d| id * 10 + u64::from(d - b'0')));
     }
-    decimal(raw.bytes().map(Ok)).or_else(|_| decode_file_id(raw))
+    decode_file_id(raw)
 }
 
 /// 19 digits: at most 9,999,999,999,999,999,999, below `u64::MAX` (20 digits).
@@ -163,6 +158,11 @@ fn decimal(digits: impl Iterator<Item = Result<u8, Rejection>>) -> Result<u64, R
             .and_then(|id| id.checked_add(u64::from(byte - b'0')))
             .ok_or(Rejection::BadFileId)?;
     }
+    nonzero(id)
+}
+
+/// A file id of 0 is `BadFileId`.
+fn nonzero(id: u64) -> Result<u64, Rejection> {
     if id == 0 {
         return Err(Rejection::BadFileId);
     }

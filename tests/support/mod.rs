@@ -397,6 +397,35 @@ fn spawn_collector(config_path: &Path, port_file: &Path, log_path: &Path) -> Chi
         .expect("spawn player-stat-collector")
 }
 
+/// Runs the binary with `args --config config`, killed by PID if it runs for over 20 s;
+/// returns its exit status and stderr.
+pub fn run_bounded(config: &Path, args: &[&str], work: &Path) -> (ExitStatus, String) {
+    let err_path = work.join("run-bounded.err");
+    let err = fs::File::create(&err_path).expect("create the stderr file");
+    let mut child = collector_command()
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(err)
+        .spawn()
+        .expect("spawn the collector");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("poll the collector") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            child.kill().expect("SIGKILL the collector");
+            let _ = child.wait();
+            panic!("`{args:?}` still runs after 20 s");
+        }
+        sleep(POLL_INTERVAL);
+    };
+    (status, fs::read_to_string(&err_path).unwrap_or_default())
+}
+
 /// The test config: harness defaults for listen, wal.dir and mysql.url, under `extra_toml`.
 pub fn collector_config(wal_dir: &Path, mysql_url: &str, extra_toml: &str) -> String {
     let mut config: toml::Table =
