@@ -1,7 +1,7 @@
 # Entry points; each target installs what it needs (scripts/ensure-deps.sh) on a fresh
 # Debian/Ubuntu machine.
 
-.PHONY: run build test lint deps bench load-test chaos fuzz failpoints
+.PHONY: run build test lint deps bench load-test front-floor chaos fuzz failpoints
 
 # Build the release binary and serve with config.toml, starting a private MariaDB in
 # ./var/mysql when mysql.url is empty.
@@ -34,6 +34,11 @@ bench: deps
 # minutes, needs 2 CPUs); appends the results to docs/BENCHMARKS.md. Not part of `make test`.
 load-test: deps
 	scripts/load-test.sh
+
+# The kernel's floor under the front end (issue 13): nginx, the collector and bare 204 servers
+# in each socket shape (scripts/floor204.c), CPU per request side by side; prints a table.
+front-floor: deps
+	scripts/load-test.sh floor
 
 # The fault and crash suites at full length (a 10 minute MySQL outage, longer loads), release
 # build with the fail points. `make test` runs the same scenarios scaled down.

@@ -8,6 +8,9 @@
 # A collector that does not build or start is skipped with a message; nginx and the MariaDB
 # ceiling still run. Smoke run: PSC_BENCH_ROUNDS=1 PSC_BENCH_RUN_S=2 PSC_BENCH_BACKLOG=200000
 # PSC_BENCH_OPEN_LOOP_S=2 PSC_BENCH_SWEEP_S=1 PSC_BENCH_MANY_S=5
+#
+# `scripts/load-test.sh floor` (`make front-floor`): the same set-up, then scripts/front_floor.py
+# alone (nginx, the collector and scripts/floor204.c's bare servers; about 12 minutes).
 set -euo pipefail
 export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -51,6 +54,8 @@ have clickhouse-client || missing+=(clickhouse-client)
 # Per-request counts of the front end: perf stat (syscalls, context switches), callgrind.
 have perf || missing+=(linux-perf)
 have valgrind || missing+=(valgrind)
+# scripts/floor204.c (front-floor) uses liburing.
+[ -e /usr/include/liburing.h ] || missing+=(liburing-dev)
 [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
 [ "$(nproc)" -ge 2 ] || die "needs 2 CPUs (servers on CPU 0, wrk on CPU 1); nproc is $(nproc)"
 
@@ -59,6 +64,12 @@ have valgrind || missing+=(valgrind)
 mkdir -p target
 cc -O2 -Wall -o target/pload scripts/pload.c \
     || { echo "load-test: scripts/pload.c did not build; its runs are skipped" >&2; rm -f target/pload; }
+
+if [ "${1:-}" = floor ]; then
+    cc -O2 -Wall -o target/floor204 scripts/floor204.c -luring
+    cargo build --release
+    exec python3 scripts/front_floor.py
+fi
 
 if ! cargo build --release; then
     echo "load-test: cargo build --release failed; the collector half is skipped" >&2

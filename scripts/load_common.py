@@ -257,9 +257,10 @@ class Collector:
     """target/release/player-stat-collector with a generated config, pinned to CPU 0."""
 
     def __init__(self, mysql_url, wal_dir, tag, cores=1, mysql_keys="", tail_toml="",
-                 server_keys=""):
+                 server_keys="", binary=BINARY):
         """`mysql_keys`, `server_keys`: extra lines of the [mysql] and [server] tables;
-        `tail_toml`: more tables."""
+        `tail_toml`: more tables; `binary`: another build to run."""
+        self.binary = binary
         self.mysql_url = mysql_url
         self.server_keys = server_keys
         self.wal_dir = wal_dir
@@ -291,8 +292,8 @@ class Collector:
     def start(self):
         """Starts it and waits for its port file; returns False (logged) if it does not come up."""
         COLLECTOR_DIR.mkdir(parents=True, exist_ok=True)
-        if not BINARY.exists():
-            log(f"collector skipped: {BINARY} does not exist")
+        if not self.binary.exists():
+            log(f"collector skipped: {self.binary} does not exist")
             return False
         port_file = COLLECTOR_DIR / f"{self.tag}.port"
         port_file.unlink(missing_ok=True)
@@ -301,7 +302,7 @@ class Collector:
         out = open(self.log_path, "a")
         self.proc = OWNED.spawn(
             f"collector[{self.tag}]",
-            ["taskset", "-c", SERVER_CPU, str(BINARY), "--config", str(self.write_config())],
+            ["taskset", "-c", SERVER_CPU, str(self.binary), "--config", str(self.write_config())],
             stdout=out, stderr=out, env=env)
 
         def bound_port():
