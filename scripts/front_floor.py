@@ -19,17 +19,16 @@ PSC_FLOOR_ALT_BINARY: a second collector build, measured as "collector alt" in e
 """
 
 import os
-import signal
 import statistics
 import subprocess
 import sys
 from pathlib import Path
 
 from load_common import (BINARY, COLLECTOR_DIR, OWNED, REPO, SERVER_CPU, START_TIMEOUT_S,
-                         VAR, Collector, Interrupted, env_int, free_port, log, markdown_table,
-                         port_open, tail, wait_until)
+                         VAR, Collector, Interrupted, env_int, free_port, interrupt_on_signals,
+                         log, markdown_table, port_open, tail, user_sys_ticks, wait_until)
 from load_cpu import CPU_GROUPS
-from load_http import Nginx, measure
+from load_http import Nginx, measure, median_or_none
 
 FLOOR = REPO / "target" / "floor204"
 FLOOR_DIR = VAR / "bench-floor"
@@ -77,18 +76,13 @@ class Floor:
         WAL_FILE.unlink(missing_ok=True)
 
 
-def user_sys_ticks(pid):
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[11]), int(fields[12])
-
-
 def one_run(name, server, rnd, conns):
     """measure() plus the user/system split of the same window."""
     before = user_sys_ticks(server.measured_pid)
     run = measure(server, name, rnd, conns, "plain")
     after = user_sys_ticks(server.measured_pid)
     user, system = after[0] - before[0], after[1] - before[1]
-    run.sys_share = system / (user + system) if user + system else float("nan")
+    run.sys_pct = 100 * system / (user + system) if user + system else float("nan")
     return run
 
 
@@ -123,6 +117,12 @@ def round_of(rnd):
     return runs
 
 
+def median_text(runs, attr, spec):
+    """The median of `attr` over `runs` formatted with `spec`, or n/a when no run has one."""
+    value = median_or_none([getattr(r, attr) for r in runs])
+    return "n/a" if value is None else format(value, spec)
+
+
 def table(runs):
     rows = []
     for conns in CONNS:
@@ -130,34 +130,23 @@ def table(runs):
         nginx = {r.round: r.cpu_us_per_req for r in at if r.server == "nginx"}
         for name in dict.fromkeys(r.server for r in at):
             mine = [r for r in at if r.server == name]
-
-            def med(attr):
-                values = [getattr(r, attr) for r in mine if getattr(r, attr) is not None]
-                return statistics.median(values) if values else None
-
             # The ratio per round, then the median: each round's pair ran minutes apart at most.
             ratio = statistics.median(r.cpu_us_per_req / nginx[r.round] for r in mine)
-            rows.append([str(conns), name, f"{med('cpu_us_per_req'):.2f}", f"{ratio:.2f}×",
-                         " / ".join(f"{r.cpu_us_per_req:.2f}" for r in mine),
-                         f"{statistics.median(r.wrk.rps for r in mine):,.0f}",
-                         f"{100 * med('sys_share'):.0f} %",
-                         "n/a" if med("syscalls_per_req") is None
-                         else f"{med('syscalls_per_req'):.3f}",
-                         "n/a" if med("ctx_switches_per_req") is None
-                         else f"{med('ctx_switches_per_req'):.3f}",
-                         f"{med('server_cpu_pct'):.0f} / {med('wrk_cpu_pct'):.0f}"])
+            rows.append([str(conns), name, median_text(mine, "cpu_us_per_req", ".2f"),
+                         f"{ratio:.2f}×", " / ".join(f"{r.cpu_us_per_req:.2f}" for r in mine),
+                         median_text([r.wrk for r in mine], "rps", ",.0f"),
+                         median_text(mine, "sys_pct", ".0f") + " %",
+                         median_text(mine, "syscalls_per_req", ".3f"),
+                         median_text(mine, "ctx_switches_per_req", ".3f"),
+                         median_text(mine, "server_cpu_pct", ".0f") + " / "
+                         + median_text(mine, "wrk_cpu_pct", ".0f")])
     return markdown_table(["conns", "server", "CPU-µs/req (median)", "÷ nginx (median of rounds)",
                            "CPU-µs/req by round", "req/s", "system share", "syscalls/req",
                            "ctx-sw/req", "busy % server / wrk"], rows)
 
 
-def raise_interrupted(signum, _frame):
-    raise Interrupted(f"signal {signum}")
-
-
 def main():
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, raise_interrupted)
+    interrupt_on_signals()
     FLOOR_DIR.mkdir(parents=True, exist_ok=True)
     COLLECTOR_DIR.mkdir(parents=True, exist_ok=True)
     CPU_GROUPS.setup()

@@ -55,6 +55,17 @@ class Interrupted(Exception):
     """SIGINT/SIGTERM/SIGHUP as an exception, so that `finally` blocks stop our processes."""
 
 
+def raise_interrupted(signum, _frame):
+    raise Interrupted(f"signal {signum}")
+
+
+def interrupt_on_signals():
+    """SIGINT, SIGTERM and SIGHUP raise `Interrupted`. SIGINT too: a shell may start us with
+    SIGINT ignored, which Python would keep."""
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, raise_interrupted)
+
+
 def log(msg):
     print(f"load-test: {msg}", file=sys.stderr, flush=True)
 
@@ -118,12 +129,17 @@ def port_open(port):
         return False
 
 
-def cpu_ticks(pid):
-    """utime + stime of the whole process (the kernel sums all its threads), in clock ticks."""
+def user_sys_ticks(pid):
+    """(utime, stime) of the whole process (the kernel sums all its threads), in clock ticks."""
     stat = Path(f"/proc/{pid}/stat").read_text()
     fields = stat[stat.rindex(")") + 2 :].split()
     # fields[0] is field 3 (state); utime and stime are fields 14 and 15.
-    return int(fields[11]) + int(fields[12])
+    return int(fields[11]), int(fields[12])
+
+
+def cpu_ticks(pid):
+    """utime + stime of the whole process, in clock ticks."""
+    return sum(user_sys_ticks(pid))
 
 
 # Thread groups of the collector, by the start of the thread's name (`comm`, 15 bytes at most):

@@ -52,7 +52,6 @@ binary is missing or does not come up; the rest still runs.
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -66,7 +65,7 @@ from load_backend import (CEILING_ROWS_WITHOUT_COLLECTOR, Backend, backend_ratio
                           backend_rows, collector_backend, mariadb_ceiling)
 from load_common import (BENCHMARKS_MD, BINARY, COLLECTOR_DIR, FRONT_MYSQL_DIR, PIPELINE_DEPTH,
                          REPO, VAR, WAL_DIR, OWNED, Collector, Interrupted, MariaDb, env_int,
-                         fmt_ratio, log, markdown_table, text_table)
+                         fmt_ratio, interrupt_on_signals, log, markdown_table, text_table)
 from load_http import (PER_RUN_HEADER, ROUNDS, RUN_S, SUMMARY_HEADER, Nginx, best_rps,
                        http_phase, median_of, per_run_rows, ratio_rows, saturation_notes,
                        summary_rows)
@@ -203,15 +202,9 @@ def loadavg():
 LOADAVG_AT_START = loadavg()
 
 
-def raise_interrupted(signum, _frame):
-    raise Interrupted(f"signal {signum}")
-
-
 def main():
     started = time.monotonic()
-    # SIGINT too: a shell may start us with SIGINT ignored, which Python would keep.
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, raise_interrupted)
+    interrupt_on_signals()
     VAR.mkdir(exist_ok=True)
     (VAR / "bench-wrk.log").unlink(missing_ok=True)
     collector_note = os.environ.get("PSC_BENCH_SKIP_COLLECTOR")
