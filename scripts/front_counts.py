@@ -19,6 +19,7 @@ The collector runs with `cores = 1`, a fresh WAL under var/front-counts/ (or PSC
 e.g. on an XFS mount), and a MySQL URL pointing at a closed port: only the front end works.
 
     scripts/front_counts.py [--binary PATH] [--requests N] [--skip-callgrind] [--skip-perf]
+                            [--modes plain,pipelined]
 
 Prints one line per figure and a Markdown table; every process started is stopped by PID.
 """
@@ -249,9 +250,11 @@ def main():
     ap.add_argument("--perf-seconds", type=int, default=5)
     ap.add_argument("--skip-callgrind", action="store_true")
     ap.add_argument("--skip-perf", action="store_true")
+    ap.add_argument("--modes", default="plain,pipelined", help="comma-separated: plain, pipelined")
     args = ap.parse_args()
     rows = []
-    for mode, depth in (("plain", 1), ("pipelined", 16)):
+    modes = args.modes.split(",")
+    for mode, depth in (m for m in (("plain", 1), ("pipelined", 16)) if m[0] in modes):
         row = {"mode": mode}
         if not args.skip_callgrind:
             row["instr/req"], row["core instr/req"], row["driver"] = callgrind(

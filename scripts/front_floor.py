@@ -15,7 +15,9 @@ Prints a markdown table of medians per server and connection count, with each on
 nginx's CPU-µs per request in the same rounds, and its user/system split. PSC_FLOOR_ROUNDS
 (default 5), PSC_BENCH_RUN_S (default 8), PSC_FLOOR_CONNS (default "64 256");
 PSC_FLOOR_ALT_BINARY: a second collector build, measured as "collector alt" in every round
-(an A/B of a front-end change in the same rounds).
+(an A/B of a front-end change in the same rounds); PSC_FLOOR_MODE: `plain` (default) or
+`pipelined` (phase 1's 16-deep wrk pipeline); PSC_FLOOR_SHAPES: the floor204 shapes to run,
+comma-separated names as in the table (default all; `none` for nginx and the collectors only).
 """
 
 import os
@@ -39,7 +41,8 @@ CONNS = [int(c) for c in os.environ.get("PSC_FLOOR_CONNS", "64 256").split()]
 UNREACHABLE_MYSQL = "mysql://root@127.0.0.1:9/psc"
 WAL_FILE = FLOOR_DIR / "floor.wal"
 ALT_BINARY = os.environ.get("PSC_FLOOR_ALT_BINARY")
-SHAPES = (
+MODE = os.environ.get("PSC_FLOOR_MODE", "plain")
+ALL_SHAPES = (
     ("floor epoll", ["-m", "epoll"]),
     ("floor uring", ["-m", "uring"]),
     ("floor uring defer", ["-m", "uring", "-d"]),
@@ -48,6 +51,10 @@ SHAPES = (
     ("floor uring +wal", ["-m", "uring", "-w", str(WAL_FILE)]),
     ("floor multishot defer +wal", ["-m", "multishot", "-d", "-w", str(WAL_FILE)]),
 )
+CHOSEN_SHAPES = os.environ.get("PSC_FLOOR_SHAPES", ",".join(name for name, _ in ALL_SHAPES)).split(",")
+SHAPES = tuple(shape for shape in ALL_SHAPES if shape[0] in CHOSEN_SHAPES)
+if MODE not in ("plain", "pipelined") or set(CHOSEN_SHAPES) - {n for n, _ in ALL_SHAPES} - {"none"}:
+    sys.exit(f"PSC_FLOOR_MODE={MODE!r} or PSC_FLOOR_SHAPES={CHOSEN_SHAPES!r}: unknown name")
 
 
 class Floor:
@@ -79,7 +86,7 @@ class Floor:
 def one_run(name, server, rnd, conns):
     """measure() plus the user/system split of the same window."""
     before = user_sys_ticks(server.measured_pid)
-    run = measure(server, name, rnd, conns, "plain")
+    run = measure(server, name, rnd, conns, MODE)
     after = user_sys_ticks(server.measured_pid)
     user, system = after[0] - before[0], after[1] - before[1]
     run.sys_pct = 100 * system / (user + system) if user + system else float("nan")

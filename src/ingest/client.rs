@@ -198,9 +198,15 @@ pub fn ua_hash(ua: &str) -> u64 {
 /// `None` for an empty value.
 pub fn user_agent(raw: &[u8]) -> Option<&str> {
     let raw = &raw[..raw.len().min(UA_MAX_BYTES)];
-    let text = match std::str::from_utf8(raw) {
-        Ok(text) => text,
-        Err(e) => std::str::from_utf8(&raw[..e.valid_up_to()]).ok()?,
+    let text = if raw.is_ascii() {
+        // SAFETY: ASCII is UTF-8. `str::from_utf8` costs ~100 instructions more on a short
+        // User-Agent (callgrind), and nearly every one is ASCII.
+        unsafe { std::str::from_utf8_unchecked(raw) }
+    } else {
+        match std::str::from_utf8(raw) {
+            Ok(text) => text,
+            Err(e) => std::str::from_utf8(&raw[..e.valid_up_to()]).ok()?,
+        }
     };
     // A value that starts and ends with a visible ASCII byte (nearly every one) has nothing
     // to trim: no Unicode space is ASCII-graphic, and a last ASCII byte is a whole last char.

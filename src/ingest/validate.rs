@@ -124,13 +124,22 @@ fn is_valid_label(label: &[u8]) -> bool {
 }
 
 /// The `file_id` as a number. 1 to 19 plain digits (every such number fits `u64`: the
-/// usual id) are read in place without overflow checks; anything else takes the general path.
+/// usual id) are read in place, in one pass without overflow checks; anything else takes the
+/// general path.
 pub(super) fn validate_file_id(raw: &str) -> Result<u64, Rejection> {
     let digits = raw.as_bytes();
-    if (1..=PLAIN_FILE_ID_DIGITS).contains(&digits.len()) && digits.iter().all(u8::is_ascii_digit) {
-        return nonzero(digits.iter().fold(0, |id: u64, &d| id * 10 + u64::from(d - b'0')));
+    if !(1..=PLAIN_FILE_ID_DIGITS).contains(&digits.len()) {
+        return decode_file_id(raw);
     }
-    decode_file_id(raw)
+    let mut id: u64 = 0;
+    for &d in digits {
+        let digit = d.wrapping_sub(b'0');
+        if digit > 9 {
+            return decode_file_id(raw);
+        }
+        id = id * 10 + u64::from(digit);
+    }
+    nonzero(id)
 }
 
 /// 19 digits: at most 9,999,999,999,999,999,999, below `u64::MAX` (20 digits).

@@ -218,11 +218,18 @@ fn is_plain_json_byte(b: u8) -> bool {
     b.is_ascii_graphic() && b != b'"' && b != b'\\'
 }
 
+/// `v` as 8 lower-case hex digits, most significant first, computed in one `u64` (a digit per
+/// byte) rather than looked up nibble by nibble.
 fn write_hex_u32(v: u32, dst: &mut [u8]) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    for (i, d) in dst.iter_mut().enumerate().take(8) {
-        *d = HEX[((v >> (28 - 4 * i)) & 0xf) as usize];
-    }
+    let x = u64::from(v);
+    // Spread the nibbles: nibble i (from the least significant) ends up alone in byte i.
+    let x = ((x & 0xffff_0000) << 16) | (x & 0xffff);
+    let x = ((x & 0x0000_ff00_0000_ff00) << 8) | (x & 0x0000_00ff_0000_00ff);
+    let x = ((x & 0x00f0_00f0_00f0_00f0) << 4) | (x & 0x000f_000f_000f_000f);
+    // 1 in each byte whose nibble is 10 or more: those become letters.
+    let letters = ((x + 0x0606_0606_0606_0606) >> 4) & 0x0101_0101_0101_0101;
+    let digits = x + 0x3030_3030_3030_3030 + letters * u64::from(b'a' - b'0' - 10);
+    dst[..8].copy_from_slice(&digits.to_be_bytes());
 }
 
 /// The event object inside a record. Unknown keys are ignored (forward compatibility);
@@ -355,6 +362,17 @@ mod tests {
     }
 
     #[test]
+    fn hex_digits_are_those_of_format() {
+        let mut values = vec![0, 1, 9, 10, 15, 16, 0x9a, 0xdead_beef, 0x0123_4567, 0x89ab_cdef, u32::MAX];
+        values.extend((0..32).map(|i| 1u32 << i).chain((0..8).map(|i| 0xau32 << (4 * i))));
+        for v in values {
+            let mut out = [0u8; 8];
+            write_hex_u32(v, &mut out);
+            assert_eq!(&out[..], format!("{v:08x}").as_bytes(), "{v:#x}");
+        }
+    }
+
+    #[test]
     fn encode_then_decode_round_trips() {
         let ev = sample(109_454);
         let buf = encoded(&[ev]);
@@ -386,6 +404,14 @@ mod tests {
     }
 
     proptest::proptest! {
+        #[test]
+        fn hex_of_any_value(v in proptest::prelude::any::<u32>()) {
+            let mut out = [0u8; 8];
+            write_hex_u32(v, &mut out);
+            let want = format!("{v:08x}");
+            proptest::prop_assert_eq!(&out[..], want.as_bytes());
+        }
+
         #[test]
         fn any_user_agent_round_trips(ua in "\\PC*|[\"\\\\\x00-\x1f a-z]{0,40}") {
             let ctx = Context { ua: Some(&ua), ..Context::default() };

@@ -90,44 +90,53 @@ impl<'a> Interesting<'a> {
         // Dispatch on the length first: most headers (Host, Accept, ...) then cost one compare
         // of a length, and the rest one or two name compares, however many names we know.
         match name.len() {
-            6 if name.eq_ignore_ascii_case(b"origin") => self.origin = self.origin.or(Some(value)),
-            6 if name.eq_ignore_ascii_case(b"accept") => self.accept = self.accept.or(Some(value)),
-            7 if name.eq_ignore_ascii_case(b"referer") => self.referer = self.referer.or(Some(value)),
-            10 if name.eq_ignore_ascii_case(b"connection") => {
-                add_connection_tokens(&mut self.connection, value)
-            }
-            10 if name.eq_ignore_ascii_case(b"user-agent") => {
-                self.user_agent = self.user_agent.or(Some(value))
-            }
-            12 if name.eq_ignore_ascii_case(b"content-type") => {
-                self.content_type = self.content_type.or(Some(value))
-            }
-            14 if name.eq_ignore_ascii_case(b"content-length") => {
+            6 if is_name(name, b"origin") => self.origin = self.origin.or(Some(value)),
+            6 if is_name(name, b"accept") => self.accept = self.accept.or(Some(value)),
+            7 if is_name(name, b"referer") => self.referer = self.referer.or(Some(value)),
+            10 if is_name(name, b"connection") => add_connection_tokens(&mut self.connection, value),
+            10 if is_name(name, b"user-agent") => self.user_agent = self.user_agent.or(Some(value)),
+            12 if is_name(name, b"content-type") => self.content_type = self.content_type.or(Some(value)),
+            14 if is_name(name, b"content-length") => {
                 let length = parse_content_length(value)?;
                 if self.content_length.is_some_and(|seen| seen != length) {
                     return Err(HttpError::BadContentLength);
                 }
                 self.content_length = Some(length);
             }
-            6 if name.eq_ignore_ascii_case(b"expect") => self.expect = expectation(self.expect, value),
-            15 if name.eq_ignore_ascii_case(b"x-forwarded-for") => self.forwarded.add(window, value),
-            16 if name.eq_ignore_ascii_case(b"content-encoding") => {
+            6 if is_name(name, b"expect") => self.expect = expectation(self.expect, value),
+            15 if is_name(name, b"x-forwarded-for") => self.forwarded.add(window, value),
+            16 if is_name(name, b"content-encoding") => {
                 self.content_encoding = self.content_encoding.or(Some(value));
                 self.content_encoding_lines = self.content_encoding_lines.saturating_add(1);
             }
-            17 if name.eq_ignore_ascii_case(b"transfer-encoding") => {
+            17 if is_name(name, b"transfer-encoding") => {
                 if self.transfer_encoding.is_some() {
                     return Err(HttpError::Malformed);
                 }
                 self.transfer_encoding = Some(value);
             }
-            29 if name.eq_ignore_ascii_case(b"access-control-request-method") => {
+            29 if is_name(name, b"access-control-request-method") => {
                 self.cors_request_method = self.cors_request_method.or(Some(value))
             }
             _ => {}
         }
         Ok(())
     }
+}
+
+/// Whether the header name `name` is `lower` in any case. Both parsers hand over names of
+/// token bytes only, and `lower` is lower-case letters and `-`: of the token bytes, only a
+/// letter's two cases set the 0x20 bit into a letter, and only `-` itself into `-`, so one OR
+/// folds the case, eight bytes at a time (`eq_ignore_ascii_case` maps each byte of both).
+fn is_name(name: &[u8], lower: &[u8]) -> bool {
+    debug_assert!(lower.iter().all(|&b| b.is_ascii_lowercase() || b == b'-'));
+    const FOLD: u64 = 0x2020_2020_2020_2020;
+    if name.len() != lower.len() {
+        return false;
+    }
+    let ((words, tail), (lower_words, lower_tail)) = (name.as_chunks::<8>(), lower.as_chunks::<8>());
+    words.iter().zip(lower_words).all(|(w, l)| u64::from_ne_bytes(*w) | FOLD == u64::from_ne_bytes(*l))
+        && tail.iter().zip(lower_tail).all(|(&b, &l)| b | 0x20 == l)
 }
 
 /// `100-continue` (case-insensitive) is the only expectation defined; anything else, or a
@@ -184,5 +193,31 @@ pub(super) fn body_framing(
             Ok(n) if n <= limits.max_body_bytes => Ok(Body::Length(n)),
             _ => Err(HttpError::BodyTooLarge),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn is_token_byte(b: u8) -> bool {
+        b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+    }
+
+    #[test]
+    fn is_name_agrees_with_eq_ignore_ascii_case_on_every_token_byte() {
+        let names: [&[u8]; 4] =
+            [b"user-agent", b"access-control-request-method", b"origin", b"x-forwarded-for"];
+        for lower in names {
+            for at in 0..lower.len() {
+                for b in (0..=255u8).filter(|&b| is_token_byte(b)) {
+                    let mut name = lower.to_vec();
+                    name[at] = b;
+                    assert_eq!(is_name(&name, lower), name.eq_ignore_ascii_case(lower), "{name:?}");
+                }
+            }
+            assert!(is_name(&lower.to_ascii_uppercase(), lower));
+            assert!(!is_name(&lower[1..], lower) && !is_name(&[lower, b"x"].concat(), lower));
+        }
     }
 }
