@@ -252,9 +252,12 @@ def main():
     ap.add_argument("--skip-perf", action="store_true")
     ap.add_argument("--modes", default="plain,pipelined", help="comma-separated: plain, pipelined")
     args = ap.parse_args()
-    rows = []
+    depths = {"plain": 1, "pipelined": 16}
     modes = args.modes.split(",")
-    for mode, depth in (m for m in (("plain", 1), ("pipelined", 16)) if m[0] in modes):
+    if set(modes) - depths.keys():
+        ap.error(f"--modes {args.modes}: each one plain or pipelined")
+    rows = []
+    for mode, depth in ((m, d) for m, d in depths.items() if m in modes):
         row = {"mode": mode}
         if not args.skip_callgrind:
             row["instr/req"], row["core instr/req"], row["driver"] = callgrind(

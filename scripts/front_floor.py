@@ -51,10 +51,13 @@ ALL_SHAPES = (
     ("floor uring +wal", ["-m", "uring", "-w", str(WAL_FILE)]),
     ("floor multishot defer +wal", ["-m", "multishot", "-d", "-w", str(WAL_FILE)]),
 )
-CHOSEN_SHAPES = os.environ.get("PSC_FLOOR_SHAPES", ",".join(name for name, _ in ALL_SHAPES)).split(",")
-SHAPES = tuple(shape for shape in ALL_SHAPES if shape[0] in CHOSEN_SHAPES)
-if MODE not in ("plain", "pipelined") or set(CHOSEN_SHAPES) - {n for n, _ in ALL_SHAPES} - {"none"}:
-    sys.exit(f"PSC_FLOOR_MODE={MODE!r} or PSC_FLOOR_SHAPES={CHOSEN_SHAPES!r}: unknown name")
+SHAPE_NAMES = os.environ.get("PSC_FLOOR_SHAPES")
+SHAPES = ALL_SHAPES if SHAPE_NAMES is None else tuple(
+    shape for shape in ALL_SHAPES if shape[0] in SHAPE_NAMES.split(","))
+if MODE not in ("plain", "pipelined"):
+    sys.exit(f"PSC_FLOOR_MODE={MODE!r}: plain or pipelined")
+if SHAPE_NAMES is not None and set(SHAPE_NAMES.split(",")) - dict(ALL_SHAPES).keys() - {"none"}:
+    sys.exit(f"PSC_FLOOR_SHAPES={SHAPE_NAMES!r}: a name that is not a shape")
 
 
 class Floor:

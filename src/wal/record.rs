@@ -128,7 +128,7 @@ pub fn encode(ev: &Event<'_>, ctx: &Context<'_>, out: &mut Vec<u8>) {
     out.push(b'}');
     let crc = crc::crc32c(&out[start + HEADER_BYTES..]);
     out.push(b'\n');
-    write_hex_u32(crc, &mut out[start..start + 8]);
+    out[start..start + 8].copy_from_slice(&hex_u32(crc));
     debug_assert!(out.len() - start <= MAX_RECORD_BYTES);
 }
 
@@ -220,7 +220,7 @@ fn is_plain_json_byte(b: u8) -> bool {
 
 /// `v` as 8 lower-case hex digits, most significant first, computed in one `u64` (a digit per
 /// byte) rather than looked up nibble by nibble.
-fn write_hex_u32(v: u32, dst: &mut [u8]) {
+fn hex_u32(v: u32) -> [u8; 8] {
     let x = u64::from(v);
     // Spread the nibbles: nibble i (from the least significant) ends up alone in byte i.
     let x = ((x & 0xffff_0000) << 16) | (x & 0xffff);
@@ -229,7 +229,7 @@ fn write_hex_u32(v: u32, dst: &mut [u8]) {
     // 1 in each byte whose nibble is 10 or more: those become letters.
     let letters = ((x + 0x0606_0606_0606_0606) >> 4) & 0x0101_0101_0101_0101;
     let digits = x + 0x3030_3030_3030_3030 + letters * u64::from(b'a' - b'0' - 10);
-    dst[..8].copy_from_slice(&digits.to_be_bytes());
+    digits.to_be_bytes()
 }
 
 /// The event object inside a record. Unknown keys are ignored (forward compatibility);
@@ -353,8 +353,7 @@ mod tests {
 
     /// Builds a record line with a correct CRC around an arbitrary payload.
     fn line_with_payload(payload: &str) -> Vec<u8> {
-        let mut out = vec![b'0'; 8];
-        write_hex_u32(crc32c::crc32c(payload.as_bytes()), &mut out);
+        let mut out = hex_u32(crc32c::crc32c(payload.as_bytes())).to_vec();
         out.push(b' ');
         out.extend_from_slice(payload.as_bytes());
         out.push(b'\n');
@@ -366,9 +365,7 @@ mod tests {
         let mut values = vec![0, 1, 9, 10, 15, 16, 0x9a, 0xdead_beef, 0x0123_4567, 0x89ab_cdef, u32::MAX];
         values.extend((0..32).map(|i| 1u32 << i).chain((0..8).map(|i| 0xau32 << (4 * i))));
         for v in values {
-            let mut out = [0u8; 8];
-            write_hex_u32(v, &mut out);
-            assert_eq!(&out[..], format!("{v:08x}").as_bytes(), "{v:#x}");
+            assert_eq!(&hex_u32(v)[..], format!("{v:08x}").as_bytes(), "{v:#x}");
         }
     }
 
@@ -406,10 +403,8 @@ mod tests {
     proptest::proptest! {
         #[test]
         fn hex_of_any_value(v in proptest::prelude::any::<u32>()) {
-            let mut out = [0u8; 8];
-            write_hex_u32(v, &mut out);
             let want = format!("{v:08x}");
-            proptest::prop_assert_eq!(&out[..], want.as_bytes());
+            proptest::prop_assert_eq!(&hex_u32(v)[..], want.as_bytes());
         }
 
         #[test]
