@@ -64,6 +64,9 @@ have valgrind || missing+=(valgrind)
 mkdir -p target
 cc -O2 -Wall -o target/pload scripts/pload.c \
     || { echo "load-test: scripts/pload.c did not build; its runs are skipped" >&2; rm -f target/pload; }
+# The machine's own stall floor beside each open-loop run (scripts/hiccup.c).
+cc -O2 -Wall -pthread -o target/hiccup scripts/hiccup.c && target/hiccup -t \
+    || { echo "load-test: scripts/hiccup.c did not build or failed its self-test; no floor is reported" >&2; rm -f target/hiccup; }
 
 if [ "${1:-}" = floor ]; then
     cc -O2 -Wall -o target/floor204 scripts/floor204.c -luring

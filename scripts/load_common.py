@@ -35,6 +35,8 @@ NGINX_TEMPLATE = REPO / "scripts" / "nginx.conf.template"
 # scripts/pload.c, built by scripts/load-test.sh: the generator of the runs one wrk thread
 # cannot drive (pipelined at the collector's rate) or skews (open loop).
 PLOAD = REPO / "target" / "pload"
+# scripts/hiccup.c, built by scripts/load-test.sh: the machine's own stalls on the two CPUs.
+HICCUP = REPO / "target" / "hiccup"
 
 
 def env_int(name, default):
@@ -416,6 +418,24 @@ def run_pload(port, conns, duration_s, log_path, depth=None, rate=None, spin=Fal
     match = PLOAD_LINE.search(output)
     if not match:
         raise RuntimeError(f"pload printed no PLOAD line:\n{output}")
+    return {k: int(x) for k, x in (kv.split("=") for kv in match.group(1).split())}
+
+
+HICCUP_LINE = re.compile(r"^HICCUP (.*)$", re.M)
+
+
+def run_hiccup(duration_s, log_path, util):
+    """scripts/hiccup.c on the server's and the client's CPU, nothing else running there: the
+    time the machine itself took them away, and the p99/p99.9 that alone gives a server busy a
+    share `util` of the time. Returns its HICCUP line as a dict of ints (µs), or None without
+    the tool."""
+    if not HICCUP.exists():
+        return None
+    argv = [str(HICCUP), "-d", str(duration_s), "-c", f"{SERVER_CPU},{WRK_CPU}",
+            "-u", f"{min(max(util, 0.0), 0.95):.3f}"]
+    match = HICCUP_LINE.search(run_client("hiccup", argv, duration_s, log_path))
+    if not match:
+        return None
     return {k: int(x) for k, x in (kv.split("=") for kv in match.group(1).split())}
 
 

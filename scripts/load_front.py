@@ -53,7 +53,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from load_common import PLOAD, VAR, children_cpu_s, run_pload
+from load_common import (CLK_TCK, PLOAD, SERVER_CPU, VAR, children_cpu_s, cpu_ticks,
+                         run_hiccup, run_pload)
 from load_cpu import IdleDatabase
 
 URL_PATH = "/log?event=play&domain=piratka.biz&file_id=109454"
@@ -65,6 +66,8 @@ OPEN_LOOP_ROUNDS = int(os.environ.get("PSC_BENCH_OPEN_LOOP_ROUNDS", 3))
 SWEEP_S = int(os.environ.get("PSC_BENCH_SWEEP_S", 4))
 SWEEP_FRACTIONS = (0.25, 0.5, 0.75, 0.9, 1.0, 1.1, 1.25)
 OPEN_LOOP_CONNS = 64
+# Seconds of scripts/hiccup.c on both CPUs just before each run at 50 % (0: none).
+FLOOR_S = int(os.environ.get("PSC_BENCH_FLOOR_S", 3))
 P99_KNEE_MS = 10.0
 MANY_CONNS = int(os.environ.get("PSC_BENCH_MANY_CONNS", 10_000))
 MANY_IDLE_S = float(os.environ.get("PSC_BENCH_IDLE_S", 3))
@@ -131,6 +134,8 @@ class OpenLoop:
     server_p99_ms: float = None  # bucket bound of the collector's own p99 (None: not scraped)
     server_p999_ms: float = None
     db_idle: bool = False  # mariadbd was idle during the run (set by `open_run`)
+    floor: dict = None  # scripts/hiccup.c's line just before the run (None: not measured)
+    steal_ms: tuple = None  # the host's steal time on (server CPU, client CPU) during the run
 
 
 def oha_binary():
@@ -213,16 +218,53 @@ def run_pload_open(port, rate, duration_s, server, spin=False):
                     per_s("idle_polls") if spin else None)
 
 
-def open_run(generator, port, rate, duration_s, server, db_idle=False):
+def open_run(generator, port, rate, duration_s, server, db_idle=False, quiet_pid=None):
     """One open-loop run by `generator` (`run_pload_open`'s signature), with the collector's
-    own p99/p99.9 read from its answer histogram, scraped before and after."""
+    own p99/p99.9 read from its answer histogram, scraped before and after. With `quiet_pid`
+    (the server's process), the machine's own floor at 50 % load comes first: hiccup on both
+    CPUs once that process has gone quiet (a collector still delivering the last run's events
+    would count as the machine's)."""
+    floor = None
+    if quiet_pid and FLOOR_S > 0:
+        wait_quiet(quiet_pid)
+        floor = run_hiccup(FLOOR_S, VAR / "bench-hiccup.log", 0.5)
     before = answer_buckets(port) if server == "collector" else None
+    steal_before = steal_ticks()
     run = generator(port, rate, duration_s, server)
+    steal_after = steal_ticks()
     after = answer_buckets(port) if before else None
+    if steal_before and steal_after:
+        run.steal_ms = tuple(1000 * (steal_after[cpu] - steal_before[cpu]) / CLK_TCK
+                             for cpu in (SERVER_CPU, CLIENT_CPU))
     run.server_p99_ms = bucket_quantile_ms(before, after, 0.99)
     run.server_p999_ms = bucket_quantile_ms(before, after, 0.999)
     run.db_idle = db_idle
+    run.floor = floor
     return run
+
+
+def steal_ticks():
+    """{cpu number as a string: steal clock ticks} from /proc/stat (the 8th value of each
+    `cpuN` line: time the host ran something else while this vCPU wanted to run), or None."""
+    try:
+        lines = Path("/proc/stat").read_text().splitlines()
+    except OSError:
+        return None
+    found = {line.split()[0][3:]: int(line.split()[8]) for line in lines
+             if line.startswith("cpu") and line[3:4].isdigit() and len(line.split()) > 8}
+    return found if SERVER_CPU in found and CLIENT_CPU in found else None
+
+
+def wait_quiet(pid, timeout_s=10.0, step_s=0.25):
+    """Until `pid` uses at most one clock tick of CPU in `step_s`, for `timeout_s` at most."""
+    deadline = time.monotonic() + timeout_s
+    last = cpu_ticks(pid)
+    while time.monotonic() < deadline:
+        time.sleep(step_s)
+        now = cpu_ticks(pid)
+        if now - last <= 1:
+            return
+        last = now
 
 
 @dataclass
@@ -233,10 +275,11 @@ class OpenLoopResult:
     note: str = None
 
 
-def open_loop_phase(owned, collector_port, collector_max, nginx_port, nginx_max, db):
+def open_loop_phase(owned, servers, collector_max, nginx_max, db):
     """pload -S at 50 % with mariadbd at normal priority; then, with mariadbd idle, pload -S
     (OPEN_LOOP_ROUNDS times), pload and oha at 50 % for each server and the sweep with the
-    first of them."""
+    first of them. `servers`: {"collector": (port, pid), "nginx": (port, pid) or None}; each
+    run at 50 % has the machine's floor measured just before it."""
     result = OpenLoopResult()
     oha = ensure_oha()
     runners = []
@@ -250,16 +293,20 @@ def open_loop_phase(owned, collector_port, collector_max, nginx_port, nginx_max,
                                                      if not runners else
                                                      "no collector rate measured")
         return result
-    half = collector_max / 2
-    result.at_half.append(open_run(runners[0], collector_port, half, OPEN_LOOP_S, "collector"))
+    collector_port, collector_pid = servers["collector"]
+    half = functools.partial(open_run, duration_s=OPEN_LOOP_S)
+    result.at_half.append(half(runners[0], collector_port, collector_max / 2, server="collector",
+                               quiet_pid=collector_pid))
     with IdleDatabase(db) as idle:
         for gen in runners:
             for _ in range(OPEN_LOOP_ROUNDS if gen is runners[0] else 1):
-                result.at_half.append(open_run(gen, collector_port, half, OPEN_LOOP_S,
-                                               "collector", idle))
-                if nginx_port and nginx_max:
-                    result.at_half.append(open_run(gen, nginx_port, nginx_max / 2, OPEN_LOOP_S,
-                                                   "nginx", idle))
+                result.at_half.append(half(gen, collector_port, collector_max / 2,
+                                           server="collector", db_idle=idle,
+                                           quiet_pid=collector_pid))
+                if servers.get("nginx") and nginx_max:
+                    nginx_port, nginx_pid = servers["nginx"]
+                    result.at_half.append(half(gen, nginx_port, nginx_max / 2, server="nginx",
+                                               db_idle=idle, quiet_pid=nginx_pid))
         sweep(runners[0], collector_port, collector_max, idle, result)
     return result
 
@@ -291,12 +338,23 @@ def bound_ms(value):
 def open_loop_rows(result):
     row = lambda r, asked: [  # noqa: E731
         r.generator, "idle" if r.db_idle else "normal", r.server, asked, f"{r.achieved:,.0f}", f"{r.p50_ms:.3f}", f"{r.p99_ms:.3f}",
-        f"{r.p999_ms:.3f}", str(r.errors), str(r.non2xx), generator_cpu(r),
+        f"{r.p999_ms:.3f}", floor_cell(r.floor),
+        "-" if r.steal_ms is None else f"{r.steal_ms[0]:.0f} / {r.steal_ms[1]:.0f}",
+        str(r.errors), str(r.non2xx), generator_cpu(r),
         "-" if r.stalls_per_s is None else f"{r.stalls_per_s:.1f}",
         f"≤ {bound_ms(r.server_p99_ms)} / ≤ {bound_ms(r.server_p999_ms)}"
         if r.server == "collector" else "-"]
     return ([row(r, f"50 % = {r.rate:,.0f}") for r in result.at_half]
             + [row(r, f"sweep {r.rate:,.0f}") for r in result.sweep])
+
+
+def floor_cell(floor):
+    """hiccup's floor p99 / p99.9 (ms), and how long the CPUs were taken away in all."""
+    if not floor:
+        return "-"
+    return (f"{floor['floor_p99_us'] / 1000:.2f} / {floor['floor_p999_us'] / 1000:.2f} "
+            f"({floor['stalled_us'] / 1000:.0f} ms stalled in {floor['duration_us'] / 1e6:.0f} s, "
+            f"longest {floor['max_gap_us'] / 1000:.1f} ms)")
 
 
 def generator_cpu(r):
@@ -307,7 +365,10 @@ def generator_cpu(r):
 
 
 OPEN_LOOP_HEADER = ["generator", "mariadbd", "server", "rate asked (req/s)", "req/s done", "p50 ms",
-                    "p99 ms", "p99.9 ms", "errors", "non-2xx", "generator CPU %",
+                    "p99 ms", "p99.9 ms",
+                    "machine floor p99 / p99.9 ms at 50 % load (hiccup, just before)",
+                    "host steal during the run, ms (server CPU / client CPU)",
+                    "errors", "non-2xx", "generator CPU %",
                     "stalls ≥ 1 ms per s",
                     "collector's own p99 / p99.9 ms (answer histogram bucket)"]
 
@@ -409,16 +470,21 @@ def target_rows(open_loop, many, fmt_ratio):
     # nginx's beside it; every other collector run at 50 % is a cross-check.
     first_gen = open_loop.at_half[0].generator if open_loop.at_half else None
     target = lambda r: r.db_idle and r.generator == first_gen  # noqa: E731
-    p99s = lambda server: [r.p99_ms for r in open_loop.at_half  # noqa: E731
-                           if target(r) and r.server == server]
-    runs, nginx = p99s("collector"), p99s("nginx")
+    of = lambda server: [r for r in open_loop.at_half  # noqa: E731
+                         if target(r) and r.server == server]
+    runs = [r.p99_ms for r in of("collector")]
+    nginx = [r.p99_ms for r in of("nginx")]
     value, verdict = fmt_ratio(statistics.median(runs) if runs else None, TARGET_OPEN_P99_MS,
                                higher_is_better=False, suffix=" ms")
     each = ", ".join(f"{p:.2f}" for p in runs)
     beside = f"; nginx at 50 % of its max: {statistics.median(nginx):.2f} ms" if nginx else ""
+    floors = [r.floor["floor_p99_us"] / 1000 for r in of("collector") if r.floor]
+    beside += (f"; the machine's own floor just before each: "
+               f"{', '.join(f'{f:.2f}' for f in floors)} ms" if floors else "")
     rows = [[f"open-loop p99 at 50 % of the collector's max ({first_gen}, mariadbd idle; "
              f"median of {len(runs)} runs: {each} ms{beside})", value,
              f"≤ {TARGET_OPEN_P99_MS} ms", verdict]]
+    rows += [floor_row(server, of(server)) for server in ("collector", "nginx") if of(server)]
     for half in (r for r in open_loop.at_half if r.server == "collector" and not target(r)):
         value, _ = fmt_ratio(half.p99_ms, TARGET_OPEN_P99_MS, higher_is_better=False,
                              suffix=" ms")
@@ -441,6 +507,16 @@ def target_rows(open_loop, many, fmt_ratio):
     rows.append(["collector peak RSS with 10,000 connections", value,
                  f"≤ {TARGET_MANY_RSS_MIB} MiB", verdict])
     return rows
+
+
+def floor_row(server, runs):
+    """The median over `runs` of p99 ÷ the machine's floor p99 measured just before each: near
+    1, the server adds little to what the machine alone does to the tail."""
+    ratios = [r.p99_ms / (r.floor["floor_p99_us"] / 1000) for r in runs
+              if r.floor and r.floor["floor_p99_us"] > 0]
+    value = f"{statistics.median(ratios):.2f}×" if ratios else "n/a (no floor measured)"
+    return [f"{server}'s open-loop p99 ÷ the machine's floor p99 (scripts/hiccup.c, both CPUs, "
+            f"50 % load; median over {len(ratios)} runs)", value, "reported", "-"]
 
 
 def callgrind_instr_per_req(binary, requests=10_000):

@@ -118,8 +118,10 @@ def front_phase(mysql_url, runs, nginx, db):
         return front
     try:
         nginx.start()
-        front.open_loop = load_front.open_loop_phase(OWNED, collector.port, best("collector"),
-                                                     nginx.port, best("nginx"), db)
+        servers = {"collector": (collector.port, collector.measured_pid),
+                   "nginx": (nginx.port, nginx.measured_pid) if nginx.port else None}
+        front.open_loop = load_front.open_loop_phase(OWNED, servers, best("collector"),
+                                                     best("nginx"), db)
         nginx.stop()
         front.many = load_front.many_phase(collector.port, collector.measured_pid)
     finally:
