@@ -26,7 +26,10 @@ closed-loop wrk rounds; stdlib only.
   oha's percentiles: the collector's own, from its `ingest_http_answer_seconds` histogram
   (a read's completion to the write of its answers) scraped before and after the run, as the
   bucket bound they fall under; what oha sees above them happens outside the core loop
-  (kernel, scheduler, the generator).
+  (kernel, scheduler, the generator). Beside each run at 50 %: the machine's own floor,
+  scripts/hiccup.c on both CPUs just before it (the p99 a server costing nothing would show at
+  50 % load from the stalls the machine alone imposes), and the host's steal time on both CPUs
+  during it (/proc/stat); the target rows add p99 ÷ floor per server.
 - Many connections: 10,000 keep-alive connections on one core, each sending a beacon every
   PSC_BENCH_IDLE_S seconds (default 3) at a random phase, for PSC_BENCH_MANY_S seconds:
   every answer must be a 204, no connection may fail; the collector's RSS is reported.
