@@ -369,7 +369,13 @@ class WrkResult:
         return self.requests - self.non2xx
 
 
-WRK_LINE = re.compile(r"^PSC_WRK (.*)$", re.M)
+def tool_line(tag, output):
+    """The first `TAG k=v k=v ...` line in `output` (what wrk's report.lua, pload and hiccup
+    print) as a dict of ints, or None if there is none."""
+    match = re.search(rf"^{tag} (.*)$", output, re.M)
+    if not match:
+        return None
+    return {k: int(x) for k, x in (kv.split("=") for kv in match.group(1).split())}
 
 
 def run_wrk(port, conns, mode, duration_s, log_path):
@@ -402,9 +408,6 @@ def run_client(name, argv, duration_s, log_path):
     return output
 
 
-PLOAD_LINE = re.compile(r"^PLOAD (.*)$", re.M)
-
-
 def run_pload(port, conns, duration_s, log_path, depth=None, rate=None, spin=False):
     """scripts/pload.c on the client CPU: pipelined closed loop (`depth`) or open loop
     (`rate`, one request outstanding per connection, latency from the scheduled time; `spin`:
@@ -415,13 +418,10 @@ def run_pload(port, conns, duration_s, log_path, depth=None, rate=None, spin=Fal
             "-d", str(duration_s), "-u", prefix]
     argv += ["-P", str(depth)] if depth else ["-R", str(int(rate))] + (["-S"] if spin else [])
     output = run_client("pload", argv, duration_s, log_path)
-    match = PLOAD_LINE.search(output)
-    if not match:
+    doc = tool_line("PLOAD", output)
+    if doc is None:
         raise RuntimeError(f"pload printed no PLOAD line:\n{output}")
-    return {k: int(x) for k, x in (kv.split("=") for kv in match.group(1).split())}
-
-
-HICCUP_LINE = re.compile(r"^HICCUP (.*)$", re.M)
+    return doc
 
 
 def run_hiccup(duration_s, log_path, util):
@@ -431,19 +431,14 @@ def run_hiccup(duration_s, log_path, util):
     the tool."""
     if not HICCUP.exists():
         return None
-    argv = [str(HICCUP), "-d", str(duration_s), "-c", f"{SERVER_CPU},{WRK_CPU}",
-            "-u", f"{min(max(util, 0.0), 0.95):.3f}"]
-    match = HICCUP_LINE.search(run_client("hiccup", argv, duration_s, log_path))
-    if not match:
-        return None
-    return {k: int(x) for k, x in (kv.split("=") for kv in match.group(1).split())}
+    argv = [str(HICCUP), "-d", str(duration_s), "-c", f"{SERVER_CPU},{WRK_CPU}", "-u", str(util)]
+    return tool_line("HICCUP", run_client("hiccup", argv, duration_s, log_path))
 
 
 def parse_wrk(output):
-    match = WRK_LINE.search(output)
-    if not match:
+    v = tool_line("PSC_WRK", output)
+    if v is None:
         raise RuntimeError(f"wrk printed no PSC_WRK line:\n{output}")
-    v = {k: int(x) for k, x in (kv.split("=") for kv in match.group(1).split())}
     result = WrkResult(
         requests=v["requests"], duration_s=v["duration_us"] / 1e6, non2xx=v["non2xx"],
         socket_errors=v["connect"] + v["read"] + v["write"] + v["timeout"],

@@ -253,8 +253,8 @@ def steal_ticks():
         lines = Path("/proc/stat").read_text().splitlines()
     except OSError:
         return None
-    found = {line.split()[0][3:]: int(line.split()[8]) for line in lines
-             if line.startswith("cpu") and line[3:4].isdigit() and len(line.split()) > 8}
+    rows = (line.split() for line in lines if line.startswith("cpu") and line[3:4].isdigit())
+    found = {row[0][3:]: int(row[8]) for row in rows if len(row) > 8}
     return found if SERVER_CPU in found and CLIENT_CPU in found else None
 
 
@@ -281,7 +281,7 @@ class OpenLoopResult:
 def open_loop_phase(owned, servers, collector_max, nginx_max, db):
     """pload -S at 50 % with mariadbd at normal priority; then, with mariadbd idle, pload -S
     (OPEN_LOOP_ROUNDS times), pload and oha at 50 % for each server and the sweep with the
-    first of them. `servers`: {"collector": (port, pid), "nginx": (port, pid) or None}; each
+    first of them. `servers`: {"collector": (port, pid), "nginx": (port, pid)}; each
     run at 50 % has the machine's floor measured just before it."""
     result = OpenLoopResult()
     oha = ensure_oha()
@@ -297,6 +297,7 @@ def open_loop_phase(owned, servers, collector_max, nginx_max, db):
                                                      "no collector rate measured")
         return result
     collector_port, collector_pid = servers["collector"]
+    nginx_port, nginx_pid = servers["nginx"]
     half = functools.partial(open_run, duration_s=OPEN_LOOP_S)
     result.at_half.append(half(runners[0], collector_port, collector_max / 2, server="collector",
                                quiet_pid=collector_pid))
@@ -306,8 +307,7 @@ def open_loop_phase(owned, servers, collector_max, nginx_max, db):
                 result.at_half.append(half(gen, collector_port, collector_max / 2,
                                            server="collector", db_idle=idle,
                                            quiet_pid=collector_pid))
-                if servers.get("nginx") and nginx_max:
-                    nginx_port, nginx_pid = servers["nginx"]
+                if nginx_max:
                     result.at_half.append(half(gen, nginx_port, nginx_max / 2, server="nginx",
                                                db_idle=idle, quiet_pid=nginx_pid))
         sweep(runners[0], collector_port, collector_max, idle, result)

@@ -119,7 +119,7 @@ def front_phase(mysql_url, runs, nginx, db):
     try:
         nginx.start()
         servers = {"collector": (collector.port, collector.measured_pid),
-                   "nginx": (nginx.port, nginx.measured_pid) if nginx.port else None}
+                   "nginx": (nginx.port, nginx.measured_pid)}
         front.open_loop = load_front.open_loop_phase(OWNED, servers, best("collector"),
                                                      best("nginx"), db)
         nginx.stop()
